@@ -1,0 +1,1 @@
+//! ELF loading: kernel-image and module objects, `.data..percpu` placement in the reserved chunk, per-arch relocations.
