@@ -253,11 +253,7 @@ impl AllocInfo {
 
     /// Units per allocation, `alloc_size / unit_size`.
     pub fn upa(&self) -> usize {
-        if self.unit_size == 0 {
-            1
-        } else {
-            (self.alloc_size / self.unit_size).max(1)
-        }
+        self.alloc_size.checked_div(self.unit_size).unwrap_or(1).max(1)
     }
 
     /// `static + reserved + dynamic`, the bytes a unit really uses.
@@ -282,7 +278,7 @@ impl AllocInfo {
         let upa = self.upa();
         let width = upa * (cpu_width + 1) + group_width + 3;
         let apl = rounddown_pow_of_two((60 / width).max(1));
-        let atoms = if self.atom_size == 0 { 0 } else { self.alloc_size / self.atom_size };
+        let atoms = self.alloc_size.checked_div(self.atom_size).unwrap_or(0);
 
         let mut out = String::new();
         let _ = write!(

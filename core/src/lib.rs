@@ -39,6 +39,7 @@ pub mod alloc;
 pub mod alloc_info;
 pub mod consts;
 pub mod cpus;
+pub mod first_chunk;
 
 pub use addr::AddressSpace;
 pub use alloc::{AllocError, AllocRequest, FreeError, PcpuPtr, PercpuAllocator};
