@@ -580,7 +580,7 @@ fn page_chunk(p: &mut FirstChunkParams, ai: &AllocInfo, messages: &mut Vec<Strin
         ai.reserved_size,
         ai.dyn_size
     ));
-    Ok(Placed { base: addr, backed: vec![addr..addr + size] })
+    Ok(Placed { base: addr, backed: std::iter::once(addr..addr + size).collect() })
 }
 
 impl FirstChunk {
