@@ -415,6 +415,26 @@ mod tests {
     }
 
     #[test]
+    fn large_and_sparse_masks_are_fast() {
+        let start = std::time::Instant::now();
+        // 4096 cpus on 64 nodes.
+        let t = Topology::blocked(CpuSet::first_n(4096), 64);
+        let ai = build_alloc_info(&params(&t, 173272, 2 << 20, 4096, true)).unwrap();
+        assert_eq!(ai.nr_groups(), 64);
+        assert_eq!(ai.nr_units(), 4096);
+        let t4096 = start.elapsed();
+        // All 8192 cpus (NR_CPUS max), and a sparse half of them.
+        let t = Topology::blocked(CpuSet::first_n(8192), 16);
+        let ai = build_alloc_info(&params(&t, 173272, 2 << 20, 4096, true)).unwrap();
+        assert_eq!(ai.nr_units(), 8192);
+        let t = Topology::blocked(CpuSet::from_cpus((0..8192).step_by(2)), 64);
+        let ai = build_alloc_info(&params(&t, 173272, 2 << 20, 4096, true)).unwrap();
+        assert_eq!(ai.groups[63].cpu_map.last(), Some(&Some(8190)));
+        assert!(t4096.as_millis() < 100, "4096 cpus x 64 groups took {t4096:?}");
+        assert!(start.elapsed().as_millis() < 300, "took {:?}", start.elapsed());
+    }
+
+    #[test]
     fn dump_widths_and_empty_units() {
         // 10 possible cpus -> cpu_width 2, "--" for empty units.
         let ai = AllocInfo {

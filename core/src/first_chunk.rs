@@ -249,7 +249,7 @@ pub fn verify_for_km(ai: &AllocInfo, page_size: usize) -> Result<Option<usize>, 
     if ai.groups.len() != 1 {
         return Err(SetupError::KmMultipleGroups { nr_groups: ai.groups.len() });
     }
-    let nr_pages = ai.groups[0].nr_units * ai.unit_size / page_size;
+    let nr_pages = ai.groups[0].nr_units * ai.unit_size / page_size.max(1);
     let alloc_pages = nr_pages.max(1).next_power_of_two();
     Ok((alloc_pages > nr_pages).then_some(alloc_pages - nr_pages))
 }
