@@ -36,8 +36,10 @@
 
 pub mod addr;
 pub mod alloc;
+pub mod alloc_info;
 pub mod consts;
 pub mod cpus;
+pub mod first_chunk;
 
 pub use addr::AddressSpace;
 pub use alloc::{AllocError, AllocRequest, FreeError, PcpuPtr, PercpuAllocator};
