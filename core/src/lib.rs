@@ -36,6 +36,7 @@
 
 pub mod addr;
 pub mod alloc;
+pub mod areamap;
 pub mod consts;
 pub mod cpus;
 
