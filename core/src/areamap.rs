@@ -47,6 +47,31 @@
 //! the signed-size version only; where 2.6.3x and 3.0 differ, the choice is
 //! named in a comment.
 //!
+//! ## Facts checked against the source (2.6.31 and 3.0 mm/percpu.c)
+//!
+//! * `pcpu_alloc` refuses size 0, size > `PCPU_MIN_UNIT_SIZE` and
+//!   align > `PAGE_SIZE`, and rounds neither: a 1-byte request takes 1 byte
+//!   (plus a kept tail under 4 bytes).  Rounding size and align up to 2
+//!   came with the in-use bit of 3.15.
+//! * The hint is exact after any scan that reached the last entry (a
+//!   failed scan always does) and an upper bound otherwise; `verify`
+//!   checks `contig_hint >= largest free area`, not equality.
+//! * Slots: `max(fls(size) - 3, 1)`, so sizes 1..=15 share slot 1 (the
+//!   source's comment says 1-31); a fully free chunk (free size == unit
+//!   size) goes to the extra last slot, which the reaper empties but for
+//!   its first chunk.
+//! * The first chunk's map is `[-static, free]`, or with a reserved area
+//!   two maps over the same pages: `[-static, reserved]` (the reserved
+//!   chunk, on no slot) and `[-(static + reserved), dynamic]`.  The model
+//!   gives the dynamic part everything after static + reserved (2.6.31's
+//!   `dyn_size = -1`).
+//! * A chunk whose map lacks two spare entries gets a longer map and the
+//!   slot walk restarts from the request's slot, as 3.0 does because the
+//!   new map is allocated with `pcpu_lock` dropped.  (2.6.31 meant to do
+//!   the same but its `pcpu_extend_area_map` returned 0 after extending,
+//!   so the walk went on with the same chunk.)  The restarts show in the
+//!   pathology test's visit count: `9j` for chunk `j`.
+//!
 //! ## Deviations from the kernel
 //!
 //! * `align` must be a power of two (the kernel only refused
@@ -65,7 +90,12 @@
 //!   destroying it after `WARN_ON` (it cannot happen: the first chunk
 //!   always holds the static area).
 //! * A bad pointer given to `free` is an error here; the kernel would
-//!   `BUG()` or free whatever the address happened to hit.
+//!   `BUG()` or free whatever the address happened to hit.  Vm chunks are
+//!   found by their unit-0 address range (the kernel went through the
+//!   `struct page` of the current CPU's unit), same answer for every valid
+//!   pointer.
+//! * New chunks take exactly `nr_units * unit_size` bytes of vmalloc space,
+//!   page aligned, highest first, without guard pages or atom alignment.
 
 use std::collections::BTreeMap;
 
@@ -88,9 +118,9 @@ pub const FIRST_CHUNK_MAP_ALLOC: usize = 2;
 const INT_SIZE: i32 = 4;
 
 /// Largest single allocation.  The kernel compared with
-/// `PCPU_MIN_UNIT_SIZE`, which was 64 KiB in 2009
-/// ([`crate::consts::PCPU_MIN_UNIT_SIZE_2009`]) and 32 KiB from 2.6.35;
-/// the model uses today's 32 KiB so both allocators accept the same sizes.
+/// `PCPU_MIN_UNIT_SIZE`, which was 64 KiB in the 2009 headers
+/// ([`crate::consts::PCPU_MIN_UNIT_SIZE_2009`]) and 32 KiB by 3.0; the
+/// model uses 32 KiB so every allocator model accepts the same sizes.
 pub const AREAMAP_MAX_ALLOC: usize = PCPU_MIN_UNIT_SIZE;
 
 /// Geometry of the allocator.
