@@ -37,6 +37,7 @@
 pub mod addr;
 pub mod alloc;
 pub mod alloc_info;
+pub mod areamap;
 pub mod consts;
 pub mod cpus;
 pub mod first_chunk;
