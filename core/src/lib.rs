@@ -36,6 +36,7 @@
 
 pub mod addr;
 pub mod alloc;
+pub mod bitmap;
 pub mod consts;
 pub mod cpus;
 
