@@ -55,8 +55,12 @@
 //!   largest that exists (an allocation inside it drops it, a later smaller
 //!   free may replace it).  Promoting it on the alloc path can therefore
 //!   leave a block's contig hint smaller than the block's true largest free
-//!   area; that area lies before the contig hint.  Areas after the contig
-//!   hint start are never larger than the hint.
+//!   area.  Such a forgotten area lies before the contig hint, until an
+//!   equal-sized free area with a better alignment moves the contig hint
+//!   back before it: then it lies after.  So a block's contig hint has no
+//!   lower bound except that it is 0 only for a full block and nr_bits only
+//!   for a wholly free one.  It is corrected when a free touches the
+//!   forgotten area or a rescan without scan hint passes it.
 //! * The chunk's contig hint is "off by up to a page" on the free path by
 //!   design: a free inside one block does not look into the neighbours.
 //!   Moreover, in the kernel (from the 2019 series to today) the free path's

@@ -200,6 +200,33 @@ fn block_contig_hint_may_under_report_after_scan_hint_promotion() {
 }
 
 #[test]
+fn a_better_aligned_equal_area_moves_the_contig_hint_before_a_forgotten_area() {
+    // U = 16..28 is the area the block will forget
+    let sizes = [5, 11, 12, 72, 20, 80, 5, 295, 50, BB - 550];
+    let mut c = ChunkMap::new(PAGE, 1);
+    let offs: Vec<usize> = sizes.iter().map(|&s| alloc(&mut c, s, 1).unwrap()).collect();
+    assert_eq!(offs, vec![0, 5, 16, 28, 100, 120, 200, 205, 500, 550]);
+    c.free_area(500).unwrap(); // contig hint 50@500
+    c.free_area(100).unwrap(); // scan hint 20@100
+    c.free_area(16).unwrap(); // U: smaller than the scan hint
+    assert_eq!(alloc(&mut c, 15, 1), Some(100), "skips U, drops the scan hint");
+    c.free_area(200).unwrap(); // scan hint 5@200
+    assert_eq!(alloc(&mut c, 48, 1), Some(500), "promotes 5@200, forgets U");
+    let b = c.block_hints(0);
+    assert_eq!((b.contig_hint_start, b.contig_hint), (200, 5));
+    ok(&c);
+
+    // an equal area at bit 0 is better aligned than 200: the hint moves
+    // back and U (12 bits) now lies after a 5-bit contig hint
+    c.free_area(0).unwrap();
+    let b = c.block_hints(0);
+    assert_eq!((b.contig_hint_start, b.contig_hint), (0, 5));
+    assert_eq!(largest_free_run(&c, 5..BB), 12);
+    ok(&c);
+    assert_eq!(c.find_block_fit(6, 1, false), None);
+}
+
+#[test]
 fn right_free_under_reports_after_promoting_a_tail_scan_hint() {
     let mut c = ChunkMap::new(PAGE, 1);
     for (size, expect) in [(100, 0), (100, 100), (724, 200), (100, 924)] {
@@ -464,6 +491,20 @@ impl Reference {
         Reference { allocated, populated: (0..c.nr_pages()).map(|p| c.is_page_populated(p)).collect(), live: Vec::new() }
     }
 
+    /// First `align`-aligned offset at or after `start` with `bits` free
+    /// bits, searching no further than `pcpu_alloc_area` does.
+    fn first_fit(&self, bits: usize, align: usize, start: usize) -> Option<usize> {
+        let block_bits = self.allocated.len() / self.populated.len();
+        let end = (start + bits + block_bits).min(self.allocated.len());
+        let mut busy_before = vec![0usize; end + 1];
+        for i in 0..end {
+            busy_before[i + 1] = busy_before[i] + self.allocated[i] as usize;
+        }
+        (start.next_multiple_of(align)..end)
+            .step_by(align)
+            .find(|&q| q + bits <= end && busy_before[q + bits] == busy_before[q])
+    }
+
     fn agrees(&self, c: &ChunkMap) -> Result<(), TestCaseError> {
         let free = self.allocated.iter().filter(|&&a| !a).count();
         prop_assert_eq!(c.free_bytes(), free * 4);
@@ -488,28 +529,37 @@ fn run_ops(mut c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError
     c.set_free_path_chunk_hint_fix(fix);
     let mut r = Reference::new(&c);
     let bb = c.block_bits();
+    let trace = std::env::var_os("BITMAP_TRACE").is_some();
     for op in ops {
+        if trace {
+            eprintln!("{op:?}");
+        }
         match op {
             Op::Alloc(bits, align_log, pop_only) => {
                 let align = 1usize << align_log.min(bb.trailing_zeros());
                 let fit = c.find_block_fit(bits, align, pop_only);
                 if let Some(start) = fit {
-                    let before = c.clone();
-                    match c.alloc_area(bits, align, start) {
-                        Some(off) => {
-                            prop_assert_eq!(off % align, 0);
-                            prop_assert!(off >= start);
-                            prop_assert!(!r.allocated[off..off + bits].contains(&true), "overlap at {}", off);
-                            if pop_only {
-                                for p in off / bb..=(off + bits - 1) / bb {
-                                    prop_assert!(r.populated[p], "atomic alloc on unpopulated page {}", p);
-                                }
-                            }
-                            r.allocated[off..off + bits].iter_mut().for_each(|a| *a = true);
-                            r.live.push((off, bits));
-                        }
-                        None => prop_assert_eq!(&c, &before, "a failed alloc_area changed the state"),
+                    // Hints never over-report, so the area the fit was based
+                    // on is really free and the scan must find it.
+                    let Some(off) = c.alloc_area(bits, align, start) else {
+                        return Err(TestCaseError::fail(format!("alloc_area({bits}, {align}, {start}) failed after find_block_fit")));
+                    };
+                    if trace {
+                        eprintln!("  fit {start} -> {off}");
                     }
+                    prop_assert_eq!(off % align, 0);
+                    prop_assert!(off >= start);
+                    prop_assert!(!r.allocated[off..off + bits].contains(&true), "overlap at {}", off);
+                    // first fit from start: no earlier aligned spot fits
+                    let first = r.first_fit(bits, align, start);
+                    prop_assert_eq!(Some(off), first, "not the first fit from {}", start);
+                    if pop_only {
+                        for p in off / bb..=(off + bits - 1) / bb {
+                            prop_assert!(r.populated[p], "atomic alloc on unpopulated page {}", p);
+                        }
+                    }
+                    r.allocated[off..off + bits].iter_mut().for_each(|a| *a = true);
+                    r.live.push((off, bits));
                 } else if r.live.is_empty() && c.start_offset() == 0 && c.end_offset() == 0 && bits <= c.region_bits() && !pop_only {
                     // an empty chunk's hints are exact
                     prop_assert!(false, "empty chunk refused {} bits", bits);
@@ -551,6 +601,12 @@ fn run_ops(mut c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError
                 }
             }
         }
+        if trace {
+            for b in 0..c.nr_pages() {
+                eprintln!("  b{b} {:?}", c.block_hints(b));
+            }
+            eprintln!("  areas {:?}", c.areas().collect::<Vec<_>>());
+        }
         if let Err(e) = c.verify() {
             return Err(TestCaseError::fail(format!("verify after {op:?}: {e}")));
         }
@@ -583,4 +639,5 @@ proptest! {
         run_ops(c, ops, true)?;
     }
 }
+
 
