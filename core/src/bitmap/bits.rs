@@ -131,8 +131,7 @@ pub(crate) fn count_ones(map: &[u64], start: usize, end: usize) -> usize {
     }
     let (first, last) = (start / WORD_BITS, (end - 1) / WORD_BITS);
     if first == last {
-        return (map[first] & word_mask(start % WORD_BITS, (end - 1) % WORD_BITS + 1)).count_ones()
-            as usize;
+        return (map[first] & word_mask(start % WORD_BITS, (end - 1) % WORD_BITS + 1)).count_ones() as usize;
     }
     let head = (map[first] & word_mask(start % WORD_BITS, WORD_BITS)).count_ones() as usize;
     let body: usize = map[first + 1..last].iter().map(|w| w.count_ones() as usize).sum();

@@ -158,7 +158,14 @@ impl ChunkMap {
     /// start is aligned to `align_mask + 1`; returns a value `> size - nr`
     /// if there is none.  Remembers in `largest` the largest area it skipped
     /// because the request did not fit (not those skipped for alignment).
-    fn find_zero_area(&self, size: usize, mut start: usize, nr: usize, align_mask: usize, largest: &mut (usize, usize)) -> usize {
+    fn find_zero_area(
+        &self,
+        size: usize,
+        mut start: usize,
+        nr: usize,
+        align_mask: usize,
+        largest: &mut (usize, usize),
+    ) -> usize {
         loop {
             let index = (bits::next_zero(&self.alloc_map, start, size) + align_mask) & !align_mask;
             let end = index + nr;
@@ -239,8 +246,7 @@ impl ChunkMap {
 
     /// Is `bit` inside the first chunk's hidden head or tail?
     fn is_hidden(&self, bit: usize) -> bool {
-        bit < self.start_offset / PCPU_MIN_ALLOC_SIZE
-            || bit >= self.region_bits - self.end_offset / PCPU_MIN_ALLOC_SIZE
+        bit < self.start_offset / PCPU_MIN_ALLOC_SIZE || bit >= self.region_bits - self.end_offset / PCPU_MIN_ALLOC_SIZE
     }
 
     /// `pcpu_block_update_scan`: report a free area the allocation scan
@@ -350,11 +356,7 @@ impl ChunkMap {
             self.block_refresh_hint(s_index);
         } else {
             s_block.left_free = s_block.left_free.min(s_off as u32);
-            s_block.right_free = if s_index == e_index {
-                s_block.right_free.min((bb - e_off) as u32)
-            } else {
-                0
-            };
+            s_block.right_free = if s_index == e_index { s_block.right_free.min((bb - e_off) as u32) } else { 0 };
         }
 
         if s_index != e_index {
@@ -430,11 +432,8 @@ impl ChunkMap {
         };
         // end of the whole free area within the end block
         let (cs, ch) = self.md_blocks[e_index].contig();
-        let end = if e_off == cs {
-            cs + ch
-        } else {
-            bits::next_set(&self.alloc_map, e_base + e_off, e_base + bb) - e_base
-        };
+        let end =
+            if e_off == cs { cs + ch } else { bits::next_set(&self.alloc_map, e_base + e_off, e_base + bb) - e_base };
 
         let s_end = if s_index == e_index { end } else { bb };
         if start == 0 && s_end == bb {

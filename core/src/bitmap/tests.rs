@@ -265,10 +265,7 @@ fn first_chunk_hides_head_and_tail() {
     assert_eq!(c.allocation_containing(2 * BB - 1), Some(tail..2 * BB));
     assert_eq!(c.contig_hint_bytes(), 5000);
     assert_eq!(c.chunk_hints().first_free, 361);
-    assert_eq!(
-        c.areas().collect::<Vec<_>>(),
-        vec![(0..361, true), (361..tail, false), (tail..2 * BB, true)]
-    );
+    assert_eq!(c.areas().collect::<Vec<_>>(), vec![(0..361, true), (361..tail, false), (tail..2 * BB, true)]);
     ok(&c);
 
     // the hidden areas cannot be freed
@@ -407,10 +404,7 @@ fn areas_and_allocation_containing_walk_the_maps() {
     let b = alloc(&mut c, 7, 1).unwrap();
     let d = alloc(&mut c, 3, 1).unwrap();
     c.free_area(b).unwrap();
-    assert_eq!(
-        c.areas().collect::<Vec<_>>(),
-        vec![(0..5, true), (5..12, false), (12..15, true), (15..BB, false)]
-    );
+    assert_eq!(c.areas().collect::<Vec<_>>(), vec![(0..5, true), (5..12, false), (12..15, true), (15..BB, false)]);
     assert_eq!((a, d), (0, 12));
     assert_eq!(c.allocation_containing(4), Some(0..5));
     assert_eq!(c.allocation_containing(5), None);
@@ -488,7 +482,11 @@ struct Reference {
 impl Reference {
     fn new(c: &ChunkMap) -> Self {
         let allocated = (0..c.region_bits()).map(|b| c.is_bit_allocated(b)).collect();
-        Reference { allocated, populated: (0..c.nr_pages()).map(|p| c.is_page_populated(p)).collect(), live: Vec::new() }
+        Reference {
+            allocated,
+            populated: (0..c.nr_pages()).map(|p| c.is_page_populated(p)).collect(),
+            live: Vec::new(),
+        }
     }
 
     /// First `align`-aligned offset at or after `start` with `bits` free
@@ -542,7 +540,9 @@ fn run_ops(mut c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError
                     // Hints never over-report, so the area the fit was based
                     // on is really free and the scan must find it.
                     let Some(off) = c.alloc_area(bits, align, start) else {
-                        return Err(TestCaseError::fail(format!("alloc_area({bits}, {align}, {start}) failed after find_block_fit")));
+                        return Err(TestCaseError::fail(format!(
+                            "alloc_area({bits}, {align}, {start}) failed after find_block_fit"
+                        )));
                     };
                     if trace {
                         eprintln!("  fit {start} -> {off}");
@@ -560,7 +560,12 @@ fn run_ops(mut c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError
                     }
                     r.allocated[off..off + bits].iter_mut().for_each(|a| *a = true);
                     r.live.push((off, bits));
-                } else if r.live.is_empty() && c.start_offset() == 0 && c.end_offset() == 0 && bits <= c.region_bits() && !pop_only {
+                } else if r.live.is_empty()
+                    && c.start_offset() == 0
+                    && c.end_offset() == 0
+                    && bits <= c.region_bits()
+                    && !pop_only
+                {
                     // an empty chunk's hints are exact
                     prop_assert!(false, "empty chunk refused {} bits", bits);
                 }
@@ -640,4 +645,54 @@ proptest! {
     }
 }
 
+/// Throughput smoke test for the benchmark's shapes (run with
+/// `cargo test -p percpu-core bitmap::tests::throughput -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn throughput() {
+    use std::time::Instant;
+    let pages = 64;
+    // 2^20 4-byte objects, then free them all in allocation order
+    let t = Instant::now();
+    let mut chunks: Vec<ChunkMap> = Vec::new();
+    let mut live = Vec::with_capacity(1 << 20);
+    for _ in 0..1 << 20 {
+        let hit = chunks.iter_mut().enumerate().rev().find_map(|(i, c)| alloc(c, 1, 1).map(|o| (i, o)));
+        let (i, o) = hit.unwrap_or_else(|| {
+            let mut c = ChunkMap::new(PAGE, pages);
+            c.mark_populated(0, pages);
+            let o = alloc(&mut c, 1, 1).unwrap();
+            chunks.push(c);
+            (chunks.len() - 1, o)
+        });
+        live.push((i, o));
+    }
+    let t_alloc = t.elapsed();
+    let t = Instant::now();
+    for &(i, o) in &live {
+        chunks[i].free_area(o).unwrap();
+    }
+    eprintln!("4-byte x 2^20: alloc {t_alloc:?}, free {:?}, {} chunks", t.elapsed(), chunks.len());
+    assert!(chunks.iter().all(|c| c.is_wholly_free()));
 
+    // 2^20 allocations of 4..1024 bytes (pseudo-random), alignment 4..32
+    let mut chunks: Vec<ChunkMap> = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let t = Instant::now();
+    for _ in 0..1 << 20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let bits = (seed % 256) as usize + 1;
+        let align = 1 << ((seed >> 20) % 4);
+        // like the slot search: the last chunks are the emptiest
+        let ok = chunks.iter_mut().rev().take(4).any(|c| alloc(c, bits, align).is_some());
+        if !ok {
+            let mut c = ChunkMap::new(PAGE, pages);
+            c.mark_populated(0, pages);
+            alloc(&mut c, bits, align).unwrap();
+            chunks.push(c);
+        }
+    }
+    eprintln!("4..1024 bytes x 2^20: alloc {:?}, {} chunks", t.elapsed(), chunks.len());
+}

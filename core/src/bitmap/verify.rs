@@ -84,14 +84,24 @@ impl ChunkMap {
         let free_bits = self.region_bits - bits::count_ones(&self.alloc_map, 0, self.region_bits);
         let counter = |field, stored, recomputed, rule| VerifyError::Counter { field, stored, recomputed, rule };
         check(self.free_bytes == free_bits * PCPU_MIN_ALLOC_SIZE, || {
-            counter("free_bytes", self.free_bytes, free_bits * PCPU_MIN_ALLOC_SIZE, "must equal 4 * clear bits of alloc_map")
+            counter(
+                "free_bytes",
+                self.free_bytes,
+                free_bits * PCPU_MIN_ALLOC_SIZE,
+                "must equal 4 * clear bits of alloc_map",
+            )
         })?;
         let populated = bits::count_ones(&self.populated, 0, self.nr_pages);
         check(self.nr_populated == populated, || {
             counter("nr_populated", self.nr_populated, populated, "must equal set bits of the populated map")
         })?;
         check(self.nr_empty_pop_pages == empty_pop_pages, || {
-            counter("nr_empty_pop_pages", self.nr_empty_pop_pages, empty_pop_pages, "must count populated, wholly free pages")
+            counter(
+                "nr_empty_pop_pages",
+                self.nr_empty_pop_pages,
+                empty_pop_pages,
+                "must count populated, wholly free pages",
+            )
         })?;
         debug_assert_eq!(self.md_blocks.len() * bb, self.region_bits);
         self.verify_maps()
@@ -103,9 +113,13 @@ impl ChunkMap {
         let owner = Owner::Block(index);
         let map = &self.alloc_map;
 
-        check(block.nr_bits as usize == bb, || owner.err("nr_bits", block.nr_bits as usize, bb, "must equal the block size"))?;
+        check(block.nr_bits as usize == bb, || {
+            owner.err("nr_bits", block.nr_bits as usize, bb, "must equal the block size")
+        })?;
         let left = bits::next_set(map, base, base + bb) - base;
-        check(block.left_free as usize == left, || owner.err("left_free", block.left_free as usize, left, "must be exact"))?;
+        check(block.left_free as usize == left, || {
+            owner.err("left_free", block.left_free as usize, left, "must be exact")
+        })?;
         let right = bits::prev_set(map, base, base + bb).map_or(bb, |l| base + bb - 1 - l);
         // right_free is not exact: promoting a scan hint that ends the block
         // (pcpu_block_refresh_hint) zeroes it and never rescans that area
@@ -114,7 +128,12 @@ impl ChunkMap {
         })?;
         let wholly_free = left == bb;
         check(block.is_wholly_free() == wholly_free, || {
-            owner.err("contig_hint", block.contig_hint as usize, if wholly_free { bb } else { 0 }, "equals nr_bits exactly when the block is wholly free")
+            owner.err(
+                "contig_hint",
+                block.contig_hint as usize,
+                if wholly_free { bb } else { 0 },
+                "equals nr_bits exactly when the block is wholly free",
+            )
         })?;
         self.verify_hints(owner, block, base, bb, true)
     }
@@ -122,14 +141,23 @@ impl ChunkMap {
     /// Checks shared by blocks and the chunk: hints inside `[base, base +
     /// len)` of `alloc_map`, offsets relative to `base`.  `lower_bounds`
     /// adds the guarantees only blocks have.
-    fn verify_hints(&self, owner: Owner, md: &BlockMd, base: usize, len: usize, lower_bounds: bool) -> Result<(), VerifyError> {
+    fn verify_hints(
+        &self,
+        owner: Owner,
+        md: &BlockMd,
+        base: usize,
+        len: usize,
+        lower_bounds: bool,
+    ) -> Result<(), VerifyError> {
         let map = &self.alloc_map;
         let (cs, ch) = md.contig();
         let (ss, sh) = md.scan();
         let first_free = bits::next_zero(map, base, base + len) - base;
         let largest = bits::runs(map, base, base + len, false).map(|r| r.len()).max().unwrap_or(0);
 
-        check(md.nr_bits as usize == len, || owner.err("nr_bits", md.nr_bits as usize, len, "must equal the bits covered"))?;
+        check(md.nr_bits as usize == len, || {
+            owner.err("nr_bits", md.nr_bits as usize, len, "must equal the bits covered")
+        })?;
         check(md.first_free as usize <= first_free, || {
             owner.err("first_free", md.first_free as usize, first_free, "must not lie after the first free bit")
         })?;
@@ -137,14 +165,25 @@ impl ChunkMap {
         if ch != 0 {
             check(cs + ch <= len, || owner.err("contig_hint_start", cs, len - ch, "contig hint area must lie inside"))?;
             let busy = bits::next_set(map, base + cs, base + cs + ch) - base;
-            check(busy == cs + ch, || owner.err("contig_hint_start", cs, busy, "contig hint area must be free (first allocated bit recomputed)"))?;
+            check(busy == cs + ch, || {
+                owner.err(
+                    "contig_hint_start",
+                    cs,
+                    busy,
+                    "contig hint area must be free (first allocated bit recomputed)",
+                )
+            })?;
         }
         if sh != 0 {
             check(sh <= ch, || owner.err("scan_hint", sh, ch, "must not exceed the contig hint"))?;
             check(ss + sh <= len, || owner.err("scan_hint_start", ss, len - sh, "scan hint area must lie inside"))?;
             let busy = bits::next_set(map, base + ss, base + ss + sh) - base;
-            check(busy == ss + sh, || owner.err("scan_hint_start", ss, busy, "scan hint area must be free (first allocated bit recomputed)"))?;
-            check(ss <= cs || sh == ch, || owner.err("scan_hint", sh, ch, "a scan hint after the contig hint must equal it"))?;
+            check(busy == ss + sh, || {
+                owner.err("scan_hint_start", ss, busy, "scan hint area must be free (first allocated bit recomputed)")
+            })?;
+            check(ss <= cs || sh == ch, || {
+                owner.err("scan_hint", sh, ch, "a scan hint after the contig hint must equal it")
+            })?;
         }
         if !lower_bounds {
             return Ok(());
@@ -161,14 +200,27 @@ impl ChunkMap {
     fn verify_maps(&self) -> Result<(), VerifyError> {
         let bound = |bit, stored, expected, rule| VerifyError::MapBit { map: "bound_map", bit, stored, expected, rule };
         for run in bits::runs(&self.alloc_map, 0, self.region_bits, true) {
-            check(bits::test_bit(&self.bound_map, run.start), || bound(run.start, false, true, "an allocated run must start at a bound bit"))?;
-            check(bits::test_bit(&self.bound_map, run.end), || bound(run.end, false, true, "an allocated run must end at a bound bit"))?;
+            check(bits::test_bit(&self.bound_map, run.start), || {
+                bound(run.start, false, true, "an allocated run must start at a bound bit")
+            })?;
+            check(bits::test_bit(&self.bound_map, run.end), || {
+                bound(run.end, false, true, "an allocated run must end at a bound bit")
+            })?;
         }
         let head = self.start_offset / PCPU_MIN_ALLOC_SIZE;
         let tail = self.region_bits - self.end_offset / PCPU_MIN_ALLOC_SIZE;
-        for (lo, hi, rule) in [(0, head, "the hidden head must stay allocated"), (tail, self.region_bits, "the hidden tail must stay allocated")] {
+        for (lo, hi, rule) in [
+            (0, head, "the hidden head must stay allocated"),
+            (tail, self.region_bits, "the hidden tail must stay allocated"),
+        ] {
             let hole = bits::next_zero(&self.alloc_map, lo, hi);
-            check(hole == hi, || VerifyError::MapBit { map: "alloc_map", bit: hole, stored: false, expected: true, rule })?;
+            check(hole == hi, || VerifyError::MapBit {
+                map: "alloc_map",
+                bit: hole,
+                stored: false,
+                expected: true,
+                rule,
+            })?;
         }
         Ok(())
     }
