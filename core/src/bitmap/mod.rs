@@ -70,7 +70,6 @@
 //!   [`ChunkMap::set_free_path_chunk_hint_fix`] to measure the difference.
 //!   The chunk's `left_free`/`right_free` are never maintained by the kernel
 //!   (nothing reads them) and are not checked.
-//!
 //! * A block's `right_free` is zeroed by `pcpu_block_refresh_hint`; when
 //!   the promoted scan hint is the area at the block's end, nothing sets it
 //!   again, so it reads 0 although the block ends free (until a free or a
@@ -79,6 +78,24 @@
 //! `left_free`, `free_bytes`, the populated counters and the "block is
 //! wholly free" state are always exact.  [`ChunkMap::verify`]
 //! checks all of this against the bitmaps.
+//!
+//! ## Driving it like `pcpu_alloc` and `free_percpu`
+//!
+//! ```text
+//! bits       = ALIGN(size, 4) / 4;   align_bits = max(align, 4) / 4
+//! start      = chunk.find_block_fit(bits, align_bits, atomic)   // None: next chunk
+//! bit_off    = chunk.alloc_area(bits, align_bits, start)         // None: next chunk
+//! pages      = bit_off*4 / page_size .. ceil((bit_off+bits)*4 / page_size)
+//! for run in chunk.unpopulated_runs(pages): populate, then chunk.mark_populated(run)
+//! byte offset in the unit = bit_off * 4
+//! free: chunk.free_area(byte_off / 4) -> bits freed
+//! slot (pcpu_chunk_slot) = 0 if free_bytes < 4 or contig_hint_bytes == 0,
+//!        the last slot if contig_hint_bytes == unit size,
+//!        else max(fls(contig_hint_bytes) - PCPU_SLOT_BASE_SHIFT + 2, 1)
+//! ```
+//!
+//! Take the slot before and after each alloc/free (`pcpu_chunk_relocate`);
+//! `nr_empty_pop_pages` before and after gives the global counter's delta.
 //!
 //! ## Differences from the kernel
 //!
