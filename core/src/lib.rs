@@ -38,6 +38,7 @@ pub mod addr;
 pub mod alloc;
 pub mod alloc_info;
 pub mod areamap;
+pub mod bitmap;
 pub mod consts;
 pub mod cpus;
 pub mod first_chunk;

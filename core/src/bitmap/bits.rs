@@ -1,0 +1,256 @@
+//! Word-at-a-time bitmap primitives over `[u64]`, the model's stand-ins for
+//! the kernel's `find_next_bit`, `find_next_zero_bit`, `find_last_bit`,
+//! `bitmap_set` and `bitmap_clear`.
+//!
+//! Every search looks at whole 64-bit words and uses `trailing_zeros` /
+//! `leading_zeros`, so a scan over a 4 KiB block (1024 bits) touches at most
+//! 16 words.  Ranges are half open, `[start, end)`, and `end` never exceeds
+//! the bitmap's capacity (`map.len() * 64`).
+
+pub(crate) const WORD_BITS: usize = u64::BITS as usize;
+
+/// Number of `u64` words needed to hold `bits` bits (`BITS_TO_LONGS`).
+pub(crate) const fn words_for(bits: usize) -> usize {
+    bits.div_ceil(WORD_BITS)
+}
+
+#[inline]
+pub(crate) fn test_bit(map: &[u64], bit: usize) -> bool {
+    map[bit / WORD_BITS] >> (bit % WORD_BITS) & 1 != 0
+}
+
+#[inline]
+pub(crate) fn set_bit(map: &mut [u64], bit: usize) {
+    map[bit / WORD_BITS] |= 1 << (bit % WORD_BITS);
+}
+
+#[inline]
+pub(crate) fn clear_bit(map: &mut [u64], bit: usize) {
+    map[bit / WORD_BITS] &= !(1 << (bit % WORD_BITS));
+}
+
+/// Mask of the bits of one word from bit `lo` (inclusive) to bit `hi`
+/// (exclusive), `0 <= lo <= hi <= 64`.
+#[inline]
+fn word_mask(lo: usize, hi: usize) -> u64 {
+    debug_assert!(lo <= hi && hi <= WORD_BITS);
+    if lo == hi {
+        return 0;
+    }
+    let upper = if hi == WORD_BITS { !0 } else { (1u64 << hi) - 1 };
+    upper & (!0u64 << lo)
+}
+
+/// Apply `f(word, mask)` to every word touched by `[start, end)`.
+#[inline]
+fn for_each_word_in(map: &mut [u64], start: usize, end: usize, f: impl Fn(&mut u64, u64)) {
+    if start >= end {
+        return;
+    }
+    let (first, last) = (start / WORD_BITS, (end - 1) / WORD_BITS);
+    if first == last {
+        f(&mut map[first], word_mask(start % WORD_BITS, (end - 1) % WORD_BITS + 1));
+        return;
+    }
+    f(&mut map[first], word_mask(start % WORD_BITS, WORD_BITS));
+    for w in &mut map[first + 1..last] {
+        f(w, !0);
+    }
+    f(&mut map[last], word_mask(0, (end - 1) % WORD_BITS + 1));
+}
+
+/// `bitmap_set(map, start, len)`.
+pub(crate) fn set_range(map: &mut [u64], start: usize, len: usize) {
+    for_each_word_in(map, start, start + len, |w, m| *w |= m);
+}
+
+/// `bitmap_clear(map, start, len)`.
+pub(crate) fn clear_range(map: &mut [u64], start: usize, len: usize) {
+    for_each_word_in(map, start, start + len, |w, m| *w &= !m);
+}
+
+/// First bit in `[start, end)` whose value is `want`, or `end` if none.
+/// `invert` turns a search for zeros into a search for ones.
+#[inline]
+fn next_with(map: &[u64], start: usize, end: usize, invert: u64) -> usize {
+    if start >= end {
+        return end;
+    }
+    let mut idx = start / WORD_BITS;
+    let mut word = (map[idx] ^ invert) & (!0u64 << (start % WORD_BITS));
+    loop {
+        if word != 0 {
+            let bit = idx * WORD_BITS + word.trailing_zeros() as usize;
+            return bit.min(end);
+        }
+        idx += 1;
+        if idx * WORD_BITS >= end {
+            return end;
+        }
+        word = map[idx] ^ invert;
+    }
+}
+
+/// `find_next_bit`: first set bit in `[start, end)`, or `end`.
+#[inline]
+pub(crate) fn next_set(map: &[u64], start: usize, end: usize) -> usize {
+    next_with(map, start, end, 0)
+}
+
+/// `find_next_zero_bit`: first clear bit in `[start, end)`, or `end`.
+#[inline]
+pub(crate) fn next_zero(map: &[u64], start: usize, end: usize) -> usize {
+    next_with(map, start, end, !0)
+}
+
+/// `find_last_bit` over a sub-range: the last set bit in `[start, end)`.
+#[inline]
+pub(crate) fn prev_set(map: &[u64], start: usize, end: usize) -> Option<usize> {
+    if start >= end {
+        return None;
+    }
+    let mut idx = (end - 1) / WORD_BITS;
+    let mut word = map[idx] & word_mask(0, (end - 1) % WORD_BITS + 1);
+    loop {
+        if word != 0 {
+            let bit = idx * WORD_BITS + (WORD_BITS - 1 - word.leading_zeros() as usize);
+            return (bit >= start).then_some(bit);
+        }
+        if idx * WORD_BITS <= start {
+            return None;
+        }
+        idx -= 1;
+        word = map[idx];
+    }
+}
+
+/// Number of set bits in `[start, end)`.
+pub(crate) fn count_ones(map: &[u64], start: usize, end: usize) -> usize {
+    if start >= end {
+        return 0;
+    }
+    let (first, last) = (start / WORD_BITS, (end - 1) / WORD_BITS);
+    if first == last {
+        return (map[first] & word_mask(start % WORD_BITS, (end - 1) % WORD_BITS + 1)).count_ones() as usize;
+    }
+    let head = (map[first] & word_mask(start % WORD_BITS, WORD_BITS)).count_ones() as usize;
+    let body: usize = map[first + 1..last].iter().map(|w| w.count_ones() as usize).sum();
+    let tail = (map[last] & word_mask(0, (end - 1) % WORD_BITS + 1)).count_ones() as usize;
+    head + body + tail
+}
+
+/// Iterator over the maximal runs of clear bits (`want_set == false`) or set
+/// bits (`want_set == true`) inside `[start, end)`, like the kernel's
+/// `for_each_clear_bitrange_from` / `pcpu_for_each_pop_region`.
+pub(crate) fn runs(
+    map: &[u64],
+    start: usize,
+    end: usize,
+    want_set: bool,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        let (rs, re);
+        if want_set {
+            rs = next_set(map, pos, end);
+            re = next_zero(map, rs, end);
+        } else {
+            rs = next_zero(map, pos, end);
+            re = next_set(map, rs, end);
+        }
+        if rs >= re {
+            pos = end;
+            return None;
+        }
+        pos = re;
+        Some(rs..re)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive_next(bits: &[bool], start: usize, end: usize, want: bool) -> usize {
+        (start..end).find(|&i| bits[i] == want).unwrap_or(end)
+    }
+
+    fn to_words(bits: &[bool]) -> Vec<u64> {
+        let mut map = vec![0u64; words_for(bits.len())];
+        for (i, &b) in bits.iter().enumerate() {
+            if b {
+                set_bit(&mut map, i);
+            }
+        }
+        map
+    }
+
+    proptest! {
+        #[test]
+        fn searches_match_naive_loops(
+            bits in prop::collection::vec(prop::bool::weighted(0.3), 1..300),
+            a in 0usize..320, b in 0usize..320,
+        ) {
+            let map = to_words(&bits);
+            let n = bits.len();
+            let (start, end) = (a.min(n), b.min(n));
+            prop_assert_eq!(next_set(&map, start, end), naive_next(&bits, start, end, true));
+            prop_assert_eq!(next_zero(&map, start, end), naive_next(&bits, start, end, false));
+            let naive_prev = (start..end).rev().find(|&i| bits[i]);
+            prop_assert_eq!(prev_set(&map, start, end), naive_prev);
+            let naive_count = (start..end).filter(|&i| bits[i]).count();
+            prop_assert_eq!(count_ones(&map, start, end), naive_count);
+            for want in [false, true] {
+                let got: Vec<_> = runs(&map, start, end, want).collect();
+                let mut expect = Vec::new();
+                let mut i = start;
+                while i < end {
+                    if bits[i] == want {
+                        let j = (i..end).find(|&j| bits[j] != want).unwrap_or(end);
+                        expect.push(i..j);
+                        i = j;
+                    } else {
+                        i += 1;
+                    }
+                }
+                prop_assert_eq!(got, expect);
+            }
+        }
+
+        #[test]
+        fn set_and_clear_ranges_touch_exactly_the_range(
+            bits in prop::collection::vec(any::<bool>(), 1..300),
+            a in 0usize..300, len in 0usize..300, set in any::<bool>(),
+        ) {
+            let n = bits.len();
+            let start = a.min(n);
+            let len = len.min(n - start);
+            let mut map = to_words(&bits);
+            if set { set_range(&mut map, start, len) } else { clear_range(&mut map, start, len) }
+            for (i, &before) in bits.iter().enumerate() {
+                let expect = if (start..start + len).contains(&i) { set } else { before };
+                prop_assert_eq!(test_bit(&map, i), expect, "bit {}", i);
+            }
+        }
+    }
+
+    #[test]
+    fn single_bit_ops_and_word_edges() {
+        let mut map = vec![0u64; 3];
+        set_bit(&mut map, 63);
+        set_bit(&mut map, 64);
+        assert!(test_bit(&map, 63) && test_bit(&map, 64));
+        assert_eq!(next_set(&map, 0, 192), 63);
+        assert_eq!(prev_set(&map, 0, 192), Some(64));
+        assert_eq!(prev_set(&map, 0, 64), Some(63));
+        assert_eq!(next_zero(&map, 63, 192), 65);
+        clear_bit(&mut map, 63);
+        assert_eq!(next_set(&map, 0, 64), 64, "search stops at end");
+        set_range(&mut map, 0, 192);
+        assert_eq!(map, vec![!0; 3]);
+        assert_eq!(next_zero(&map, 0, 192), 192);
+        assert_eq!(words_for(1024), 16);
+        assert_eq!(words_for(1025), 17);
+    }
+}
