@@ -147,9 +147,8 @@ pub fn build_alloc_info(p: &AllocInfoParams) -> Result<AllocInfo, AllocInfoError
     let mut reps: Vec<Vec<(Option<u32>, u32)>> = Vec::new();
     for cpu in possible.iter() {
         let group = if p.use_distance {
-            let near = |t: u32| {
-                p.topology.distance(cpu, t) <= LOCAL_DISTANCE && p.topology.distance(t, cpu) <= LOCAL_DISTANCE
-            };
+            let near =
+                |t: u32| p.topology.distance(cpu, t) <= LOCAL_DISTANCE && p.topology.distance(t, cpu) <= LOCAL_DISTANCE;
             (0..reps.len()).find(|&g| reps[g].iter().all(|&(_, t)| near(t))).unwrap_or(reps.len())
         } else {
             0
@@ -320,7 +319,7 @@ impl AllocInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consts::{PERCPU_MODULE_RESERVE, percpu_dynamic_reserve};
+    use crate::consts::{percpu_dynamic_reserve, PERCPU_MODULE_RESERVE};
     use crate::cpus::CpuSet;
 
     fn params(topology: &Topology, static_size: usize, atom: usize, page: usize, dist: bool) -> AllocInfoParams<'_> {
@@ -352,10 +351,7 @@ mod tests {
         assert_eq!(ai.dyn_size, 31528);
         assert_eq!(ai.unit_size, 524288);
         assert_eq!(ai.upa(), 4);
-        assert_eq!(
-            ai.dump(4),
-            "pcpu-alloc: s173272 r8192 d31528 u524288 alloc=1*2097152\npcpu-alloc: [0] 0 1 2 3 \n"
-        );
+        assert_eq!(ai.dump(4), "pcpu-alloc: s173272 r8192 d31528 u524288 alloc=1*2097152\npcpu-alloc: [0] 0 1 2 3 \n");
     }
 
     #[test]
@@ -405,9 +401,18 @@ mod tests {
     fn bad_inputs_are_errors() {
         let t = Topology::uma(CpuSet::first_n(2));
         assert!(matches!(build_alloc_info(&params(&t, 0x1000, 0, 4096, false)), Err(AllocInfoError::AtomSize { .. })));
-        assert!(matches!(build_alloc_info(&params(&t, 0x1000, 1000, 4096, false)), Err(AllocInfoError::AtomSize { .. })));
-        assert!(matches!(build_alloc_info(&params(&t, 0x1000, 4096, 3000, false)), Err(AllocInfoError::PageSize { .. })));
-        assert!(matches!(build_alloc_info(&params(&t, usize::MAX - 10, 4096, 4096, false)), Err(AllocInfoError::Overflow { .. })));
+        assert!(matches!(
+            build_alloc_info(&params(&t, 0x1000, 1000, 4096, false)),
+            Err(AllocInfoError::AtomSize { .. })
+        ));
+        assert!(matches!(
+            build_alloc_info(&params(&t, 0x1000, 4096, 3000, false)),
+            Err(AllocInfoError::PageSize { .. })
+        ));
+        assert!(matches!(
+            build_alloc_info(&params(&t, usize::MAX - 10, 4096, 4096, false)),
+            Err(AllocInfoError::Overflow { .. })
+        ));
         let empty = Topology::uma(CpuSet::from_cpus([]));
         assert_eq!(build_alloc_info(&params(&empty, 0x1000, 4096, 4096, false)), Err(AllocInfoError::NoPossibleCpus));
         let e = build_alloc_info(&params(&t, 0x1000, 1000, 4096, false)).unwrap_err().to_string();

@@ -156,11 +156,15 @@ pub enum AreaMapConfigError {
     UnitSizeTooSmall { unit_size: usize, min: usize },
     #[error("unit size {unit_size:#x} does not fit the map's int entries (max {max:#x})")]
     UnitSizeTooLarge { unit_size: usize, max: usize },
-    #[error("static ({static_size:#x}) + reserved ({reserved_size:#x}) = {sum:#x} exceeds the unit size {unit_size:#x}")]
+    #[error(
+        "static ({static_size:#x}) + reserved ({reserved_size:#x}) = {sum:#x} exceeds the unit size {unit_size:#x}"
+    )]
     AreasExceedUnit { static_size: usize, reserved_size: usize, sum: usize, unit_size: usize },
     #[error("{what} {addr:#x} is not aligned to the {page_size:#x} page")]
     Unaligned { what: &'static str, addr: u64, page_size: u64 },
-    #[error("first chunk {base:#x} + {nr_units} units of {unit_size:#x} bytes does not fit the {bits}-bit address space")]
+    #[error(
+        "first chunk {base:#x} + {nr_units} units of {unit_size:#x} bytes does not fit the {bits}-bit address space"
+    )]
     FirstChunkOutOfRange { base: u64, nr_units: usize, unit_size: usize, bits: u32 },
 }
 
@@ -895,10 +899,7 @@ impl AreaMapAllocator {
             // The hint is an upper bound (it may over-report after an
             // allocation that did not scan to the end), never below.
             if c.contig_hint < largest {
-                return Err(format!(
-                    "chunk {id}: contig_hint {} below the largest free area {largest}",
-                    c.contig_hint
-                ));
+                return Err(format!("chunk {id}: contig_hint {} below the largest free area {largest}", c.contig_hint));
             }
             if c.hidden_head && areas[0] >= 0 {
                 return Err(format!("chunk {id}: hidden static area is free ({})", areas[0]));
@@ -1068,9 +1069,7 @@ impl AreaMapAllocator {
                 }
             }
             // No space left: create a new chunk and walk again.
-            let id = self
-                .create_chunk()
-                .map_err(|reason| AllocError::ChunkCreation { size, align, reason })?;
+            let id = self.create_chunk().map_err(|reason| AllocError::ChunkCreation { size, align, reason })?;
             self.relocate(id, None);
             self.stats.restarts += 1;
         }

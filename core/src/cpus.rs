@@ -49,10 +49,9 @@ impl CpuSet {
         let mut cpus = Vec::new();
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let num = |s: &str| -> Result<u64, CpuListError> {
-                s.trim().parse::<u64>().map_err(|_| CpuListError::Syntax {
-                    list: list.to_string(),
-                    part: part.to_string(),
-                })
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| CpuListError::Syntax { list: list.to_string(), part: part.to_string() })
             };
             let (lo, hi) = match part.split_once('-') {
                 Some((a, b)) => (num(a)?, num(b)?),

@@ -47,8 +47,13 @@ fn x86_64() -> AddressSpace {
 }
 
 fn arm64(page: u64) -> AddressSpace {
-    AddressSpace::new(64, page, 0xffff_0000_0000_0000..0xffff_8000_0000_0000, 0xffff_8000_1000_0000..0xffff_fdff_0000_0000)
-        .unwrap()
+    AddressSpace::new(
+        64,
+        page,
+        0xffff_0000_0000_0000..0xffff_8000_0000_0000,
+        0xffff_8000_1000_0000..0xffff_fdff_0000_0000,
+    )
+    .unwrap()
 }
 
 /// x86_64 `setup_per_cpu_areas`: reserved PERCPU_FIRST_CHUNK_RESERVE
@@ -243,10 +248,7 @@ fn hand_checked_dumps() {
     // Widths: 1 group -> 1, 4 cpus -> 1; width = 4*2 + 1 + 3 = 12,
     // apl = rounddown_pow_of_two(60/12 = 5) = 4.
     let (ai, fc) = get("x86_64_4cpu_embed");
-    assert_eq!(
-        ai.dump(4),
-        "pcpu-alloc: s173272 r8192 d31528 u524288 alloc=1*2097152\npcpu-alloc: [0] 0 1 2 3 \n"
-    );
+    assert_eq!(ai.dump(4), "pcpu-alloc: s173272 r8192 d31528 u524288 alloc=1*2097152\npcpu-alloc: [0] 0 1 2 3 \n");
     assert!(fc.dump_layout().starts_with("percpu: Embedded 52 pages/cpu s173272 r8192 d31528 u524288\n"));
 
     // arm64, 4 KiB pages, 4 cpus, s86104 (a real arm64 boot log prints

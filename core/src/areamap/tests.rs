@@ -207,7 +207,13 @@ fn map_grows_by_doubling_two_entries_ahead() {
     for (k, &(used, len)) in lens.iter().enumerate() {
         assert_eq!(used, 1 + 2 * (k + 1));
         let before = used - 2;
-        let want = if before + 2 <= 16 { 16 } else if before + 2 <= 32 { 32 } else { 64 };
+        let want = if before + 2 <= 16 {
+            16
+        } else if before + 2 <= 32 {
+            32
+        } else {
+            64
+        };
         assert_eq!(len, want, "after {} allocations", k + 1);
     }
     // 2 -> 16 -> 32 -> 64.
