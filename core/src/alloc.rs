@@ -48,8 +48,6 @@ impl AllocRequest {
 pub enum AllocError {
     #[error("illegal size ({size}) or align ({align}) for percpu allocation (size 1..={max_size}, align a power of two <= {max_align})")]
     IllegalSizeOrAlign { size: usize, align: usize, max_size: usize, max_align: usize },
-    #[error("allocation failed, size={size} align={align}: no reserved chunk (reserved size is 0)")]
-    NoReservedChunk { size: usize, align: usize },
     #[error("allocation failed, size={size} align={align}: alloc from reserved chunk failed ({free_bytes} bytes free, largest free area {contig_bytes} bytes)")]
     ReservedExhausted { size: usize, align: usize, free_bytes: usize, contig_bytes: usize },
     #[error("allocation failed, size={size} align={align} atomic=1: atomic alloc failed, no space left ({empty_pop_pages} empty populated pages)")]
@@ -65,7 +63,9 @@ pub enum AllocError {
 pub enum FreeError {
     #[error("free of {ptr:#x}: not a percpu pointer of any chunk")]
     NotPercpu { ptr: u64 },
-    #[error("free of {ptr:#x}: chunk {chunk} offset {offset:#x} is not the start of an allocation (invalid or double free)")]
+    #[error(
+        "free of {ptr:#x}: chunk {chunk} offset {offset:#x} is not the start of an allocation (invalid or double free)"
+    )]
     NotAllocated { ptr: u64, chunk: usize, offset: usize },
     #[error("free of {ptr:#x}: chunk {chunk} offset {offset:#x} lies in the static percpu area, which is never freed")]
     Static { ptr: u64, chunk: usize, offset: usize },

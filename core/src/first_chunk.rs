@@ -43,17 +43,9 @@ pub enum FirstChunkKind {
     Page,
 }
 
-/// The chunk backend compiled in: mm/percpu-vm.c or mm/percpu-km.c.  It
+/// The chunk backend compiled in (mm/percpu-vm.c or mm/percpu-km.c)
 /// decides `pcpu_verify_alloc_info`, the last sanity check of setup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub enum Backend {
-    /// percpu-vm: no extra restriction.
-    #[default]
-    Vm,
-    /// percpu-km (`CONFIG_NEED_PER_CPU_KM`, no MMU): one group only, and no
-    /// page first chunk.
-    Km,
-}
+pub use crate::backend::BackendKind as Backend;
 
 /// Everything `pcpu_{embed,page}_first_chunk` + `pcpu_setup_first_chunk`
 /// take from their arguments and from kernel globals.
@@ -209,7 +201,9 @@ pub enum SetupError {
     KmMultipleGroups { nr_groups: usize },
     #[error("failed to initialize: group {group} has nr_units {nr_units} but its cpu_map holds only {len} entries")]
     CpuMapShort { group: usize, nr_units: usize, len: usize },
-    #[error("failed to initialize, cpu >= nr_cpu_ids: group {group} unit {unit} maps cpu {cpu}, nr_cpu_ids is {nr_cpu_ids}")]
+    #[error(
+        "failed to initialize, cpu >= nr_cpu_ids: group {group} unit {unit} maps cpu {cpu}, nr_cpu_ids is {nr_cpu_ids}"
+    )]
     CpuBeyondNrCpuIds { cpu: u32, group: usize, unit: usize, nr_cpu_ids: u32 },
     #[error("failed to initialize, !cpu_possible(cpu): group {group} unit {unit} maps impossible cpu {cpu}")]
     CpuNotPossible { cpu: u32, group: usize, unit: usize },
@@ -233,7 +227,9 @@ pub enum SetupError {
     PageNeedsOneGroup { nr_groups: usize },
     #[error("page first chunk: group 0 has {nr_units} units, expected roundup({nr_possible} possible cpus, upa {upa}) = {expected}")]
     PageUnitCount { nr_units: usize, expected: usize, nr_possible: usize, upa: usize },
-    #[error("failed to allocate {page_kib}K page for cpu{cpu} (node {node} span {span_start:#x}..{span_end:#x} is full)")]
+    #[error(
+        "failed to allocate {page_kib}K page for cpu{cpu} (node {node} span {span_start:#x}..{span_end:#x} is full)"
+    )]
     PageAlloc { cpu: u32, page_kib: u64, node: u32, span_start: u64, span_end: u64 },
     #[error("vmalloc space {vm_start:#x}..{vm_end:#x} has no room for the {size:#x}-byte first chunk area")]
     VmallocExhausted { size: u64, vm_start: u64, vm_end: u64 },
@@ -451,7 +447,12 @@ struct Placed {
     backed: Vec<Range<u64>>,
 }
 
-fn embed(p: &mut FirstChunkParams, ai: &mut AllocInfo, warnings: &mut Vec<String>, messages: &mut Vec<String>) -> Result<Placed, SetupError> {
+fn embed(
+    p: &mut FirstChunkParams,
+    ai: &mut AllocInfo,
+    warnings: &mut Vec<String>,
+    messages: &mut Vec<String>,
+) -> Result<Placed, SetupError> {
     use SetupError as E;
     let page = p.space.page_size();
     let atom = ai.atom_size;
@@ -470,14 +471,23 @@ fn embed(p: &mut FirstChunkParams, ai: &mut AllocInfo, warnings: &mut Vec<String
     let mut areas: Vec<u64> = Vec::with_capacity(ai.groups.len());
     for (group, gi) in ai.groups.iter().enumerate() {
         let cpu = first_cpu(gi).ok_or(E::GroupWithoutCpu { group, nr_units: gi.nr_units })?;
-        let size = (gi.nr_units as u64)
-            .checked_mul(unit)
-            .ok_or(E::GroupTooLarge { group, nr_units: gi.nr_units, unit_size: ai.unit_size })?;
+        let size = (gi.nr_units as u64).checked_mul(unit).ok_or(E::GroupTooLarge {
+            group,
+            nr_units: gi.nr_units,
+            unit_size: ai.unit_size,
+        })?;
         // An impossible cpu is reported by the setup checks; place it on node 0.
         let node = p.topology.node_of(cpu).unwrap_or(0).min(spans.len() as u32 - 1);
         let span = &spans[node as usize];
-        let exhausted =
-            E::NodeSpanExhausted { group, cpu, node, size, align: atom as u64, span_start: span.start, span_end: span.end };
+        let exhausted = E::NodeSpanExhausted {
+            group,
+            cpu,
+            node,
+            size,
+            align: atom as u64,
+            span_start: span.start,
+            span_end: span.end,
+        };
         let ptr = p.linear.alloc_bottom_up(size, atom as u64, span.start).ok_or(exhausted.clone())?;
         if ptr.checked_add(size).is_none_or(|end| end > span.end) {
             return Err(exhausted);
@@ -793,7 +803,6 @@ impl FirstChunk {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1021,7 +1030,16 @@ mod tests {
         assert_eq!(fx.run(ai.clone(), FirstChunkKind::Embed), Err(E::KmMultipleGroups { nr_groups: 2 }));
         assert_eq!(verify_for_km(&ai, 4096), Err(E::KmMultipleGroups { nr_groups: 2 }));
         let one = AllocInfo { groups: vec![ai.groups[0].clone()], unit_size: 0x8000, ..ai };
-        assert_eq!(verify_for_km(&AllocInfo { groups: vec![crate::alloc_info::GroupInfo { nr_units: 4, ..one.groups[0].clone() }], ..one }, 4096), Ok(None));
+        assert_eq!(
+            verify_for_km(
+                &AllocInfo {
+                    groups: vec![crate::alloc_info::GroupInfo { nr_units: 4, ..one.groups[0].clone() }],
+                    ..one
+                },
+                4096
+            ),
+            Ok(None)
+        );
     }
 
     /// One test per `PCPU_SETUP_BUG_ON`, in the kernel's order.
@@ -1049,7 +1067,10 @@ mod tests {
         assert!(matches!(e, E::UnitSmallerThanSum { .. }), "{e}");
         assert!(e.to_string().contains(&format!("{:#x}", good.unit_size)), "{e}");
         assert_eq!(
-            run(&mut fx, &|ai| { ai.unit_size += 0x100; ai.alloc_size = ai.unit_size }),
+            run(&mut fx, &|ai| {
+                ai.unit_size += 0x100;
+                ai.alloc_size = ai.unit_size
+            }),
             E::UnitSizeUnaligned { unit_size: good.unit_size + 0x100, page_size: 4096 }
         );
         let small = |ai: &mut AllocInfo| {
@@ -1060,8 +1081,14 @@ mod tests {
             ai.alloc_size = 0x6000;
         };
         assert_eq!(run(&mut fx, &small), E::UnitBelowMin { unit_size: 0x6000, min_unit_size: 0x8000 });
-        assert_eq!(run(&mut fx, &|ai| ai.dyn_size = 0x1000), E::DynBelowEarly { dyn_size: 0x1000, early_size: 20 << 10 });
-        assert_eq!(run(&mut fx, &|ai| ai.reserved_size = 8190), E::ReservedUnaligned { reserved_size: 8190, min_alloc_size: 4 });
+        assert_eq!(
+            run(&mut fx, &|ai| ai.dyn_size = 0x1000),
+            E::DynBelowEarly { dyn_size: 0x1000, early_size: 20 << 10 }
+        );
+        assert_eq!(
+            run(&mut fx, &|ai| ai.reserved_size = 8190),
+            E::ReservedUnaligned { reserved_size: 8190, min_alloc_size: 4 }
+        );
 
         // The checks the real constants make unreachable, with other limits.
         let lim = Limits::for_page(4096);
