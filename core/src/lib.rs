@@ -38,10 +38,13 @@ pub mod addr;
 pub mod alloc;
 pub mod alloc_info;
 pub mod areamap;
+pub mod backend;
 pub mod bitmap;
+pub mod bump;
 pub mod consts;
 pub mod cpus;
 pub mod first_chunk;
+pub mod percpu;
 
 pub use addr::AddressSpace;
 pub use alloc::{AllocError, AllocRequest, FreeError, PcpuPtr, PercpuAllocator};
