@@ -1,0 +1,66 @@
+//! `cargo bench -p percpu-core`: the seed-002 workloads at 2^14 objects per
+//! iteration, bitmap vs area map vs bump in one criterion group each, so
+//! the ratios come from one run.  `percpu-bed bench` runs the full-size
+//! version and prints the seed's tables.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
+use percpu_core::bump::BumpAllocator;
+use percpu_core::percpu::{Percpu, PercpuConfig};
+use percpu_core::{AddressSpace, AllocRequest, CpuSet, PercpuAllocator, Topology};
+
+const OBJECTS: usize = 1 << 14;
+
+fn make(name: &str) -> Box<dyn PercpuAllocator> {
+    let mut cfg = PercpuConfig::generic(AddressSpace::generic64(), Topology::uma(CpuSet::first_n(4)), 0x2c000);
+    cfg.atom_size = 2 << 20;
+    let bitmap = Percpu::new(cfg).unwrap();
+    match name {
+        "bitmap" => Box::new(bitmap),
+        "areamap" => {
+            let fc = bitmap.first_chunk_layout();
+            Box::new(
+                AreaMapAllocator::new(AreaMapConfig {
+                    space: bitmap.space().clone(),
+                    unit_size: fc.unit_size,
+                    nr_units: fc.nr_units,
+                    static_size: fc.static_size,
+                    reserved_size: fc.reserved_size,
+                    first_chunk_base: fc.base_addr,
+                    per_cpu_start: bitmap.addr_to_pcpu_ptr(fc.base_addr).0,
+                })
+                .unwrap(),
+            )
+        }
+        _ => Box::new(BumpAllocator::new(0x10_0000, 4096)),
+    }
+}
+
+fn alloc_then_free(c: &mut Criterion) {
+    for (size, align) in [(4, 4), (64, 4), (1024, 4), (4, 8)] {
+        let mut g = c.benchmark_group(format!("alloc+free {size}B align {align}"));
+        g.sample_size(10);
+        for name in ["bitmap", "areamap", "bump"] {
+            g.bench_function(name, |b| {
+                b.iter_batched(
+                    || make(name),
+                    |mut a| {
+                        let req = AllocRequest::new(size, align);
+                        let ptrs: Vec<_> = (0..OBJECTS).map(|_| a.alloc(req).unwrap()).collect();
+                        for p in ptrs {
+                            black_box(a.free(p).unwrap());
+                        }
+                        a
+                    },
+                    BatchSize::LargeInput,
+                )
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, alloc_then_free);
+criterion_main!(benches);
