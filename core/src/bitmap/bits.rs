@@ -104,6 +104,39 @@ pub(crate) fn next_zero(map: &[u64], start: usize, end: usize) -> usize {
     next_with(map, start, end, !0)
 }
 
+/// First clear bit in `[start, end)` whose index is a multiple of
+/// `align_mask + 1` (a power of two), or `end`.  Word masks skip every
+/// busy or misaligned position at once, which is what makes aligned
+/// searches through a map full of one-bit holes cheap.
+pub(crate) fn next_aligned_zero(map: &[u64], start: usize, end: usize, align_mask: usize) -> usize {
+    let align = align_mask + 1;
+    let mut p = (start + align_mask) & !align_mask;
+    if align >= WORD_BITS {
+        while p < end {
+            if !test_bit(map, p) {
+                return p;
+            }
+            p += align;
+        }
+        return end;
+    }
+    // Bit i of the pattern is set where i is a multiple of `align`.
+    let pattern = (0..WORD_BITS).step_by(align).fold(0u64, |m, i| m | 1 << i);
+    while p < end {
+        let word = p / WORD_BITS;
+        let mut candidates = !map[word] & pattern & (!0u64 << (p % WORD_BITS));
+        let word_end = (word + 1) * WORD_BITS;
+        if word_end > end {
+            candidates &= (1u64 << (end - word * WORD_BITS)) - 1;
+        }
+        if candidates != 0 {
+            return word * WORD_BITS + candidates.trailing_zeros() as usize;
+        }
+        p = word_end;
+    }
+    end
+}
+
 /// `find_last_bit` over a sub-range: the last set bit in `[start, end)`.
 #[inline]
 pub(crate) fn prev_set(map: &[u64], start: usize, end: usize) -> Option<usize> {
@@ -253,5 +286,27 @@ mod tests {
         assert_eq!(next_zero(&map, 0, 192), 192);
         assert_eq!(words_for(1024), 16);
         assert_eq!(words_for(1025), 17);
+    }
+
+    proptest! {
+        #[test]
+        fn next_aligned_zero_matches_naive(
+            bits in proptest::collection::vec(any::<bool>(), 1..400),
+            start in 0usize..400,
+            end in 0usize..400,
+            align_shift in 0u32..8,
+        ) {
+            let len = bits.len();
+            let (start, end) = (start.min(len), end.min(len));
+            let mut map = vec![0u64; len.div_ceil(WORD_BITS)];
+            for (i, &b) in bits.iter().enumerate() {
+                if b {
+                    set_bit(&mut map, i);
+                }
+            }
+            let align = 1usize << align_shift;
+            let naive = (start..end).find(|&i| i % align == 0 && !bits[i]).unwrap_or(end);
+            prop_assert_eq!(next_aligned_zero(&map, start, end, align - 1), naive);
+        }
     }
 }

@@ -166,8 +166,13 @@ impl ChunkMap {
         align_mask: usize,
         largest: &mut (usize, usize),
     ) -> usize {
+        // The kernel aligns up the next zero bit and retries past any busy
+        // bit; the only positions where that loop can stop or record a
+        // skipped area are successive aligned free bits, so jump straight
+        // to those (a busy aligned position records a zero-length area,
+        // which never reaches pcpu_block_update_scan).
         loop {
-            let index = (bits::next_zero(&self.alloc_map, start, size) + align_mask) & !align_mask;
+            let index = bits::next_aligned_zero(&self.alloc_map, start, size, align_mask);
             let end = index + nr;
             if end > size {
                 return end;
