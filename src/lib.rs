@@ -1,3 +1,7 @@
-//! The `percpu-bed` command's library: one module per subcommand, each a
-//! thin layer over the `percpu-core`, `percpu-arch` and `percpu-loader`
-//! crates (cargo's `ops` pattern), so the binary only parses arguments.
+//! The `percpu-bed` command's library: the operations behind each
+//! subcommand, built on `percpu-core`, `percpu-arch` and `percpu-loader`.
+//! The binary's `commands/` modules only parse arguments and print
+//! (cargo's `ops` pattern).
+
+pub mod bench;
+pub mod output;

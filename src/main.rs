@@ -1,10 +1,51 @@
-use clap::Parser;
+//! `percpu-bed`: a multi-arch, emulator-backed test bed for the Linux
+//! dynamic per-CPU allocator.
 
-/// Multi-arch, emulator-backed test bed for the Linux dynamic per-CPU allocator.
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
 #[derive(Parser)]
-#[command(name = "percpu-bed", version)]
-struct Cli {}
+#[command(name = "percpu-bed", version, about, long_about = None)]
+struct Cli {
+    /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark the bitmap allocator against the 2009 area map and a bump allocator (seed 002).
+    Bench(commands::bench::Args),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("percpu-bed: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

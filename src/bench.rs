@@ -1,0 +1,439 @@
+//! `percpu-bed bench`: seed 002's evaluation, side by side in one run.
+//!
+//! Workloads (Dennis Zhou's bitmap-allocator series, 2017):
+//! * 2^20 objects of 4, 16, 64, 256 and 1024 bytes, freed in order,
+//!   alternating (evens then odds) and in reverse; the table reports the
+//!   worst case over the free orders, as the seed did;
+//! * the same with every page's second half already allocated ("second
+//!   half filled"), freed in order;
+//! * 2^20 four-byte objects at 8-byte alignment (52 minutes for the area
+//!   map in the kernel, 16 s for the bitmap).
+//!
+//! Each workload runs on a fresh allocator of each kind: the bitmap model of
+//! today's mm/percpu.c, the 2009 area map, and a bump allocator as the lower
+//! bound.  A run that exceeds the time budget stops and is reported as
+//! exceeding it, with the operations it completed.
+
+use std::time::{Duration, Instant};
+
+use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
+use percpu_core::bump::BumpAllocator;
+use percpu_core::percpu::{Percpu, PercpuConfig};
+use percpu_core::{AddressSpace, AllocRequest, CpuSet, PcpuPtr, PercpuAllocator, Topology};
+use serde::Serialize;
+
+/// The three allocators, by their row names.
+pub const ALLOCATORS: [&str; 3] = ["bitmap", "areamap", "bump"];
+
+/// How to free the objects of a workload.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    InOrder,
+    Alternating,
+    Reverse,
+    /// Pages' second halves filled before the run; freed in order.
+    SecondHalfFilled,
+}
+
+impl Pattern {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::InOrder => "in-order",
+            Pattern::Alternating => "alternating",
+            Pattern::Reverse => "reverse",
+            Pattern::SecondHalfFilled => "second-half-filled",
+        }
+    }
+}
+
+/// Benchmark parameters.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Objects per workload (2^20 in the seed).
+    pub objects: usize,
+    pub sizes: Vec<usize>,
+    /// An allocation or free phase longer than this is stopped.
+    pub budget: Duration,
+    /// Objects for the utilisation workload.
+    pub utilisation_objects: usize,
+}
+
+impl BenchOptions {
+    pub fn full() -> Self {
+        BenchOptions {
+            objects: 1 << 20,
+            sizes: vec![4, 16, 64, 256, 1024],
+            budget: Duration::from_secs(60),
+            utilisation_objects: 1 << 18,
+        }
+    }
+    /// A scaled-down run (2^16 objects) that finishes in well under 30 s.
+    pub fn quick() -> Self {
+        BenchOptions {
+            objects: 1 << 16,
+            sizes: vec![4, 16, 64, 256, 1024],
+            budget: Duration::from_secs(2),
+            utilisation_objects: 1 << 15,
+        }
+    }
+}
+
+/// One allocator on one workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub allocator: &'static str,
+    pub size: usize,
+    pub align: usize,
+    pub pattern: &'static str,
+    pub objects: usize,
+    /// Allocations and frees completed (fewer than `objects` when a phase
+    /// ran over budget; per-op figures are over what completed).
+    pub alloc_ops: usize,
+    pub free_ops: usize,
+    pub alloc_ms: f64,
+    pub free_ms: f64,
+    pub alloc_ns_per_op: f64,
+    pub free_ns_per_op: f64,
+    pub exceeded_budget: bool,
+    pub chunks: usize,
+}
+
+/// Memory figures after a random-size workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct UtilisationRow {
+    pub allocator: &'static str,
+    pub workload: &'static str,
+    pub allocated_bytes: u64,
+    pub populated_bytes: u64,
+    pub metadata_bytes: u64,
+    pub utilisation: f64,
+    pub metadata_per_allocated_byte: f64,
+}
+
+/// A target from the issue, evaluated on this run's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub ratio: f64,
+    pub goal: f64,
+    pub met: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub objects: usize,
+    pub rows: Vec<BenchRow>,
+    pub utilisation: Vec<UtilisationRow>,
+    pub targets: Vec<Target>,
+}
+
+/// The benchmark geometry: an x86_64-like setup (4 KiB pages, 2 MiB atoms,
+/// 4 CPUs) whose unit size is what a 4-CPU x86_64 kernel gets.
+pub fn bench_config() -> PercpuConfig {
+    let mut cfg = PercpuConfig::generic(AddressSpace::generic64(), Topology::uma(CpuSet::first_n(4)), 0x2c000);
+    cfg.atom_size = 2 << 20;
+    cfg
+}
+
+fn make(name: &str) -> Box<dyn PercpuAllocator> {
+    let bitmap = Percpu::new(bench_config()).expect("bench geometry is valid");
+    match name {
+        "bitmap" => Box::new(bitmap),
+        "areamap" => {
+            let fc = bitmap.first_chunk_layout();
+            Box::new(
+                AreaMapAllocator::new(AreaMapConfig {
+                    space: bitmap.space().clone(),
+                    unit_size: fc.unit_size,
+                    nr_units: fc.nr_units,
+                    static_size: fc.static_size,
+                    reserved_size: fc.reserved_size,
+                    first_chunk_base: fc.base_addr,
+                    per_cpu_start: bitmap.addr_to_pcpu_ptr(fc.base_addr).0,
+                })
+                .expect("bench geometry is valid for the area map"),
+            )
+        }
+        "bump" => Box::new(BumpAllocator::new(0x10_0000, 4096)),
+        other => unreachable!("unknown allocator {other}"),
+    }
+}
+
+/// The order objects are freed in.
+fn free_order(n: usize, pattern: Pattern) -> Vec<usize> {
+    match pattern {
+        Pattern::InOrder | Pattern::SecondHalfFilled => (0..n).collect(),
+        Pattern::Reverse => (0..n).rev().collect(),
+        Pattern::Alternating => (0..n).step_by(2).chain((1..n).step_by(2)).collect(),
+    }
+}
+
+/// Allocate filler so that every page has its first half free and its
+/// second half allocated, with room for `bytes` of objects.
+fn fill_second_halves(a: &mut dyn PercpuAllocator, bytes: usize) {
+    let half = 2048;
+    let pairs = bytes.div_ceil(half) + 64;
+    let mut firsts = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        firsts.push(a.alloc(AllocRequest::new(half, half)).expect("filler"));
+        a.alloc(AllocRequest::new(half, half)).expect("filler");
+    }
+    for p in firsts {
+        a.free(p).expect("filler frees");
+    }
+}
+
+fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts: &BenchOptions) -> BenchRow {
+    let mut a = make(name);
+    if pattern == Pattern::SecondHalfFilled {
+        fill_second_halves(a.as_mut(), opts.objects * size);
+    }
+    let n = opts.objects;
+    let mut ptrs: Vec<PcpuPtr> = Vec::with_capacity(n);
+    let req = AllocRequest::new(size, align);
+    // Each phase has its own budget, so an allocator stopped while
+    // allocating still has its free path measured on what it allocated.
+    let mut exceeded = false;
+    let start = Instant::now();
+    let deadline = start + opts.budget;
+    for i in 0..n {
+        ptrs.push(a.alloc(req).expect("bench allocation"));
+        // Check the clock every 256 operations: cheap, still bounded.
+        if i % 256 == 255 && Instant::now() > deadline {
+            exceeded = true;
+            break;
+        }
+    }
+    let alloc_time = start.elapsed();
+    let allocated = ptrs.len();
+    let order: Vec<usize> = free_order(n, pattern).into_iter().filter(|&i| i < allocated).collect();
+    let mut freed = 0;
+    let start = Instant::now();
+    let deadline = start + opts.budget;
+    for (k, i) in order.into_iter().enumerate() {
+        a.free(ptrs[i]).expect("bench free");
+        freed += 1;
+        if k % 256 == 255 && Instant::now() > deadline {
+            exceeded = true;
+            break;
+        }
+    }
+    let free_time = start.elapsed();
+    let chunks = a.footprint().nr_chunks;
+    let per = |d: Duration, ops: usize| if ops == 0 { 0.0 } else { d.as_nanos() as f64 / ops as f64 };
+    let alloc_ns = per(alloc_time, allocated);
+    BenchRow {
+        allocator: name,
+        size,
+        align,
+        pattern: pattern.name(),
+        objects: n,
+        alloc_ops: allocated,
+        free_ops: freed,
+        alloc_ms: alloc_time.as_secs_f64() * 1e3,
+        free_ms: free_time.as_secs_f64() * 1e3,
+        alloc_ns_per_op: alloc_ns,
+        free_ns_per_op: per(free_time, freed),
+        exceeded_budget: exceeded,
+        chunks,
+    }
+}
+
+/// Random-size workload for utilisation and metadata overhead.
+fn utilisation(name: &'static str, opts: &BenchOptions) -> Vec<UtilisationRow> {
+    use rand::{Rng, SeedableRng};
+    // Seeded so runs are comparable (2005: seed 004's year).
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2005);
+    let mut a = make(name);
+    let mut live = Vec::with_capacity(opts.utilisation_objects);
+    let row = |a: &dyn PercpuAllocator, workload: &'static str| {
+        let f = a.footprint();
+        UtilisationRow {
+            allocator: name,
+            workload,
+            allocated_bytes: f.allocated_bytes,
+            populated_bytes: f.populated_bytes,
+            metadata_bytes: f.metadata_bytes,
+            utilisation: f.allocated_bytes as f64 / f.populated_bytes.max(1) as f64,
+            metadata_per_allocated_byte: f.metadata_bytes as f64 / f.allocated_bytes.max(1) as f64,
+        }
+    };
+    // Sizes log-uniform in 4..=1024, natural 4-byte alignment.
+    for _ in 0..opts.utilisation_objects {
+        let size = 1usize << rng.random_range(2..=10);
+        let size = rng.random_range(size / 2..=size).max(4);
+        live.push(a.alloc(AllocRequest::new(size, 4)).expect("utilisation alloc"));
+    }
+    let mut rows = vec![row(a.as_ref(), "random-alloc")];
+    // Free a random half, then let the balance work depopulate.
+    for i in (0..live.len()).rev() {
+        if rng.random_bool(0.5) {
+            a.free(live.swap_remove(i)).expect("utilisation free");
+        }
+    }
+    a.balance();
+    rows.push(row(a.as_ref(), "random-half-freed"));
+    rows
+}
+
+/// Run every workload; `progress` is told what starts next.
+pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> BenchReport {
+    let mut rows = Vec::new();
+    let patterns = [Pattern::InOrder, Pattern::Alternating, Pattern::Reverse, Pattern::SecondHalfFilled];
+    for &size in &opts.sizes {
+        for pattern in patterns {
+            for name in ALLOCATORS {
+                progress(&format!("{name} {size}B {}", pattern.name()));
+                rows.push(run_one(name, size, 4, pattern, opts));
+            }
+        }
+    }
+    for name in ALLOCATORS {
+        progress(&format!("{name} 4B align 8"));
+        rows.push(run_one(name, 4, 8, Pattern::InOrder, opts));
+    }
+    let mut util = Vec::new();
+    for name in ALLOCATORS {
+        progress(&format!("{name} utilisation"));
+        util.extend(utilisation(name, opts));
+    }
+    let targets = targets(&rows, &util);
+    BenchReport { objects: opts.objects, rows, utilisation: util, targets }
+}
+
+/// Worst case over the free orders seed 002 used (not second-half-filled).
+fn worst(rows: &[BenchRow], allocator: &str, size: usize, align: usize) -> Option<(f64, f64)> {
+    let sel: Vec<_> = rows
+        .iter()
+        .filter(|r| r.allocator == allocator && r.size == size && r.align == align)
+        .filter(|r| ["in-order", "alternating", "reverse"].contains(&r.pattern))
+        .collect();
+    if sel.is_empty() {
+        return None;
+    }
+    let a = sel.iter().map(|r| r.alloc_ns_per_op).fold(0.0, f64::max);
+    let f = sel.iter().map(|r| r.free_ns_per_op).fold(0.0, f64::max);
+    Some((a, f))
+}
+
+fn targets(rows: &[BenchRow], util: &[UtilisationRow]) -> Vec<Target> {
+    let mut t = Vec::new();
+    let mut push = |name: String, ratio: f64, goal: f64, higher_is_better: bool| {
+        let met = if higher_is_better { ratio >= goal } else { ratio <= goal };
+        t.push(Target { name, ratio, goal, met });
+    };
+    if let (Some((_, bf)), Some((_, af))) = (worst(rows, "bitmap", 4, 4), worst(rows, "areamap", 4, 4)) {
+        push("free of 4-byte objects: areamap / bitmap (goal >= 50x, seed 68x)".into(), af / bf, 50.0, true);
+    }
+    let find = |alloc: &str| rows.iter().find(|r| r.allocator == alloc && r.align == 8);
+    if let (Some(b), Some(a)) = (find("bitmap"), find("areamap")) {
+        let total = |r: &BenchRow| {
+            // Over budget: project the full run from the rates achieved.
+            (r.alloc_ns_per_op + r.free_ns_per_op) * r.objects as f64 / 1e6
+        };
+        push(
+            "4-byte objects at 8-byte alignment: areamap / bitmap (goal >= 100x, seed ~195x)".into(),
+            total(a) / total(b),
+            100.0,
+            true,
+        );
+    }
+    for size in [4, 16, 64, 256, 1024] {
+        if let (Some((ba, _)), Some((aa, _))) = (worst(rows, "bitmap", size, 4), worst(rows, "areamap", size, 4)) {
+            push(format!("alloc {size}B: bitmap / areamap (goal <= 1.0, kernel 1.06-1.58)"), ba / aa, 1.0, false);
+        }
+    }
+    if let (Some((ba, _)), Some((bu, _))) = (worst(rows, "bitmap", 4, 4), worst(rows, "bump", 4, 4)) {
+        push("alloc 4B: bitmap / bump (goal <= 30x)".into(), ba / bu, 30.0, false);
+    }
+    if let Some(u) = util.iter().find(|u| u.allocator == "bitmap" && u.workload == "random-alloc") {
+        push(
+            "bitmap utilisation after random-size allocation (goal >= 0.98, seed 004)".into(),
+            u.utilisation,
+            0.98,
+            true,
+        );
+    }
+    t
+}
+
+impl BenchRow {
+    /// Alloc and free time for all objects: measured, or projected from the
+    /// per-op rate when a phase stopped at the budget.
+    fn full_ms(&self) -> (f64, f64) {
+        let n = self.objects as f64;
+        (self.alloc_ns_per_op * n / 1e6, self.free_ns_per_op * n / 1e6)
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: f64, projected: bool| if projected { format!("~{v:.0}*") } else { format!("{v:.0}") };
+        writeln!(
+            f,
+            "Seed 002 workloads, {} objects each (worst case over in-order, alternating, reverse):",
+            self.objects
+        )?;
+        for (title, pat) in [("", false), (" -- second half filled, freed in order", true)] {
+            for name in ALLOCATORS {
+                writeln!(f, "\n{name} allocator{title}:")?;
+                writeln!(f, "Object Size | Alloc Time (ms) | Free Time (ms) | Alloc ns/op | Free ns/op")?;
+                writeln!(f, "---------------------------------------------------------------------")?;
+                for &size in &[4usize, 16, 64, 256, 1024] {
+                    let sel: Vec<&BenchRow> = self
+                        .rows
+                        .iter()
+                        .filter(|r| r.allocator == name && r.size == size && r.align == 4)
+                        .filter(|r| (r.pattern == "second-half-filled") == pat)
+                        .collect();
+                    let Some(a) = sel.iter().max_by(|x, y| x.alloc_ns_per_op.total_cmp(&y.alloc_ns_per_op)) else {
+                        continue;
+                    };
+                    let fr = sel.iter().max_by(|x, y| x.free_ns_per_op.total_cmp(&y.free_ns_per_op)).unwrap();
+                    writeln!(
+                        f,
+                        "{:>10}B | {:>15} | {:>14} | {:>11.1} | {:>10.1}",
+                        size,
+                        ms(a.full_ms().0, a.alloc_ops < a.objects),
+                        ms(fr.full_ms().1, fr.free_ops < fr.objects),
+                        a.alloc_ns_per_op,
+                        fr.free_ns_per_op
+                    )?;
+                }
+            }
+        }
+        writeln!(f, "\n4-byte objects at 8-byte alignment, freed in order:")?;
+        for r in self.rows.iter().filter(|r| r.align == 8) {
+            let (am, fm) = r.full_ms();
+            write!(
+                f,
+                "  {:<8} alloc {:>10} ms  free {:>8} ms  {:>9.1} ns/alloc",
+                r.allocator,
+                ms(am, r.alloc_ops < r.objects),
+                ms(fm, r.free_ops < r.objects),
+                r.alloc_ns_per_op
+            )?;
+            if r.exceeded_budget {
+                write!(f, "  (stopped at the budget after {} allocs, {} frees)", r.alloc_ops, r.free_ops)?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "\nMemory after a random-size workload (sizes 2..1024 B):")?;
+        for u in &self.utilisation {
+            writeln!(
+                f,
+                "  {:<8} {:<18} utilisation {:>6.2}%  metadata {:.4} B per allocated byte",
+                u.allocator,
+                u.workload,
+                u.utilisation * 100.0,
+                u.metadata_per_allocated_byte
+            )?;
+        }
+        writeln!(f, "\nTargets (ratios measured side by side in this run):")?;
+        for t in &self.targets {
+            writeln!(f, "  [{}] {}: {:.2}", if t.met { "met" } else { "MISSED" }, t.name, t.ratio)?;
+        }
+        writeln!(f, "\n* a phase stopped at the time budget: time projected from its per-op rate")
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per subcommand: argument structs and printing only.
+
+pub mod bench;
