@@ -627,7 +627,8 @@ impl<T: Transport> GdbClient<T> {
             let at = addr.wrapping_add(out.len() as u64);
             let n = chunk.min(len - out.len());
             let r = self.request(format!("m{at:x},{n:x}").as_bytes())?;
-            let mem_err = |reason: String| EngineError::Memory { engine: self.engine, op: "read", addr: at, len: n, reason };
+            let mem_err =
+                |reason: String| EngineError::Memory { engine: self.engine, op: "read", addr: at, len: n, reason };
             if let Some(e) = error_reply(&r) {
                 return Err(mem_err(format!("stub answered {e}")));
             }

@@ -167,3 +167,4 @@ pub trait Engine {
 }
 
 pub mod gdb_remote;
+pub mod qemu_alpha;
