@@ -350,3 +350,27 @@ fn drop_kills_and_reaps_qemu() {
     drop(e);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "qemu {pid} still exists (zombie?)");
 }
+
+#[test]
+fn traced_runaway_is_bounded_by_the_trace_window() {
+    use percpu_arch::engine::qemu_alpha::QemuAlphaConfig;
+    let cfg = QemuAlphaConfig { step_window: 16, trace_window: 64, ..Default::default() };
+    let mut e = match QemuAlphaEngine::with_config(cfg) {
+        Ok(e) => e,
+        Err(e @ EngineError::Missing { .. }) => return eprintln!("SKIPPED: {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    with_fns(&mut e);
+    e.set_trace(true);
+    let t = Instant::now();
+    assert_eq!(e.call(SPIN, &[], STACK, 1_000_000).unwrap(), Outcome::BudgetExhausted { pc: SPIN, budget: 1_000_000 });
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A traced call longer than the window still returns the right value.
+    match e.call(SUM, &[1000], STACK, 1_000_000).unwrap() {
+        Outcome::Returned { value, instructions } => assert_eq!((value, instructions), (500_500, 64)),
+        o => panic!("{o:?}"),
+    }
+    // $31 stays zero whatever is written.
+    e.set_reg(Reg::Raw(31), 5).unwrap();
+    assert_eq!(e.reg(Reg::Raw(31)).unwrap(), 0);
+}

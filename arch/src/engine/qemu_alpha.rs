@@ -105,14 +105,17 @@
 //!
 //! # Trace
 //!
-//! With `set_trace(true)` a call is single-stepped entirely (the budget
-//! is then exact) and every memory-format load/store is recorded from the
+//! With `set_trace(true)` a call is single-stepped for up to
+//! `max(trace_window, step_window)` instructions (default 16384, about
+//! 2.5 s; within it the budget is exact) and every memory-format load/store is recorded from the
 //! instruction word and the registers before it executes (address, size,
 //! read/write, value for integer stores; raw register bits for `sts`/`stt`
 //! /`stf`/`stg`, which QEMU would convert to memory format).  Loads to
 //! `$31`/`$f31` (prefetches) and `ldq_u $31` (unop) access nothing and are
 //! not recorded.  It costs about three protocol round trips per
-//! instruction, fine for percpu accessors (tens of instructions).
+//! instruction, fine for percpu accessors (tens of instructions).  A call
+//! that outlives the trace window continues untraced under the watchdog
+//! (logged as a warning): the trace is then truncated, not wrong.
 //!
 //! # Costs (measured on the development machine)
 //!
@@ -222,6 +225,8 @@ pub struct QemuAlphaConfig {
     /// Instructions single-stepped (and counted exactly) before a call
     /// runs freely under the watchdog.
     pub step_window: u64,
+    /// Instructions single-stepped and traced when tracing is on.
+    pub trace_window: u64,
     /// Assumed lower bound on QEMU's speed, to turn the rest of a budget
     /// into watchdog time.
     pub insns_per_ms: u64,
@@ -236,6 +241,7 @@ impl Default for QemuAlphaConfig {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             step_window: 1024,
+            trace_window: 16_384,
             insns_per_ms: 10_000,
             min_watchdog: Duration::from_millis(100),
             max_watchdog: Duration::from_secs(10),
@@ -431,7 +437,10 @@ struct PrivateDir(PathBuf);
 impl PrivateDir {
     fn new() -> io::Result<PrivateDir> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
+        // A Unix socket path must fit in 108 bytes: fall back to /tmp when
+        // TMPDIR is long.
+        let tmp = std::env::temp_dir();
+        let base = if tmp.as_os_str().len() <= 60 { tmp } else { PathBuf::from("/tmp") };
         for _ in 0..100 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let nanos = std::time::SystemTime::now()
@@ -544,7 +553,9 @@ impl QemuAlphaEngine {
             .arg(&sock)
             .arg(&elf)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // qemu-user prints load errors with printf() and then _exit()s,
+            // so they are often lost; keep whatever reaches the file.
+            .stdout(stderr.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .stderr(stderr)
             .spawn()
             .map_err(|e| missing_or_error(&cfg.qemu, e))?;
@@ -642,6 +653,10 @@ impl QemuAlphaEngine {
     }
 
     fn set_raw_reg(&mut self, n: usize, v: u64) -> Result<(), EngineError> {
+        if n == regnum::ZERO || n == 65 {
+            // $31 reads as zero and 65 does not exist: QEMU ignores writes.
+            return Ok(());
+        }
         self.load_regs()?[n] = v;
         self.dirty = true;
         Ok(())
@@ -891,7 +906,8 @@ impl QemuAlphaEngine {
     fn run_call(&mut self, budget: u64) -> Result<Outcome, EngineError> {
         let mut cache = HashMap::new();
         let mut executed: u64 = 0;
-        let stepped = if self.tracing { budget } else { budget.min(self.cfg.step_window) };
+        let window = if self.tracing { self.cfg.trace_window.max(self.cfg.step_window) } else { self.cfg.step_window };
+        let stepped = budget.min(window);
         while executed < stepped {
             let pc = self.raw_reg(regnum::PC)?;
             if pc == RETURN_TRAMPOLINE {
@@ -940,6 +956,9 @@ impl QemuAlphaEngine {
         }
         if executed >= budget {
             return Ok(Outcome::BudgetExhausted { pc, budget });
+        }
+        if self.tracing {
+            tracing::warn!(executed, budget, "qemu-alpha: call outlived the trace window; the rest runs untraced");
         }
         // Free run under the watchdog.
         let deadline = Instant::now() + self.cfg.watchdog(budget - executed);
