@@ -24,9 +24,9 @@
 //! numbers 71/73; `mprotect` is 74) through the stub: `$0` = number, args
 //! in `$16..$21`, `callsys`, result in `$0` with `$19` (a3) = 1 on error
 //! (then `$0` is the positive errno).  Mappings use
-//! `MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE` with alpha's values
-//! (0x2, 0x10, 0x200000; MAP_FIXED itself is 0x100 on alpha, 0x10 on
-//! x86), never plain `MAP_FIXED`: QEMU 7.2 does not know
+//! `MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE|MAP_FIXED_NOREPLACE` with
+//! alpha's values (0x2, 0x10, 0x10000, 0x200000; MAP_FIXED itself is 0x100
+//! on alpha, 0x10 on x86), never plain `MAP_FIXED`: QEMU 7.2 does not know
 //! `MAP_FIXED_NOREPLACE` and drops it, so the address is a hint that QEMU
 //! honours when the range is free; when it is not, QEMU places the mapping
 //! elsewhere and the engine unmaps it and fails.  Either way a map over an
@@ -42,7 +42,13 @@
 //! 0x7fff_0000_0000).  Nothing at or above 2^47 can be mapped (ENOMEM):
 //! not the alpha kernel's 0xfffffc00_00000000 linear map nor any other
 //! "kernel-like" address, so adapters must relocate kernel addresses
-//! below 2^47.  Ranges to avoid: the harness, QEMU's guest stack and mmap
+//! below 2^47.  Measured bounds: the lowest mappable page is 0x1_0000
+//! (QEMU rounds `mmap_min_addr` up to 64 KiB), the highest is
+//! 0x7fff_ffff_c000 (the host's last user page is not available).  Sizes
+//! are bounded by QEMU's per-page bookkeeping rather than memory (mappings
+//! are `MAP_NORESERVE`, pages are allocated on touch): 1 GiB maps in
+//! ~3 ms, 64 GiB in ~0.3 s, 1 TiB takes ~5 s and ~3 GiB of QEMU memory, so
+//! map what a test touches (a few GiB at most).  Ranges to avoid: the harness, QEMU's guest stack and mmap
 //! area (from 0x40_0000_0000 up), and the host's own mappings (QEMU's
 //! binary near 0x55xx_xxxx_xxxx..0x56xx_xxxx_xxxx, libraries near
 //! 0x7fxx_xxxx_xxxx); a map that hits any of them fails cleanly.
@@ -183,6 +189,8 @@ pub mod sys {
     pub const MAP_FIXED: u64 = 0x100;
     /// Alpha's value (generic: 0x100000).
     pub const MAP_FIXED_NOREPLACE: u64 = 0x200000;
+    /// Alpha's value (x86: 0x4000).
+    pub const MAP_NORESERVE: u64 = 0x10000;
 }
 
 /// GDB register numbers of qemu-alpha's `g` packet (67 registers of 8
@@ -1086,7 +1094,9 @@ impl Engine for QemuAlphaEngine {
         let map_err = |reason: String| EngineError::Map { engine: ENGINE, addr, size, reason };
         self.check_range(addr, size).map_err(map_err)?;
         self.alive()?;
-        let flags = sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_FIXED_NOREPLACE;
+        // NORESERVE: large sparse areas (vmalloc-like percpu chunks) must not
+        // hit the host's overcommit heuristic; pages are allocated on touch.
+        let flags = sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE | sys::MAP_FIXED_NOREPLACE;
         match self.syscall(sys::NR_MMAP, [addr, size, prot(perms), flags, u64::MAX, 0])? {
             Ok(got) if got == addr => {}
             Ok(got) => {
