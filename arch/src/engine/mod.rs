@@ -165,3 +165,6 @@ pub trait Engine {
     /// Take the accesses recorded since the last call to this.
     fn take_trace(&mut self) -> Vec<MemAccess>;
 }
+
+pub mod gdb_remote;
+pub mod qemu_alpha;

@@ -1,0 +1,1288 @@
+//! The Alpha engine: QEMU's real alpha target (`qemu-alpha`, user mode)
+//! driven over the GDB remote protocol ([`super::gdb_remote`]).
+//!
+//! Unicorn has no Alpha, so percpu-bed runs Alpha code in `qemu-alpha`
+//! (Debian package `qemu-user`), a Linux *user-mode* emulator: the guest is
+//! an ordinary Linux process whose address space starts as the segments of
+//! a small harness ELF that this module writes ([`harness_elf`]).  QEMU
+//! executes every instruction; this module only sets registers, reads and
+//! writes memory, plants breakpoints and classifies stops.
+//!
+//! # Harness
+//!
+//! One RWX `PT_LOAD` at [`HARNESS_BASE`] (64 KiB) holds the entry point
+//! (`bpt; br .-4`, never run: the gdbstub stops before the first
+//! instruction), the [`RETURN_TRAMPOLINE`] (a `Z0` breakpoint that callees
+//! return to), a system call stub (`callsys` followed by a breakpoint) and
+//! a free scratch area ([`SCRATCH_BASE`], [`SCRATCH_SIZE`]).  A second,
+//! RW `PT_LOAD` is a 64 KiB stack ([`HARNESS_STACK_TOP`]).  Adapters should
+//! keep their own layout clear of `HARNESS_BASE..HARNESS_END`.
+//!
+//! # Memory
+//!
+//! `map`/`unmap` make the guest call `mmap`/`munmap` (alpha syscall
+//! numbers 71/73; `mprotect` is 74) through the stub: `$0` = number, args
+//! in `$16..$21`, `callsys`, result in `$0` with `$19` (a3) = 1 on error
+//! (then `$0` is the positive errno).  Mappings use
+//! `MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE|MAP_FIXED_NOREPLACE` with
+//! alpha's values (0x2, 0x10, 0x10000, 0x200000; MAP_FIXED itself is 0x100
+//! on alpha, 0x10 on x86), never plain `MAP_FIXED`: QEMU 7.2 does not know
+//! `MAP_FIXED_NOREPLACE` and drops it, so the address is a hint that QEMU
+//! honours when the range is free; when it is not, QEMU places the mapping
+//! elsewhere and the engine unmaps it and fails.  Either way a map over an
+//! existing mapping fails (like Unicorn's) instead of clobbering it, and
+//! in particular can never clobber QEMU's own host mappings (plain
+//! `MAP_FIXED` would: guest addresses are host addresses, see below).  The
+//! granule is alpha's 8 KiB page.  A map + unmap pair costs about 0.5 ms.
+//!
+//! QEMU 7.2 runs the guest with guest_base 0, so guest addresses are host
+//! addresses: every page-aligned range below 2^47 (0x8000_0000_0000) that
+//! is not already taken can be mapped (checked: 0x1_0000,
+//! 0x1_0000_0000, 0x10_0000_0000, 0x200_0000_0000, 0x4000_0000_0000,
+//! 0x7fff_0000_0000).  Nothing at or above 2^47 can be mapped (ENOMEM):
+//! not the alpha kernel's 0xfffffc00_00000000 linear map nor any other
+//! "kernel-like" address, so adapters must relocate kernel addresses
+//! below 2^47.  Measured bounds: the lowest mappable page is 0x1_0000
+//! (QEMU rounds `mmap_min_addr` up to 64 KiB), the highest is
+//! 0x7fff_ffff_c000 (the host's last user page is not available).  Sizes
+//! are bounded by QEMU's per-page bookkeeping rather than memory (mappings
+//! are `MAP_NORESERVE`, pages are allocated on touch): 1 GiB maps in
+//! ~3 ms, 64 GiB in ~0.3 s, 1 TiB takes ~5 s and ~3 GiB of QEMU memory, so
+//! map what a test touches (a few GiB at most).  Ranges to avoid: the harness, QEMU's guest stack and mmap
+//! area (from 0x40_0000_0000 up), and the host's own mappings (QEMU's
+//! binary near 0x55xx_xxxx_xxxx..0x56xx_xxxx_xxxx, libraries near
+//! 0x7fxx_xxxx_xxxx); a map that hits any of them fails cleanly.
+//!
+//! `write`/`read` use `M`/`m`.  QEMU's debug accesses honour the guest
+//! page protection, and a page holding translated code is write-protected
+//! internally, so when a write is refused on a page the engine mapped (or
+//! the target page is not writable/readable by its perms) the engine
+//! `mprotect`s the pages open, retries, and restores the protection:
+//! host-side writes always work, as with Unicorn, while the guest still
+//! faults on them.
+//!
+//! # Calls and the budget
+//!
+//! `call` sets `$16..$21` = args (at most six), `$26` (ra) =
+//! [`RETURN_TRAMPOLINE`], `$27` (pv) = `$pc` = entry (callees compute `$gp`
+//! with `ldgp` from pv), `$30` = stack_top.  GDB remote has no instruction
+//! counter, so the budget is a hybrid:
+//!
+//! * the first `min(budget, step_window)` instructions (default window
+//!   1024) are single-stepped and counted exactly: a function that returns
+//!   within the window reports the exact `instructions`; a budget that is
+//!   not larger than the window is enforced exactly
+//!   (`BudgetExhausted { pc }` is the PC of the next, unexecuted
+//!   instruction);
+//! * beyond the window the guest runs freely under a wall-clock watchdog
+//!   of `remaining / insns_per_ms` milliseconds (default rate 10 000
+//!   instructions per ms, a deliberately low estimate of QEMU's speed),
+//!   clamped to `[min_watchdog, max_watchdog]` (100 ms, 10 s).  When it
+//!   fires the engine interrupts QEMU and reports `BudgetExhausted` with
+//!   the PC where the guest stopped.  A function that returns in this
+//!   phase reports `instructions` = the stepped count (a lower bound).
+//!
+//!   QEMU 7.2's user-mode gdbstub does not read the socket while the guest
+//!   runs, so the protocol's `0x03` interrupt is never seen; the engine
+//!   sends the QEMU process a host SIGINT instead, which QEMU queues for
+//!   the guest and reports to the debugger as a SIGINT stop before the
+//!   guest sees it (and drops when the debugger continues with `c`).
+//!
+//! # Stops
+//!
+//! * the trampoline breakpoint: `Returned { value: $0 }`;
+//! * SIGSEGV/SIGBUS: `Fault`.  QEMU's stop reply carries no fault address
+//!   (no `qXfer:siginfo` in 7.2), but the PC is that of the faulting
+//!   instruction, so the engine decodes it: for a memory-format load or
+//!   store (`ldq`, `stl`, `ldq_u`, ...) the address is `Rb + disp16`
+//!   (`& !7` for the `_u` forms) and the access is read or write; if the
+//!   instruction cannot be read, or its page is not executable, the fault
+//!   is a fetch at the PC.  `unmapped` is true when no mapping the engine
+//!   knows (harness + `map`) covers the address;
+//! * SIGILL, SIGFPE, SIGTRAP not at the trampoline (e.g. `call_pal bpt`,
+//!   whose PC is reported after the instruction), other signals: `Trap`;
+//! * the guest exiting (an `exit` syscall in guest code): `Trap`, and the
+//!   engine is dead from then on (every later operation is an error).
+//!
+//! While single-stepping, `call_pal` instructions other than the harmless
+//! user ones (`rduniq`, `wruniq`, `imb`) are reported as `Trap` before
+//! they execute, so guest code can never make a system call that would
+//! disturb the harness.
+//!
+//! # Trace
+//!
+//! With `set_trace(true)` a call is single-stepped for up to
+//! `max(trace_window, step_window)` instructions (default 16384, about
+//! 2.5 s; within it the budget is exact) and every memory-format load/store is recorded from the
+//! instruction word and the registers before it executes (address, size,
+//! read/write, value for integer stores; raw register bits for `sts`/`stt`
+//! /`stf`/`stg`, which QEMU would convert to memory format).  Loads to
+//! `$31`/`$f31` (prefetches) and `ldq_u $31` (unop) access nothing and are
+//! not recorded.  It costs about three protocol round trips per
+//! instruction, fine for percpu accessors (tens of instructions).  A call
+//! that outlives the trace window continues untraced under the watchdog
+//! (logged as a warning): the trace is then truncated, not wrong.
+//!
+//! # Costs (measured on the development machine)
+//!
+//! Starting an engine takes about 20 ms; a single-stepped instruction
+//! about 150 us (`s` + `g`), traced or not; a memory read round trip about
+//! 10 us.  A call of a 10-instruction accessor therefore costs ~1.5 ms,
+//! and a call that outlives the step window spends ~150 ms stepping before
+//! it runs freely (lower `step_window` to trade exact counts for speed).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::gdb_remote::{gdb_signal, GdbClient, StopReply};
+use super::{Access, Cpu, Engine, EngineError, MemAccess, Outcome, Perms, Reg};
+
+const ENGINE: &str = "qemu-alpha";
+
+/// Alpha page size (the `map` granule).
+pub const PAGE_SIZE: u64 = 0x2000;
+
+/// Start of the harness's RWX segment (the conventional alpha text base).
+pub const HARNESS_BASE: u64 = 0x1_2000_0000;
+/// Size of the RWX segment.
+pub const HARNESS_CODE_SIZE: u64 = 0x1_0000;
+/// The entry point (never executed).
+pub const HARNESS_ENTRY: u64 = HARNESS_BASE;
+/// Callees return here; a permanent `Z0` breakpoint (backed by a `bpt`).
+pub const RETURN_TRAMPOLINE: u64 = HARNESS_BASE + 0x40;
+/// `callsys`, followed by the breakpoint at `SYSCALL_STUB + 4`.
+pub const SYSCALL_STUB: u64 = HARNESS_BASE + 0x80;
+const SYSCALL_LANDING: u64 = SYSCALL_STUB + 4;
+/// Free RWX space for adapters and tests (code or data).
+pub const SCRATCH_BASE: u64 = HARNESS_BASE + 0x2000;
+pub const SCRATCH_SIZE: u64 = HARNESS_CODE_SIZE - 0x2000;
+/// The harness stack segment (RW).
+pub const HARNESS_STACK_BASE: u64 = HARNESS_BASE + HARNESS_CODE_SIZE;
+pub const HARNESS_STACK_SIZE: u64 = 0x1_0000;
+pub const HARNESS_STACK_TOP: u64 = HARNESS_STACK_BASE + HARNESS_STACK_SIZE;
+/// End of everything the harness occupies.
+pub const HARNESS_END: u64 = HARNESS_STACK_TOP;
+
+/// Highest guest address + 1 that qemu-alpha 7.2 on an x86_64 host can map.
+pub const USER_ADDRESS_LIMIT: u64 = 0x8000_0000_0000;
+
+/// Alpha Linux system call numbers (arch/alpha/include/uapi/asm/unistd.h).
+pub mod sys {
+    pub const NR_EXIT: u64 = 1;
+    pub const NR_MMAP: u64 = 71;
+    pub const NR_MUNMAP: u64 = 73;
+    pub const NR_MPROTECT: u64 = 74;
+    pub const NR_EXIT_GROUP: u64 = 405;
+    pub const PROT_READ: u64 = 0x1;
+    pub const PROT_WRITE: u64 = 0x2;
+    pub const PROT_EXEC: u64 = 0x4;
+    pub const MAP_PRIVATE: u64 = 0x02;
+    pub const MAP_ANONYMOUS: u64 = 0x10;
+    /// Alpha's value (x86: 0x10).
+    pub const MAP_FIXED: u64 = 0x100;
+    /// Alpha's value (generic: 0x100000).
+    pub const MAP_FIXED_NOREPLACE: u64 = 0x200000;
+    /// Alpha's value (x86: 0x4000).
+    pub const MAP_NORESERVE: u64 = 0x10000;
+}
+
+/// GDB register numbers of qemu-alpha's `g` packet (67 registers of 8
+/// bytes: 0-30 integer, 31 zero, 32-62 `$f0..$f30`, 63 fpcr, 64 pc, 65
+/// unused, 66 unique).
+pub mod regnum {
+    pub const V0: usize = 0;
+    pub const T7_THREAD_INFO: usize = 8;
+    pub const A0: usize = 16;
+    pub const A3: usize = 19;
+    pub const RA: usize = 26;
+    pub const PV: usize = 27;
+    pub const GP: usize = 29;
+    pub const SP: usize = 30;
+    pub const ZERO: usize = 31;
+    pub const F0: usize = 32;
+    pub const FPCR: usize = 63;
+    pub const PC: usize = 64;
+    pub const UNIQUE: usize = 66;
+    pub const COUNT: usize = 67;
+}
+
+/// Instruction words used by the harness.
+mod insn {
+    pub const BPT: u32 = 0x0000_0080;
+    pub const CALLSYS: u32 = 0x0000_0083;
+    /// `br $31, .-4` (branch displacement -2 words from the next pc).
+    pub const BR_BACK: u32 = 0xc3ff_fffe;
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct QemuAlphaConfig {
+    /// The emulator binary (looked up in PATH when relative).
+    pub qemu: PathBuf,
+    /// Bound on every wait for one protocol reply.
+    pub timeout: Duration,
+    /// Bound on waiting for QEMU's gdb socket to accept a connection.
+    pub connect_timeout: Duration,
+    /// Instructions single-stepped (and counted exactly) before a call
+    /// runs freely under the watchdog.
+    pub step_window: u64,
+    /// Instructions single-stepped and traced when tracing is on.
+    pub trace_window: u64,
+    /// Assumed lower bound on QEMU's speed, to turn the rest of a budget
+    /// into watchdog time.
+    pub insns_per_ms: u64,
+    pub min_watchdog: Duration,
+    pub max_watchdog: Duration,
+}
+
+impl Default for QemuAlphaConfig {
+    fn default() -> Self {
+        QemuAlphaConfig {
+            qemu: PathBuf::from("qemu-alpha"),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            step_window: 1024,
+            trace_window: 16_384,
+            insns_per_ms: 10_000,
+            min_watchdog: Duration::from_millis(100),
+            max_watchdog: Duration::from_secs(10),
+        }
+    }
+}
+
+impl QemuAlphaConfig {
+    /// Watchdog time for `remaining` instructions beyond the step window.
+    pub fn watchdog(&self, remaining: u64) -> Duration {
+        let ms = remaining / self.insns_per_ms.max(1);
+        Duration::from_millis(ms).clamp(self.min_watchdog, self.max_watchdog.max(self.min_watchdog))
+    }
+}
+
+/// A mapping the engine knows about.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Region {
+    start: u64,
+    end: u64,
+    perms: Perms,
+}
+
+fn prot(p: Perms) -> u64 {
+    (if p.read { sys::PROT_READ } else { 0 })
+        | (if p.write { sys::PROT_WRITE } else { 0 })
+        | (if p.exec { sys::PROT_EXEC } else { 0 })
+}
+
+/// A short name for an alpha errno value.
+fn errno_name(e: u64) -> String {
+    let name = match e {
+        1 => "EPERM",
+        9 => "EBADF",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        22 => "EINVAL",
+        _ => return format!("errno {e}"),
+    };
+    format!("{name} ({e})")
+}
+
+/// A decoded alpha memory-format load or store.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MemOp {
+    pub access: Access,
+    pub size: u8,
+    /// Data register (integer, or floating point when `fp`).
+    pub ra: u8,
+    /// Base register.
+    pub rb: u8,
+    pub disp: i16,
+    pub fp: bool,
+    /// `ldq_u`/`stq_u`: the address is aligned down to 8.
+    pub unaligned: bool,
+}
+
+impl MemOp {
+    /// Effective address given the base register's value.
+    pub fn address(&self, base: u64) -> u64 {
+        let a = base.wrapping_add(self.disp as i64 as u64);
+        if self.unaligned {
+            a & !7
+        } else {
+            a
+        }
+    }
+
+    /// True if the instruction touches memory at all (loads into the zero
+    /// registers are prefetches / `unop`).
+    pub fn touches_memory(&self) -> bool {
+        !(self.access == Access::Read && self.ra == 31)
+    }
+}
+
+/// Decode an alpha memory-format load/store (`None` for anything else,
+/// including `lda`/`ldah`, which compute addresses without accessing).
+pub fn decode_mem_op(word: u32) -> Option<MemOp> {
+    let opcode = word >> 26;
+    let (access, size, fp, unaligned) = match opcode {
+        0x0a => (Access::Read, 1, false, false),  // ldbu
+        0x0b => (Access::Read, 8, false, true),   // ldq_u
+        0x0c => (Access::Read, 2, false, false),  // ldwu
+        0x0d => (Access::Write, 2, false, false), // stw
+        0x0e => (Access::Write, 1, false, false), // stb
+        0x0f => (Access::Write, 8, false, true),  // stq_u
+        0x20 => (Access::Read, 4, true, false),   // ldf
+        0x21 => (Access::Read, 8, true, false),   // ldg
+        0x22 => (Access::Read, 4, true, false),   // lds
+        0x23 => (Access::Read, 8, true, false),   // ldt
+        0x24 => (Access::Write, 4, true, false),  // stf
+        0x25 => (Access::Write, 8, true, false),  // stg
+        0x26 => (Access::Write, 4, true, false),  // sts
+        0x27 => (Access::Write, 8, true, false),  // stt
+        0x28 => (Access::Read, 4, false, false),  // ldl
+        0x29 => (Access::Read, 8, false, false),  // ldq
+        0x2a => (Access::Read, 4, false, false),  // ldl_l
+        0x2b => (Access::Read, 8, false, false),  // ldq_l
+        0x2c => (Access::Write, 4, false, false), // stl
+        0x2d => (Access::Write, 8, false, false), // stq
+        0x2e => (Access::Write, 4, false, false), // stl_c
+        0x2f => (Access::Write, 8, false, false), // stq_c
+        _ => return None,
+    };
+    Some(MemOp {
+        access,
+        size,
+        ra: ((word >> 21) & 31) as u8,
+        rb: ((word >> 16) & 31) as u8,
+        disp: (word & 0xffff) as u16 as i16,
+        fp,
+        unaligned,
+    })
+}
+
+/// `call_pal` functions that must not run under the engine (everything but
+/// the harmless unprivileged `imb`, `rduniq`, `wruniq`), with a reason.
+fn forbidden_pal(word: u32) -> Option<String> {
+    if word >> 26 != 0 {
+        return None;
+    }
+    let func = word & 0x03ff_ffff;
+    match func {
+        0x86 | 0x9e | 0x9f => None,
+        0x80 => Some("call_pal bpt (breakpoint trap)".into()),
+        0x81 => Some("call_pal bugchk".into()),
+        0x83 => Some("call_pal callsys (system call from guest code)".into()),
+        0xaa => Some("call_pal gentrap".into()),
+        f => Some(format!("call_pal {f:#x} (privileged or unsupported PALcode call)")),
+    }
+}
+
+/// The harness ELF: a static alpha executable (ELF64, little endian,
+/// EM_ALPHA 0x9026) with an RWX segment at [`HARNESS_BASE`] and an RW stack
+/// segment.  Written by hand: it is two program headers and a few words.
+pub fn harness_elf() -> Vec<u8> {
+    const EM_ALPHA: u16 = 0x9026;
+    const CODE_OFFSET: u64 = 0x2000;
+    let mut code = vec![0u8; (SYSCALL_STUB - HARNESS_BASE + 0x10) as usize];
+    let mut put = |at: u64, words: &[u32]| {
+        let mut o = (at - HARNESS_BASE) as usize;
+        for w in words {
+            code[o..o + 4].copy_from_slice(&w.to_le_bytes());
+            o += 4;
+        }
+    };
+    put(HARNESS_ENTRY, &[insn::BPT, insn::BR_BACK]);
+    put(RETURN_TRAMPOLINE, &[insn::BPT, insn::BR_BACK]);
+    put(SYSCALL_STUB, &[insn::CALLSYS, insn::BPT, insn::BR_BACK]);
+
+    let mut f = Vec::with_capacity(CODE_OFFSET as usize + code.len());
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV.
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&EM_ALPHA.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    f.extend_from_slice(&HARNESS_ENTRY.to_le_bytes());
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    let mut phdr = |flags: u32, offset: u64, vaddr: u64, filesz: u64, memsz: u64| {
+        f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        f.extend_from_slice(&flags.to_le_bytes());
+        f.extend_from_slice(&offset.to_le_bytes());
+        f.extend_from_slice(&vaddr.to_le_bytes());
+        f.extend_from_slice(&vaddr.to_le_bytes());
+        f.extend_from_slice(&filesz.to_le_bytes());
+        f.extend_from_slice(&memsz.to_le_bytes());
+        f.extend_from_slice(&PAGE_SIZE.to_le_bytes());
+    };
+    const PF_X: u32 = 1;
+    const PF_W: u32 = 2;
+    const PF_R: u32 = 4;
+    phdr(PF_R | PF_W | PF_X, CODE_OFFSET, HARNESS_BASE, code.len() as u64, HARNESS_CODE_SIZE);
+    phdr(PF_R | PF_W, 0, HARNESS_STACK_BASE, 0, HARNESS_STACK_SIZE);
+    f.resize(CODE_OFFSET as usize, 0);
+    f.extend_from_slice(&code);
+    f
+}
+
+/// A private temporary directory, removed on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> io::Result<PrivateDir> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // A Unix socket path must fit in 108 bytes: fall back to /tmp when
+        // TMPDIR is long.
+        let tmp = std::env::temp_dir();
+        let base = if tmp.as_os_str().len() <= 60 { tmp } else { PathBuf::from("/tmp") };
+        for _ in 0..100 {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let p = base.join(format!("percpu-bed-alpha-{}-{n}-{nanos:08x}", std::process::id()));
+            match fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(PrivateDir(p)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary directory name"))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The QEMU child process; killed and reaped on drop.  Declared after the
+/// client in [`QemuAlphaEngine`] so the socket closes first.
+struct QemuProcess {
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl QemuProcess {
+    fn stderr(&self) -> String {
+        let s = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let s = s.trim();
+        if s.is_empty() {
+            "no output".into()
+        } else {
+            s.chars().take(2000).collect()
+        }
+    }
+
+    /// Send the host SIGINT QEMU turns into a guest stop.
+    fn interrupt(&self) -> io::Result<()> {
+        extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        const SIGINT: i32 = 2;
+        let pid = i32::try_from(self.child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+        // SAFETY: kill(2) on our own child's pid with a constant signal; no
+        // memory is passed.  The child is not reaped while we hold it, so the
+        // pid cannot have been reused.
+        if unsafe { kill(pid, SIGINT) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `qemu-alpha` driven over GDB remote.  See the module documentation.
+pub struct QemuAlphaEngine {
+    client: GdbClient<UnixStream>,
+    process: QemuProcess,
+    _dir: PrivateDir,
+    cfg: QemuAlphaConfig,
+    regs: Option<Vec<u64>>,
+    dirty: bool,
+    regions: Vec<Region>,
+    tracing: bool,
+    trace: Vec<MemAccess>,
+    /// Why the guest is gone, once it is.
+    dead: Option<String>,
+    /// Host SIGINTs sent whose guest stop has not been seen yet.
+    pending_interrupts: u32,
+    /// Last known PC (for reports after the guest died).
+    last_pc: u64,
+}
+
+impl QemuAlphaEngine {
+    /// Start `qemu-alpha` on a fresh harness with default settings.
+    pub fn new() -> Result<Self, EngineError> {
+        Self::with_config(QemuAlphaConfig::default())
+    }
+
+    pub fn with_config(cfg: QemuAlphaConfig) -> Result<Self, EngineError> {
+        let engine_err = |reason: String| EngineError::Engine { engine: ENGINE, reason };
+        let dir = PrivateDir::new().map_err(|e| engine_err(format!("cannot create a private temp dir: {e}")))?;
+        let elf = dir.0.join("harness.elf");
+        // qemu-user refuses files without execute permission (EACCES).
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&elf)
+            .and_then(|mut f| f.write_all(&harness_elf()))
+            .map_err(|e| engine_err(format!("cannot write {}: {e}", elf.display())))?;
+        let sock = dir.0.join("gdb.sock");
+        let stderr_path = dir.0.join("qemu.stderr");
+        let stderr = File::create(&stderr_path)
+            .map_err(|e| engine_err(format!("cannot create {}: {e}", stderr_path.display())))?;
+        let child = Command::new(&cfg.qemu)
+            .arg("-g")
+            .arg(&sock)
+            .arg(&elf)
+            .stdin(Stdio::null())
+            // qemu-user prints load errors with printf() and then _exit()s,
+            // so they are often lost; keep whatever reaches the file.
+            .stdout(stderr.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| missing_or_error(&cfg.qemu, e))?;
+        let mut process = QemuProcess { child, stderr_path };
+        let stream = connect(&mut process, &sock, cfg.connect_timeout)?;
+        let mut client = GdbClient::new(stream, ENGINE, cfg.timeout);
+        client.handshake()?;
+        match client.halt_reason()? {
+            StopReply::Signal { signal: gdb_signal::SIGTRAP, .. } => {}
+            other => {
+                return Err(EngineError::Protocol {
+                    engine: ENGINE,
+                    reason: format!("expected the initial SIGTRAP stop, got {other:?}"),
+                })
+            }
+        }
+        client.insert_breakpoint(RETURN_TRAMPOLINE, 4)?;
+        client.insert_breakpoint(SYSCALL_LANDING, 4)?;
+        let mut e = QemuAlphaEngine {
+            client,
+            process,
+            _dir: dir,
+            cfg,
+            regs: None,
+            dirty: false,
+            regions: vec![
+                Region { start: HARNESS_BASE, end: HARNESS_BASE + HARNESS_CODE_SIZE, perms: Perms::RWX },
+                Region { start: HARNESS_STACK_BASE, end: HARNESS_STACK_TOP, perms: Perms::RW },
+            ],
+            tracing: false,
+            trace: Vec::new(),
+            dead: None,
+            pending_interrupts: 0,
+            last_pc: HARNESS_ENTRY,
+        };
+        let pc = e.raw_reg(regnum::PC)?;
+        if pc != HARNESS_ENTRY {
+            return Err(engine_err(format!("harness stopped at {pc:#x}, expected the entry {HARNESS_ENTRY:#x}")));
+        }
+        Ok(e)
+    }
+
+    pub fn config(&self) -> &QemuAlphaConfig {
+        &self.cfg
+    }
+
+    /// The QEMU process id (diagnostics, tests).
+    pub fn qemu_pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
+    fn err(&self, reason: impl Into<String>) -> EngineError {
+        EngineError::Engine { engine: ENGINE, reason: reason.into() }
+    }
+
+    fn alive(&self) -> Result<(), EngineError> {
+        match &self.dead {
+            Some(why) => Err(self.err(format!("the guest is gone ({why}); create a new engine"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Mark the engine dead after a transport error (the state is unknown).
+    fn poison<T>(&mut self, r: Result<T, EngineError>) -> Result<T, EngineError> {
+        if let Err(e) = &r {
+            if matches!(e, EngineError::Protocol { .. } | EngineError::Timeout { .. }) && self.dead.is_none() {
+                self.dead = Some(format!("lost the gdb connection: {e}; qemu stderr: {}", self.process.stderr()));
+            }
+        }
+        r
+    }
+
+    // -- registers ---------------------------------------------------------
+
+    fn load_regs(&mut self) -> Result<&mut Vec<u64>, EngineError> {
+        if self.regs.is_none() {
+            let raw = self.client.read_registers();
+            let raw = self.poison(raw)?;
+            if raw.len() != regnum::COUNT * 8 {
+                return Err(EngineError::Protocol {
+                    engine: ENGINE,
+                    reason: format!("`g` returned {} bytes, expected {} (67 registers)", raw.len(), regnum::COUNT * 8),
+                });
+            }
+            let regs: Vec<u64> =
+                raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            self.last_pc = regs[regnum::PC];
+            self.regs = Some(regs);
+        }
+        Ok(self.regs.as_mut().expect("loaded above"))
+    }
+
+    fn raw_reg(&mut self, n: usize) -> Result<u64, EngineError> {
+        Ok(self.load_regs()?[n])
+    }
+
+    fn set_raw_reg(&mut self, n: usize, v: u64) -> Result<(), EngineError> {
+        if n == regnum::ZERO || n == 65 {
+            // $31 reads as zero and 65 does not exist: QEMU ignores writes.
+            return Ok(());
+        }
+        self.load_regs()?[n] = v;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn flush_regs(&mut self) -> Result<(), EngineError> {
+        if self.dirty {
+            let bytes: Vec<u8> =
+                self.regs.as_ref().map(|r| r.iter().flat_map(|v| v.to_le_bytes()).collect()).unwrap_or_default();
+            let r = self.client.write_registers(&bytes);
+            self.poison(r)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn regnum(&self, reg: Reg) -> Result<usize, EngineError> {
+        let n = match reg {
+            Reg::Pc => regnum::PC,
+            Reg::Sp => regnum::SP,
+            Reg::Arg(n) if n < 6 => regnum::A0 + n as usize,
+            Reg::Ret => regnum::V0,
+            Reg::ReturnAddress => regnum::RA,
+            Reg::Gp => regnum::GP,
+            Reg::ThreadPointer => regnum::T7_THREAD_INFO,
+            Reg::Raw(n) if (n as usize) < regnum::COUNT => n as usize,
+            _ => return Err(EngineError::NoRegister { engine: ENGINE, cpu: Cpu::Alpha, reg }),
+        };
+        Ok(n)
+    }
+
+    // -- running -----------------------------------------------------------
+
+    /// Flush registers, resume (`c` or `s`), wait up to `within`.
+    fn resume(&mut self, step: bool, within: Duration) -> Result<Option<StopReply>, EngineError> {
+        self.flush_regs()?;
+        self.regs = None;
+        let r = if step { self.client.resume_step() } else { self.client.resume_continue() };
+        self.poison(r)?;
+        let r = self.client.wait_stop(within);
+        let stop = self.poison(r)?;
+        if let Some(StopReply::Exited { status }) = &stop {
+            self.dead = Some(format!("the guest process exited with status {status}"));
+        }
+        if let Some(StopReply::Terminated { signal }) = &stop {
+            self.dead = Some(format!("the guest process was killed by {}", gdb_signal::name(*signal)));
+        }
+        Ok(stop)
+    }
+
+    /// Is this a SIGINT stop left over from an earlier interrupt?
+    fn stale_interrupt(&mut self, stop: &StopReply) -> bool {
+        if matches!(stop, StopReply::Signal { signal: gdb_signal::SIGINT, .. }) && self.pending_interrupts > 0 {
+            self.pending_interrupts -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Continue until a stop, bounded by the reply timeout (for the
+    /// engine's own stubs, which stop after one instruction).
+    fn run_stub(&mut self) -> Result<StopReply, EngineError> {
+        for _ in 0..4 {
+            match self.resume(false, self.cfg.timeout)? {
+                Some(s) if self.stale_interrupt(&s) => continue,
+                Some(s) => return Ok(s),
+                None => {
+                    let e = EngineError::Timeout {
+                        engine: ENGINE,
+                        what: "the harness stub to stop".into(),
+                        millis: self.cfg.timeout.as_millis() as u64,
+                    };
+                    return self.poison(Err(e));
+                }
+            }
+        }
+        Err(self.err("too many stale interrupt stops"))
+    }
+
+    /// Make the guest execute system call `nr`; `Ok(Err(errno))` when the
+    /// call failed.  All registers are preserved.
+    pub fn syscall(&mut self, nr: u64, args: [u64; 6]) -> Result<Result<u64, u64>, EngineError> {
+        self.alive()?;
+        let saved = self.load_regs()?.clone();
+        {
+            let r = self.load_regs()?;
+            r[regnum::V0] = nr;
+            r[regnum::A0..regnum::A0 + 6].copy_from_slice(&args);
+            r[regnum::PC] = SYSCALL_STUB;
+        }
+        self.dirty = true;
+        let stop = self.run_stub()?;
+        let pc = self.raw_reg(regnum::PC)?;
+        let (v0, a3) = (self.raw_reg(regnum::V0)?, self.raw_reg(regnum::A3)?);
+        match stop {
+            StopReply::Signal { signal: gdb_signal::SIGTRAP, .. } if pc == SYSCALL_LANDING => {}
+            other => {
+                return Err(self.err(format!("system call {nr} stub stopped with {other:?} at {pc:#x}")));
+            }
+        }
+        self.regs = Some(saved);
+        self.dirty = true;
+        Ok(if a3 == 0 { Ok(v0) } else { Err(v0) })
+    }
+
+    fn mprotect(&mut self, start: u64, end: u64, prot: u64) -> Result<(), EngineError> {
+        match self.syscall(sys::NR_MPROTECT, [start, end - start, prot, 0, 0, 0])? {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                Err(self.err(format!("mprotect({start:#x}, {:#x}, {prot:#x}) failed: {}", end - start, errno_name(e))))
+            }
+        }
+    }
+
+    /// Tracked regions overlapping `[addr, addr+len)`, clipped to it and
+    /// widened to pages.
+    fn overlaps(&self, addr: u64, len: u64) -> Vec<Region> {
+        let end = addr.saturating_add(len);
+        self.regions
+            .iter()
+            .filter(|r| r.start < end && addr < r.end)
+            .map(|r| Region {
+                start: r.start.max(addr & !(PAGE_SIZE - 1)),
+                end: r.end.min(end.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)),
+                perms: r.perms,
+            })
+            .collect()
+    }
+
+    fn covered(&self, addr: u64, len: u64) -> bool {
+        let mut at = addr;
+        let end = addr.saturating_add(len);
+        while at < end {
+            match self.regions.iter().find(|r| r.start <= at && at < r.end) {
+                Some(r) => at = r.end,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn find_region(&self, addr: u64) -> Option<Region> {
+        self.regions.iter().copied().find(|r| r.start <= addr && addr < r.end)
+    }
+
+    /// Run `op` with the tracked pages of the range temporarily opened to
+    /// `need` (read or write), when `force` or when their perms lack it.
+    fn with_opened<T>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        write: bool,
+        force: bool,
+        op: impl FnOnce(&mut Self) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let lacking: Vec<Region> = self
+            .overlaps(addr, len)
+            .into_iter()
+            .filter(|r| force || if write { !r.perms.write } else { !r.perms.read })
+            .collect();
+        for r in &lacking {
+            let opened = Perms { read: true, write: write || r.perms.write, exec: r.perms.exec };
+            self.mprotect(r.start, r.end, prot(opened))?;
+        }
+        let result = op(self);
+        for r in &lacking {
+            self.mprotect(r.start, r.end, prot(r.perms))?;
+        }
+        result
+    }
+
+    /// Read and decode the instruction at `pc`; `None` if unreadable.
+    fn fetch_insn(&mut self, pc: u64, cache: &mut HashMap<u64, u32>) -> Result<Option<u32>, EngineError> {
+        if let Some(w) = cache.get(&pc) {
+            return Ok(Some(*w));
+        }
+        if pc % 4 != 0 {
+            return Ok(None);
+        }
+        match self.client.read_memory(pc, 4) {
+            Ok(b) if b.len() == 4 => {
+                let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                cache.insert(pc, w);
+                Ok(Some(w))
+            }
+            Ok(_) | Err(EngineError::Memory { .. }) => Ok(None),
+            Err(e) => self.poison(Err(e)),
+        }
+    }
+
+    /// Turn a SIGSEGV/SIGBUS stop into a `Fault`.
+    fn fault(&mut self, signal: u8, cache: &mut HashMap<u64, u32>) -> Result<Outcome, EngineError> {
+        let pc = self.raw_reg(regnum::PC)?;
+        let fetch = |e: &Self| Outcome::Fault { pc, addr: pc, access: Access::Fetch, unmapped: !e.covered(pc, 4) };
+        let executable = self.find_region(pc).map(|r| r.perms.exec).unwrap_or(true);
+        if !executable {
+            return Ok(fetch(self));
+        }
+        let word = match self.fetch_insn(pc, cache)? {
+            Some(w) => w,
+            None => return Ok(fetch(self)),
+        };
+        match decode_mem_op(word) {
+            Some(op) => {
+                let base = if op.rb == 31 { 0 } else { self.raw_reg(op.rb as usize)? };
+                let addr = op.address(base);
+                Ok(Outcome::Fault { pc, addr, access: op.access, unmapped: !self.covered(addr, u64::from(op.size)) })
+            }
+            None => {
+                tracing::debug!(pc, word, signal, "alpha fault at a non-memory instruction; reporting a fetch");
+                Ok(fetch(self))
+            }
+        }
+    }
+
+    /// Classify a stop of a call.
+    fn classify(
+        &mut self,
+        stop: StopReply,
+        instructions: u64,
+        cache: &mut HashMap<u64, u32>,
+    ) -> Result<Outcome, EngineError> {
+        let signal = match stop {
+            StopReply::Signal { signal, .. } => signal,
+            StopReply::Exited { .. } | StopReply::Terminated { .. } => {
+                let reason = self.dead.clone().unwrap_or_else(|| "the guest process ended".into());
+                return Ok(Outcome::Trap { pc: self.last_pc, reason });
+            }
+        };
+        let pc = self.raw_reg(regnum::PC)?;
+        Ok(match signal {
+            gdb_signal::SIGTRAP if pc == RETURN_TRAMPOLINE => {
+                Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions }
+            }
+            gdb_signal::SIGTRAP => Outcome::Trap {
+                pc,
+                reason: "SIGTRAP: a trap instruction (bpt/gentrap; pc is after it) or a stray breakpoint".into(),
+            },
+            gdb_signal::SIGSEGV | gdb_signal::SIGBUS => self.fault(signal, cache)?,
+            gdb_signal::SIGILL => Outcome::Trap { pc, reason: "SIGILL: illegal or privileged instruction".into() },
+            gdb_signal::SIGFPE => Outcome::Trap { pc, reason: "SIGFPE: arithmetic trap".into() },
+            s => Outcome::Trap { pc, reason: format!("stopped by {}", gdb_signal::name(s)) },
+        })
+    }
+
+    fn run_call(&mut self, budget: u64) -> Result<Outcome, EngineError> {
+        let mut cache = HashMap::new();
+        let mut executed: u64 = 0;
+        let window = if self.tracing { self.cfg.trace_window.max(self.cfg.step_window) } else { self.cfg.step_window };
+        let stepped = budget.min(window);
+        while executed < stepped {
+            let pc = self.raw_reg(regnum::PC)?;
+            if pc == RETURN_TRAMPOLINE {
+                return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: executed });
+            }
+            let word = self.fetch_insn(pc, &mut cache)?;
+            if let Some(reason) = word.and_then(forbidden_pal) {
+                return Ok(Outcome::Trap { pc, reason: format!("{reason} (not executed)") });
+            }
+            let access = match (self.tracing, word.and_then(decode_mem_op)) {
+                (true, Some(op)) if op.touches_memory() => Some(self.describe_access(pc, op)?),
+                _ => None,
+            };
+            let stop = match self.resume(true, self.cfg.timeout)? {
+                Some(s) => s,
+                None => {
+                    let e = EngineError::Timeout {
+                        engine: ENGINE,
+                        what: format!("the stop after single-stepping {pc:#x}"),
+                        millis: self.cfg.timeout.as_millis() as u64,
+                    };
+                    return self.poison(Err(e));
+                }
+            };
+            if self.stale_interrupt(&stop) {
+                // The interrupt was taken before the instruction: nothing ran.
+                if self.raw_reg(regnum::PC)? == pc {
+                    continue;
+                }
+                executed += 1;
+                continue;
+            }
+            match stop {
+                StopReply::Signal { signal: gdb_signal::SIGTRAP, .. } => {
+                    executed += 1;
+                    if let Some(a) = access {
+                        self.trace.push(a);
+                    }
+                }
+                other => return self.classify(other, executed, &mut cache),
+            }
+        }
+        let pc = self.raw_reg(regnum::PC)?;
+        if pc == RETURN_TRAMPOLINE {
+            return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: executed });
+        }
+        if executed >= budget {
+            return Ok(Outcome::BudgetExhausted { pc, budget });
+        }
+        if self.tracing {
+            tracing::warn!(executed, budget, "qemu-alpha: call outlived the trace window; the rest runs untraced");
+        }
+        // Free run under the watchdog.
+        let deadline = Instant::now() + self.cfg.watchdog(budget - executed);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.resume(false, left)? {
+                Some(s) if self.stale_interrupt(&s) => continue,
+                Some(s) => return self.classify(s, executed, &mut cache),
+                None => break,
+            }
+        }
+        self.process.interrupt().map_err(|e| self.err(format!("cannot interrupt qemu-alpha: {e}")))?;
+        self.pending_interrupts += 1;
+        let r = self.client.wait_stop(self.cfg.timeout);
+        match self.poison(r)? {
+            Some(s) if self.stale_interrupt(&s) => {
+                let pc = self.raw_reg(regnum::PC)?;
+                Ok(Outcome::BudgetExhausted { pc, budget })
+            }
+            // It stopped by itself just as the watchdog fired; the SIGINT
+            // stays pending and is skipped at the next resume.
+            Some(s) => self.classify(s, executed, &mut cache),
+            None => {
+                let e = EngineError::Timeout {
+                    engine: ENGINE,
+                    what: "the guest to stop after SIGINT".into(),
+                    millis: self.cfg.timeout.as_millis() as u64,
+                };
+                self.poison(Err(e))
+            }
+        }
+    }
+
+    fn describe_access(&mut self, pc: u64, op: MemOp) -> Result<MemAccess, EngineError> {
+        let base = if op.rb == 31 { 0 } else { self.raw_reg(op.rb as usize)? };
+        let value = if op.access == Access::Write {
+            let raw = match (op.fp, op.ra) {
+                (_, 31) => 0,
+                (false, r) => self.raw_reg(r as usize)?,
+                (true, r) => self.raw_reg(regnum::F0 + r as usize)?,
+            };
+            let mask = if op.size >= 8 { u64::MAX } else { (1u64 << (8 * op.size)) - 1 };
+            Some(raw & mask)
+        } else {
+            None
+        };
+        Ok(MemAccess { pc, addr: op.address(base), size: op.size, access: op.access, value })
+    }
+
+    fn check_range(&self, addr: u64, size: u64) -> Result<(), String> {
+        if addr % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+            return Err(format!("address and size must be multiples of the {PAGE_SIZE:#x}-byte alpha page"));
+        }
+        if size == 0 {
+            return Err("empty range".into());
+        }
+        match addr.checked_add(size) {
+            Some(end) if end <= USER_ADDRESS_LIMIT => Ok(()),
+            _ => Err(format!(
+                "qemu-alpha user mode can only map below {USER_ADDRESS_LIMIT:#x} (guest address = host address)"
+            )),
+        }
+    }
+}
+
+fn missing_or_error(qemu: &Path, e: io::Error) -> EngineError {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => EngineError::Missing {
+            engine: ENGINE,
+            what: qemu.display().to_string(),
+            reason: e.to_string(),
+            install: "Debian package `qemu-user`: apt-get install qemu-user".into(),
+        },
+        _ => EngineError::Engine { engine: ENGINE, reason: format!("cannot start {}: {e}", qemu.display()) },
+    }
+}
+
+/// Connect to QEMU's gdb socket, retrying until it appears (bounded).
+fn connect(process: &mut QemuProcess, sock: &Path, within: Duration) -> Result<UnixStream, EngineError> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            return Err(EngineError::Engine {
+                engine: ENGINE,
+                reason: format!("qemu-alpha exited ({status}) before serving gdb: {}", process.stderr()),
+            });
+        }
+        match UnixStream::connect(sock) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(EngineError::Timeout {
+                    engine: ENGINE,
+                    what: format!("qemu-alpha's gdb socket {} ({e}; qemu: {})", sock.display(), process.stderr()),
+                    millis: within.as_millis() as u64,
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+impl Drop for QemuAlphaEngine {
+    fn drop(&mut self) {
+        if self.dead.is_none() {
+            self.client.kill();
+        }
+        // `process` kills and reaps QEMU, `_dir` removes the socket and ELF.
+    }
+}
+
+impl Engine for QemuAlphaEngine {
+    fn cpu(&self) -> Cpu {
+        Cpu::Alpha
+    }
+
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn map_granule(&self) -> u64 {
+        PAGE_SIZE
+    }
+
+    fn map(&mut self, addr: u64, size: u64, perms: Perms) -> Result<(), EngineError> {
+        let map_err = |reason: String| EngineError::Map { engine: ENGINE, addr, size, reason };
+        self.check_range(addr, size).map_err(map_err)?;
+        self.alive()?;
+        // NORESERVE: large sparse areas (vmalloc-like percpu chunks) must not
+        // hit the host's overcommit heuristic; pages are allocated on touch.
+        let flags = sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE | sys::MAP_FIXED_NOREPLACE;
+        match self.syscall(sys::NR_MMAP, [addr, size, prot(perms), flags, u64::MAX, 0])? {
+            Ok(got) if got == addr => {}
+            Ok(got) => {
+                // A kernel/QEMU without MAP_FIXED_NOREPLACE took it as a hint.
+                let _ = self.syscall(sys::NR_MUNMAP, [got, size, 0, 0, 0, 0])?;
+                return Err(map_err(format!("mmap placed it at {got:#x} instead (range occupied?)")));
+            }
+            Err(e) => {
+                let hint = if e == 17 { ": the range overlaps an existing mapping" } else { "" };
+                return Err(map_err(format!("guest mmap failed: {}{hint}", errno_name(e))));
+            }
+        }
+        self.regions.push(Region { start: addr, end: addr + size, perms });
+        Ok(())
+    }
+
+    fn unmap(&mut self, addr: u64, size: u64) -> Result<(), EngineError> {
+        let map_err = |reason: String| EngineError::Map { engine: ENGINE, addr, size, reason };
+        self.check_range(addr, size).map_err(map_err)?;
+        self.alive()?;
+        let end = addr + size;
+        if addr < HARNESS_END && HARNESS_BASE < end {
+            return Err(map_err("the range overlaps the engine's harness".into()));
+        }
+        if let Err(e) = self.syscall(sys::NR_MUNMAP, [addr, size, 0, 0, 0, 0])? {
+            return Err(map_err(format!("guest munmap failed: {}", errno_name(e))));
+        }
+        let mut kept = Vec::with_capacity(self.regions.len() + 1);
+        for r in self.regions.drain(..) {
+            if r.end <= addr || end <= r.start {
+                kept.push(r);
+                continue;
+            }
+            if r.start < addr {
+                kept.push(Region { start: r.start, end: addr, perms: r.perms });
+            }
+            if end < r.end {
+                kept.push(Region { start: end, end: r.end, perms: r.perms });
+            }
+        }
+        self.regions = kept;
+        Ok(())
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), EngineError> {
+        self.alive()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        let first = self.with_opened(addr, len, true, false, |e| {
+            let r = e.client.write_memory(addr, data);
+            e.poison(r)
+        });
+        match first {
+            // QEMU write-protects pages holding translated code; reopening
+            // them with mprotect invalidates that code and allows the write.
+            Err(EngineError::Memory { .. }) if self.covered(addr, len) => {
+                self.with_opened(addr, len, true, true, |e| {
+                    let r = e.client.write_memory(addr, data);
+                    e.poison(r)
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), EngineError> {
+        self.alive()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let len = buf.len();
+        let data = self.with_opened(addr, len as u64, false, false, |e| {
+            let r = e.client.read_memory(addr, len);
+            e.poison(r)
+        })?;
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), EngineError> {
+        let n = self.regnum(reg)?;
+        self.alive()?;
+        self.set_raw_reg(n, value)
+    }
+
+    fn reg(&mut self, reg: Reg) -> Result<u64, EngineError> {
+        let n = self.regnum(reg)?;
+        self.alive()?;
+        self.raw_reg(n)
+    }
+
+    fn call(&mut self, entry: u64, args: &[u64], stack_top: u64, budget: u64) -> Result<Outcome, EngineError> {
+        self.alive()?;
+        if args.len() > 6 {
+            return Err(self.err(format!("{} arguments: the alpha engine passes at most six, in $16..$21", args.len())));
+        }
+        {
+            let r = self.load_regs()?;
+            for (i, a) in args.iter().enumerate() {
+                r[regnum::A0 + i] = *a;
+            }
+            r[regnum::RA] = RETURN_TRAMPOLINE;
+            r[regnum::PV] = entry;
+            r[regnum::SP] = stack_top;
+            r[regnum::PC] = entry;
+        }
+        self.dirty = true;
+        let out = self.run_call(budget)?;
+        if let Outcome::Fault { pc, .. } | Outcome::Trap { pc, .. } | Outcome::BudgetExhausted { pc, .. } = out {
+            self.last_pc = pc;
+        }
+        Ok(out)
+    }
+
+    fn set_trace(&mut self, on: bool) {
+        self.tracing = on;
+    }
+
+    fn take_trace(&mut self) -> Vec<MemAccess> {
+        std::mem::take(&mut self.trace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_memory_format() {
+        // stq $1, 0($2)
+        let op = decode_mem_op(0xb422_0000).unwrap();
+        assert_eq!((op.access, op.size, op.ra, op.rb, op.disp), (Access::Write, 8, 1, 2, 0));
+        // ldl $1, -8($8): opcode 0x28, ra 1, rb 8, disp 0xfff8
+        let op = decode_mem_op(0x28 << 26 | 1 << 21 | 8 << 16 | 0xfff8).unwrap();
+        assert_eq!((op.access, op.size, op.disp), (Access::Read, 4, -8));
+        assert_eq!(op.address(0x1000), 0xff8);
+        // ldq_u aligns down.
+        let op = decode_mem_op(0x0b << 26 | 1 << 21 | 2 << 16 | 5).unwrap();
+        assert_eq!(op.address(0x1000), 0x1000);
+        // unop = ldq_u $31, 0($30): no access.
+        assert!(!decode_mem_op(0x2ffe_0000).unwrap().touches_memory());
+        // lda/ldah/br/callsys are not memory operations.
+        assert_eq!(decode_mem_op(0x08 << 26), None);
+        assert_eq!(decode_mem_op(0x09 << 26), None);
+        assert_eq!(decode_mem_op(insn::BR_BACK), None);
+        assert_eq!(decode_mem_op(insn::CALLSYS), None);
+    }
+
+    #[test]
+    fn pal_filter() {
+        assert!(forbidden_pal(insn::BPT).is_some());
+        assert!(forbidden_pal(insn::CALLSYS).is_some());
+        assert!(forbidden_pal(0x9e).is_none()); // rduniq
+        assert!(forbidden_pal(0x0000_0000).is_some()); // halt
+        assert!(forbidden_pal(0x47ff_041f).is_none()); // nop
+    }
+
+    #[test]
+    fn elf_shape() {
+        let f = harness_elf();
+        assert_eq!(&f[..4], b"\x7fELF");
+        assert_eq!(u16::from_le_bytes([f[18], f[19]]), 0x9026);
+        assert_eq!(u64::from_le_bytes(f[24..32].try_into().unwrap()), HARNESS_ENTRY);
+        let code = &f[0x2000..];
+        assert_eq!(&code[0x80..0x84], &insn::CALLSYS.to_le_bytes());
+    }
+
+    #[test]
+    fn watchdog_is_clamped() {
+        let c = QemuAlphaConfig::default();
+        assert_eq!(c.watchdog(0), c.min_watchdog);
+        assert_eq!(c.watchdog(u64::MAX), c.max_watchdog);
+        assert_eq!(c.watchdog(5_000_000), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn missing_binary_is_reported_with_install_hint() {
+        let cfg = QemuAlphaConfig { qemu: PathBuf::from("/nonexistent/qemu-alpha"), ..Default::default() };
+        match QemuAlphaEngine::with_config(cfg) {
+            Err(EngineError::Missing { install, .. }) => {
+                assert!(install.contains("qemu-user"), "{install}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("started a nonexistent binary"),
+        }
+    }
+}
