@@ -165,3 +165,5 @@ pub trait Engine {
     /// Take the accesses recorded since the last call to this.
     fn take_trace(&mut self) -> Vec<MemAccess>;
 }
+
+pub mod unicorn;
