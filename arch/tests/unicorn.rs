@@ -398,7 +398,11 @@ fn illegal_instruction_traps_on_every_arch() {
         // The engine is still usable after a trap.
         let (at, arg, expect, insns) = percpu_case(cpu);
         e.write(DATA + at, &word(cpu, 0x1234_5000)).unwrap();
-        assert_eq!(run_percpu(&mut e, &p, DATA, arg), Outcome::Returned { value: expect, instructions: insns }, "{cpu}");
+        assert_eq!(
+            run_percpu(&mut e, &p, DATA, arg),
+            Outcome::Returned { value: expect, instructions: insns },
+            "{cpu}"
+        );
     }
 }
 
@@ -408,13 +412,32 @@ fn unmapping_makes_memory_fault_again() {
         let (mut e, p) = setup(cpu);
         let page = 0x6000_0000;
         e.map(page, 0x2000, Perms::RW).unwrap();
-        assert!(matches!(e.call(CODE + p.store, &[page + 0x1008, 9], STACK_TOP, BUDGET).unwrap(), Outcome::Returned { .. }));
-        let mut buf = [0u8; 4];
+        assert!(matches!(
+            e.call(CODE + p.store, &[page + 0x1008, 9], STACK_TOP, BUDGET).unwrap(),
+            Outcome::Returned { .. }
+        ));
+        let mut buf = vec![0u8; word(cpu, 9).len()];
         e.read(page + 0x1008, &mut buf).unwrap();
-        assert_eq!(buf, if big_endian(cpu) { [0, 0, 0, 0] } else { [9, 0, 0, 0] }, "{cpu}");
+        assert_eq!(buf, word(cpu, 9), "{cpu}");
         e.unmap(page + 0x1000, 0x1000).unwrap();
         let out = e.call(CODE + p.store, &[page + 0x1008, 9], STACK_TOP, BUDGET).unwrap();
-        assert_eq!(out, Outcome::Fault { pc: CODE + p.store, addr: page + 0x1008, access: Access::Write, unmapped: true }, "{cpu}");
+        assert_eq!(
+            out,
+            Outcome::Fault { pc: CODE + p.store, addr: page + 0x1008, access: Access::Write, unmapped: true },
+            "{cpu}"
+        );
+        // Mapped again, the page is fresh: zeroed, and stores work.
+        e.map(page + 0x1000, 0x1000, Perms::RW).unwrap();
+        let mut buf = vec![0xffu8; 16];
+        e.read(page + 0x1000, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "{cpu}: {buf:?}");
+        assert!(matches!(
+            e.call(CODE + p.store, &[page + 0x1008, 9], STACK_TOP, BUDGET).unwrap(),
+            Outcome::Returned { .. }
+        ));
+        // Host access to unmapped memory is an error, not a fault.
+        assert!(matches!(e.read(HOLE, &mut buf), Err(EngineError::Memory { .. })));
+        assert!(matches!(e.write(page + 0x1ffc, &[0; 8]), Err(EngineError::Memory { .. })));
     }
 }
 
@@ -468,6 +491,8 @@ fn sparc_window_depth() {
     let (mut e, _) = setup(Cpu::Sparc32);
     let rec = CODE + 0x7c;
     // rec(n) does n + 1 nested saves; six fit (CWP 7 down to 1, WIM = 1).
+    // Without the engine's WIM setup, eight would "fit" and the ninth would
+    // silently corrupt the caller's window.
     for n in 0..=5u64 {
         let out = e.call(rec, &[n], STACK_TOP, BUDGET).unwrap();
         assert!(matches!(out, Outcome::Returned { value, .. } if value == n), "rec({n}): {out:?}");
@@ -515,11 +540,13 @@ fn trace_records_data_accesses() {
         assert!(matches!(out, Outcome::Returned { .. }), "{cpu}: {out:?}");
         let trace = e.take_trace();
         let size = if cpu == Cpu::Sparc32 { 4 } else { 8 };
-        let store = MemAccess { pc: CODE + p.store, addr: DATA + 0x40, size, access: Access::Write, value: Some(0x1234_5678) };
+        let store =
+            MemAccess { pc: CODE + p.store, addr: DATA + 0x40, size, access: Access::Write, value: Some(0x1234_5678) };
         assert!(trace.contains(&store), "{cpu}: {trace:?}");
         if cpu == Cpu::X86_64 {
             // ret pops the return address off the stack.
-            let pop = MemAccess { pc: CODE + p.store + 3, addr: STACK_TOP - 8, size: 8, access: Access::Read, value: None };
+            let pop =
+                MemAccess { pc: CODE + p.store + 3, addr: STACK_TOP - 8, size: 8, access: Access::Read, value: None };
             assert_eq!(trace, vec![store, pop]);
         } else {
             assert_eq!(trace, vec![store], "{cpu}");

@@ -47,16 +47,21 @@
 //!   `TPIDR_EL2` are reached through the CP-register API.  See
 //!   [`UnicornEngine::set_reg`] for what `mrs x0, tpidr_el2` does at EL1.
 //! * sparc32 is big-endian `SPARC32`; `PSR` is never read (reading it can
-//!   crash the process).  The register window state at reset is `CWP = 0,
-//!   WIM = 1`; see [`SPARC_RESET_PSR`] for how calls get enough windows.
+//!   crash the process).  Unicorn 2.1.5 starts with `CWP = 0, WIM = 0` (no
+//!   invalid window: deep `save` chains would wrap silently); the engine
+//!   sets `WIM = 1` and starts calls in window 7, see [`SPARC_RESET_PSR`].
+//!   A per-instruction code hook breaks `jmpl`/`ret`/`retl` delay slots,
+//!   so on sparc32 instructions are counted per translation block.
 //! * s390x has no prefix register: the lowcore is memory at address 0.  The
 //!   PSW mask is set to 64-bit addressing (`EA|BA`) at construction.
 //! * riscv64 runs in M-mode without MMU.
 
 mod abi;
 
+use std::collections::HashMap;
+
 use unicorn_engine::{
-    HookType, MemType, Prot, Query, RegisterARM64CP, RegisterSPARC, UcHookId, Unicorn, uc_error,
+    uc_error, HookType, MemType, Prot, Query, RegisterARM64CP, RegisterSPARC, TlbEntry, TlbType, UcHookId, Unicorn,
 };
 
 use self::abi::{Abi, UcReg};
@@ -81,18 +86,32 @@ pub const DEFAULT_TRAMPOLINE_32: u64 = 0x7fff_0000;
 /// Value written to sparc32's `PSR` before every call: supervisor (`S`,
 /// `PS`), traps disabled (`ET = 0`), `PIL = 0`, `CWP = 7`.
 ///
-/// Unicorn resets sparc32 to `CWP = 0, WIM = 1` (window 0 invalid).  From
-/// `CWP = 0` the first `save` goes to window 7, but the matching `restore`
-/// back to window 0 hits the invalid window and raises a window-underflow
-/// trap.  Starting the call in window 7 leaves windows 6..1 for the callee:
-/// six nested `save`s fit, and every `restore` returns to a valid window.
-/// The register window is never read back through `PSR` (reading `PSR`
-/// can crash Unicorn); `WIM` has no Unicorn register and stays 1.
+/// The engine sets `WIM = 1` (window 0 invalid) once at construction (see
+/// `sparc_set_wim`).  Starting every call in window 7 leaves windows 6..1
+/// for the callee: six nested `save`s fit, the seventh raises a window
+/// overflow (`Outcome::Trap`), and every `restore` returns to a valid
+/// window.  Register windows are never read back through `PSR` (reading
+/// `PSR` can crash Unicorn).
 pub const SPARC_RESET_PSR: u64 = 0x0000_00c7;
 
 /// s390x PSW mask written at construction: extended + basic addressing
 /// mode (64-bit), everything else (DAT, interrupts, problem state) off.
 pub const S390X_PSW_MASK_64: u64 = 0x0000_0001_8000_0000;
+
+/// Physical layout of guest memory (see `Memory`): slabs from 0, holes for
+/// unmapped pages from here.  sparc32 keeps its physical addresses below
+/// 4 GiB; slabs are limited to 2 GiB (32-bit) and 1 TiB (64-bit).
+const PHYS_HOLES_32: u64 = 0x8000_0000;
+const PHYS_HOLES_64: u64 = 1 << 40;
+/// Slab sizes: the first is 1 MiB, each next doubles the class's memory,
+/// capped at 256 MiB per Unicorn region.
+const SLAB_MIN: u64 = 1 << 20;
+const SLAB_MAX: u64 = 256 << 20;
+
+/// The trampoline page: the first `STUB_OFFSET` bytes are the stop zone
+/// (returning to its first byte is `Returned`, to any other byte a trap);
+/// engine-internal setup code lives from here on (sparc32's WIM stub).
+const STUB_OFFSET: u64 = 0x800;
 
 /// Construction options.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,10 +126,17 @@ pub struct UnicornConfig {
 #[derive(Copy, Clone, Debug)]
 enum Stop {
     Returned,
-    Budget { pc: u64 },
+    Budget {
+        pc: u64,
+    },
     /// Execution reached the trampoline page, but not its first byte.
-    StrayTrampoline { pc: u64 },
-    Trap { pc: u64, intno: u32 },
+    StrayTrampoline {
+        pc: u64,
+    },
+    Trap {
+        pc: u64,
+        intno: u32,
+    },
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -119,6 +145,96 @@ struct FaultRec {
     addr: u64,
     access: Access,
     unmapped: bool,
+}
+
+const PAGE_SHIFT: u32 = 12;
+
+/// One page of the software page table.
+#[derive(Copy, Clone, Debug)]
+struct Pte {
+    /// Physical page number of the backing Unicorn memory.
+    ppn: u64,
+    class: usize,
+}
+
+/// Permission class index: read | write << 1 | exec << 2.
+fn class_of(perms: Perms) -> usize {
+    perms.read as usize | (perms.write as usize) << 1 | (perms.exec as usize) << 2
+}
+
+fn prot_of_class(class: usize) -> Prot {
+    prot(Perms { read: class & 1 != 0, write: class & 2 != 0, exec: class & 4 != 0 })
+}
+
+/// Guest memory: a software page table over a few large Unicorn regions.
+///
+/// Every Unicorn memory region costs a rebuild of QEMU's flat memory view
+/// when it is added, which makes mapping thousands of regions superlinear
+/// (4096 x 32 KiB regions took ~25 s).  Instead the engine switches Unicorn
+/// to its *virtual TLB* mode: a TLB-fill hook translates every guest page
+/// through this table (a hash map, O(1) per page), and the guest's pages
+/// are backed by physical *slabs*, one Unicorn region per permission class,
+/// each twice as large as the previous one (so O(log n) regions).
+/// Physical regions carry the page permissions, so Unicorn's own
+/// protection checks and `*_PROT` hooks still apply.  Unmapped guest pages
+/// translate to *hole* pages: unbacked physical addresses, one per guest
+/// page, so an access to them fires Unicorn's `*_UNMAPPED` hook with an
+/// address that maps back to the exact guest address.
+#[derive(Default)]
+struct Memory {
+    /// Guest page number -> backing.
+    pt: HashMap<u64, Pte>,
+    /// Backing physical page -> guest page (for hook addresses).
+    rev: HashMap<u64, u64>,
+    /// Hole physical page <-> unmapped guest page.
+    holes: HashMap<u64, u64>,
+    hole_of: HashMap<u64, u64>,
+    next_hole: u64,
+    /// Free physical pages per permission class.
+    free: [Vec<u64>; 8],
+    /// Bump allocation inside the current slab of each class.
+    bump: [(u64, u64); 8],
+    /// Bytes of slabs per class (the next slab doubles it).
+    slab_total: [u64; 8],
+    /// Next free physical address for a new slab.
+    next_slab: u64,
+    /// Physical layout: slabs below `hole_base`, holes from it.
+    hole_base: u64,
+    hole_pages: u64,
+}
+
+impl Memory {
+    /// Guest address of a physical address seen by a hook.
+    fn guest_addr(&self, paddr: u64) -> u64 {
+        let ppn = paddr >> PAGE_SHIFT;
+        let off = paddr & (GRANULE - 1);
+        match self.rev.get(&ppn).or_else(|| self.holes.get(&ppn)) {
+            Some(vpn) => vpn << PAGE_SHIFT | off,
+            None => paddr,
+        }
+    }
+
+    /// Physical page of a guest page for the TLB: its backing, or its hole.
+    fn translate(&mut self, vpn: u64) -> u64 {
+        if let Some(pte) = self.pt.get(&vpn) {
+            return pte.ppn;
+        }
+        if let Some(&h) = self.hole_of.get(&vpn) {
+            return h;
+        }
+        if self.next_hole == self.hole_pages {
+            // Wrapped: forget old holes (the caller flushes the TLB after
+            // every call, so no cached entry refers to them).
+            self.holes.clear();
+            self.hole_of.clear();
+            self.next_hole = 0;
+        }
+        let h = (self.hole_base >> PAGE_SHIFT) + self.next_hole;
+        self.next_hole += 1;
+        self.holes.insert(h, vpn);
+        self.hole_of.insert(vpn, h);
+        h
+    }
 }
 
 /// State shared with the hooks (the `Unicorn` handle's user data).
@@ -132,6 +248,10 @@ struct State {
     stop: Option<Stop>,
     fault: Option<FaultRec>,
     trace: Vec<MemAccess>,
+    mem: Memory,
+    /// sparc32: the PC register is read in hooks (no per-instruction hook).
+    pc_from_register: bool,
+    pc_reg: i32,
 }
 
 /// A Unicorn CPU implementing [`Engine`] for x86_64, arm64, sparc32, s390x
@@ -142,6 +262,8 @@ pub struct UnicornEngine {
     uc: Unicorn<'static, State>,
     trampoline: u64,
     trace_hook: Option<UcHookId>,
+    /// Code ran since the translation cache was last flushed.
+    tb_dirty: bool,
 }
 
 // SAFETY: `Unicorn` is `!Send` only because it holds an `Rc`.  Every clone
@@ -226,7 +348,19 @@ impl UnicornEngine {
         if abi.reg_bytes == 4 && trampoline + GRANULE > 1 << 32 {
             return Err(uc_err(format!("trampoline {trampoline:#x} is outside sparc32's 4 GiB")));
         }
-        let state = State { trampoline, ..State::default() };
+        let sparc = cpu == Cpu::Sparc32;
+        let (hole_base, hole_pages) = if abi.reg_bytes == 4 {
+            (PHYS_HOLES_32, PHYS_HOLES_32 >> PAGE_SHIFT)
+        } else {
+            (PHYS_HOLES_64, PHYS_HOLES_64 >> PAGE_SHIFT)
+        };
+        let state = State {
+            trampoline,
+            pc_from_register: sparc,
+            pc_reg: abi.pc,
+            mem: Memory { hole_base, hole_pages, ..Memory::default() },
+            ..State::default()
+        };
         let mut uc = Unicorn::new_with_data(abi.arch, abi.mode, state)
             .map_err(|e| uc_err(format!("cannot open a {cpu} CPU: {e} ({e:?})")))?;
 
@@ -242,26 +376,30 @@ impl UnicornEngine {
             return Err(uc_err(format!("{cpu}: Unicorn page size is {page}, expected {GRANULE}")));
         }
 
-        // The trampoline page.
-        uc.mem_map(trampoline, GRANULE, Prot::READ | Prot::EXEC)
-            .map_err(|e| EngineError::Map {
-                engine: ENGINE,
-                addr: trampoline,
-                size: GRANULE,
-                reason: format!("trampoline page: {e}"),
-            })?;
-        let fill: Vec<u8> = abi.trap_fill.iter().copied().cycle().take(GRANULE as usize).collect();
-        uc.mem_write(trampoline, &fill).map_err(uc_err)?;
+        // Guest addresses go through the software page table (see `Memory`).
+        uc.ctl_set_tlb_type(TlbType::VIRTUAL).map_err(|e| uc_err(format!("virtual TLB: {e}")))?;
+        uc.add_tlb_hook(1, 0, |uc, vaddr, _ty| {
+            let ppn = uc.get_data_mut().mem.translate(vaddr >> PAGE_SHIFT);
+            Some(TlbEntry { paddr: ppn << PAGE_SHIFT, perms: Prot::ALL })
+        })
+        .map_err(uc_err)?;
 
-        uc.add_code_hook(1, 0, |uc, addr, _size| {
+        // Stop at the trampoline, count instructions, remember the pc.
+        //
+        // sparc32: a code hook on the delay slot of `jmpl`/`ret`/`retl`
+        // breaks the return: Unicorn syncs `npc` before calling the hook and
+        // stores its translation-time placeholder for a dynamic npc, so the
+        // CPU then jumps to address 1 ("memory address not aligned").  On
+        // sparc the code hook covers only the trampoline page and a block
+        // hook counts instructions (4 bytes each) and checks the budget
+        // before each block; hooks read the synced PC register instead.
+        let code_range = if sparc { (trampoline, trampoline + GRANULE - 1) } else { (1, 0) };
+        uc.add_code_hook(code_range.0, code_range.1, |uc, addr, _size| {
             let st = uc.get_data_mut();
             if st.stop.is_none() {
-                if addr & !(GRANULE - 1) == st.trampoline {
-                    st.stop = Some(if addr == st.trampoline {
-                        Stop::Returned
-                    } else {
-                        Stop::StrayTrampoline { pc: addr }
-                    });
+                if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
+                    st.stop =
+                        Some(if addr == st.trampoline { Stop::Returned } else { Stop::StrayTrampoline { pc: addr } });
                 } else if st.executed >= st.budget {
                     st.stop = Some(Stop::Budget { pc: addr });
                 } else {
@@ -273,9 +411,32 @@ impl UnicornEngine {
             let _ = uc.emu_stop();
         })
         .map_err(uc_err)?;
+        if sparc {
+            uc.add_block_hook(1, 0, |uc, addr, size| {
+                let st = uc.get_data_mut();
+                if st.stop.is_some() {
+                    let _ = uc.emu_stop();
+                    return;
+                }
+                if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
+                    return; // the code hook decides
+                }
+                let n = u64::from(size / 4).max(1);
+                if st.executed + n > st.budget {
+                    st.stop = Some(Stop::Budget { pc: addr });
+                    let _ = uc.emu_stop();
+                } else {
+                    st.executed += n;
+                    st.pc = addr;
+                }
+            })
+            .map_err(uc_err)?;
+        }
 
-        uc.add_mem_hook(HookType::MEM_INVALID, 1, 0, |uc, ty, addr, _size, _value| {
+        uc.add_mem_hook(HookType::MEM_INVALID, 1, 0, |uc, ty, paddr, _size, _value| {
+            let pc = current_pc(uc);
             let st = uc.get_data_mut();
+            let addr = st.mem.guest_addr(paddr);
             let (access, unmapped) = match ty {
                 MemType::READ_UNMAPPED => (Access::Read, true),
                 MemType::WRITE_UNMAPPED => (Access::Write, true),
@@ -287,7 +448,7 @@ impl UnicornEngine {
             };
             // A fetch fault happens before the instruction's code hook: the
             // faulting pc is the fetch address itself.
-            let pc = if access == Access::Fetch { addr } else { st.pc };
+            let pc = if access == Access::Fetch { addr } else { pc };
             if st.fault.is_none() {
                 st.fault = Some(FaultRec { pc, addr, access, unmapped });
             }
@@ -295,20 +456,72 @@ impl UnicornEngine {
         })
         .map_err(uc_err)?;
 
-        uc.add_intr_hook(|uc, intno| {
+        uc.add_intr_hook(move |uc, intno| {
+            let mut pc = current_pc(uc);
+            // Unicorn moves sparc's pc to npc before calling interrupt hooks.
+            if sparc {
+                pc = pc.wrapping_sub(4);
+            }
             let st = uc.get_data_mut();
             if st.stop.is_none() {
-                st.stop = Some(Stop::Trap { pc: st.pc, intno });
+                st.stop = Some(Stop::Trap { pc, intno });
             }
             let _ = uc.emu_stop();
         })
         .map_err(uc_err)?;
 
-        let mut engine = UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None };
+        let mut engine = UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, tb_dirty: false };
+        // The trampoline page.
+        engine.map_pages(trampoline, GRANULE, Perms::RX).map_err(|e| EngineError::Map {
+            engine: ENGINE,
+            addr: trampoline,
+            size: GRANULE,
+            reason: format!("trampoline page: {e}"),
+        })?;
+        let fill: Vec<u8> = abi.trap_fill.iter().copied().cycle().take(GRANULE as usize).collect();
+        engine.write(trampoline, &fill)?;
         if cpu == Cpu::S390x {
             engine.set_reg(Reg::PswMask, S390X_PSW_MASK_64)?;
         }
+        if sparc {
+            engine.sparc_set_wim()?;
+        }
         Ok(engine)
+    }
+
+    /// sparc32: make window 0 invalid (`WIM = 1`) by running
+    /// `wr %g0, 1, %wim` from the trampoline page: Unicorn 2.1.5 leaves
+    /// `WIM = 0` (QEMU's reset value 1 is not applied), so nested `save`s
+    /// beyond the 8 windows would wrap around silently and corrupt the
+    /// caller's registers.  With `WIM = 1` and calls starting in window 7
+    /// ([`SPARC_RESET_PSR`]), six nested `save`s fit and the seventh raises
+    /// a window-overflow trap, which ends the call as `Outcome::Trap`.
+    fn sparc_set_wim(&mut self) -> Result<(), EngineError> {
+        let stub = self.trampoline + STUB_OFFSET;
+        let words: [u32; 4] = [
+            0x81902001, // wr %g0, 1, %wim
+            0x01000000, // nop (WIM writes take effect within three instructions)
+            0x01000000, // nop
+            0x01000000, // nop
+        ];
+        let code: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        self.write(stub, &code)?;
+        self.set_reg(Reg::Raw(RegisterSPARC::PSR as u32), SPARC_RESET_PSR)?;
+        {
+            let st = self.uc.get_data_mut();
+            st.budget = 100;
+            st.executed = 0;
+            st.stop = None;
+            st.fault = None;
+        }
+        let end = stub + code.len() as u64;
+        let result = self.uc.emu_start(stub, end, 0, 0);
+        let st = self.uc.get_data_mut();
+        let (stop, fault) = (st.stop.take(), st.fault.take());
+        if result.is_err() || stop.is_some() || fault.is_some() {
+            return Err(uc_err(format!("sparc32 WIM setup failed: {result:?} {stop:?} {fault:?}")));
+        }
+        Ok(())
     }
 
     /// The trampoline page's address (callees return to its first byte).
@@ -337,6 +550,101 @@ impl UnicornEngine {
     fn write_u64_le(&mut self, addr: u64, value: u64) -> Result<(), EngineError> {
         self.write(addr, &value.to_le_bytes())
     }
+
+    /// Back `[addr, addr + size)` with fresh zeroed physical pages.  The
+    /// range must be unmapped.  Cost: O(pages), plus one Unicorn region per
+    /// doubling of a permission class's memory.
+    fn map_pages(&mut self, addr: u64, size: u64, perms: Perms) -> Result<(), String> {
+        let class = class_of(perms);
+        let first = addr >> PAGE_SHIFT;
+        let pages = size >> PAGE_SHIFT;
+        {
+            let mem = &self.uc.get_data().mem;
+            if let Some(vpn) = (first..first + pages).find(|v| mem.pt.contains_key(v)) {
+                return Err(format!("page {:#x} is already mapped", vpn << PAGE_SHIFT));
+            }
+        }
+        let mut had_hole = false;
+        for vpn in first..first + pages {
+            let ppn = self.alloc_page(class)?;
+            let mem = &mut self.uc.get_data_mut().mem;
+            mem.pt.insert(vpn, Pte { ppn, class });
+            mem.rev.insert(ppn, vpn);
+            if let Some(h) = mem.hole_of.remove(&vpn) {
+                mem.holes.remove(&h);
+                had_hole = true;
+            }
+        }
+        if had_hole {
+            // The TLB may still translate these pages to their holes.
+            let _ = self.uc.ctl_flush_tlb();
+        }
+        Ok(())
+    }
+
+    /// A zeroed physical page of `class`.
+    fn alloc_page(&mut self, class: usize) -> Result<u64, String> {
+        let recycled = self.uc.get_data_mut().mem.free[class].pop();
+        if let Some(ppn) = recycled {
+            let zero = [0u8; GRANULE as usize];
+            self.uc.mem_write(ppn << PAGE_SHIFT, &zero).map_err(|e| format!("zeroing: {e}"))?;
+            return Ok(ppn);
+        }
+        let (next, end) = self.uc.get_data().mem.bump[class];
+        if next < end {
+            self.uc.get_data_mut().mem.bump[class].0 = next + GRANULE;
+            return Ok(next >> PAGE_SHIFT);
+        }
+        // A new slab, as large as everything this class has so far.
+        let mem = &self.uc.get_data().mem;
+        let size = mem.slab_total[class].clamp(SLAB_MIN, SLAB_MAX);
+        let base = mem.next_slab;
+        if base + size > mem.hole_base {
+            return Err(format!("out of physical space for guest memory ({:#x} bytes)", mem.hole_base));
+        }
+        self.uc
+            .mem_map(base, size, prot_of_class(class))
+            .map_err(|e| format!("physical slab {base:#x}+{size:#x}: {e} ({e:?})"))?;
+        let mem = &mut self.uc.get_data_mut().mem;
+        mem.next_slab = base + size;
+        mem.slab_total[class] += size;
+        mem.bump[class] = (base + GRANULE, base + size);
+        Ok(base >> PAGE_SHIFT)
+    }
+
+    /// Split a guest range into per-page physical pieces: (guest offset,
+    /// physical address, length).
+    fn pieces(&self, addr: u64, len: usize, op: &'static str) -> Result<Vec<(usize, u64, usize)>, EngineError> {
+        let mem = &self.uc.get_data().mem;
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let a = addr.wrapping_add(done as u64);
+            let off = a & (GRANULE - 1);
+            let n = ((GRANULE - off) as usize).min(len - done);
+            let pte = mem.pt.get(&(a >> PAGE_SHIFT)).ok_or_else(|| EngineError::Memory {
+                engine: ENGINE,
+                op,
+                addr,
+                len,
+                reason: format!("{a:#x} is not mapped"),
+            })?;
+            out.push((done, pte.ppn << PAGE_SHIFT | off, n));
+            done += n;
+        }
+        Ok(out)
+    }
+}
+
+/// The address of the instruction executing now, from inside a hook.
+fn current_pc(uc: &Unicorn<'_, State>) -> u64 {
+    let st = uc.get_data();
+    if st.pc_from_register {
+        let reg = st.pc_reg;
+        uc.reg_read(reg).unwrap_or(0)
+    } else {
+        st.pc
+    }
 }
 
 impl Engine for UnicornEngine {
@@ -358,13 +666,13 @@ impl Engine for UnicornEngine {
             return Err(err(format!("address and size must be non-zero multiples of {GRANULE}")));
         }
         let end = addr.checked_add(size).ok_or_else(|| err("wraps around".into()))?;
+        if self.abi.reg_bytes == 4 && end > 1 << 32 {
+            return Err(err("beyond sparc32's 4 GiB address space".into()));
+        }
         if self.trampoline < end && addr < self.trampoline + GRANULE {
             return Err(err(format!("overlaps the engine's trampoline page {:#x}", self.trampoline)));
         }
-        self.uc.mem_map(addr, size, prot(perms)).map_err(|e| {
-            let why = if e == uc_error::MAP { "overlaps an existing mapping".to_string() } else { e.to_string() };
-            err(format!("{why} ({e:?})"))
-        })
+        self.map_pages(addr, size, perms).map_err(err)
     }
 
     fn unmap(&mut self, addr: u64, size: u64) -> Result<(), EngineError> {
@@ -372,28 +680,64 @@ impl Engine for UnicornEngine {
         if size == 0 || addr % GRANULE != 0 || size % GRANULE != 0 {
             return Err(err(format!("address and size must be non-zero multiples of {GRANULE}")));
         }
-        self.uc.mem_unmap(addr, size).map_err(|e| err(format!("unmap: {e} ({e:?})")))
+        if self.trampoline < addr.saturating_add(size) && addr < self.trampoline + GRANULE {
+            return Err(err(format!("overlaps the engine's trampoline page {:#x}", self.trampoline)));
+        }
+        let first = addr >> PAGE_SHIFT;
+        let pages = size >> PAGE_SHIFT;
+        let mem = &mut self.uc.get_data_mut().mem;
+        if let Some(vpn) = (first..first + pages).find(|v| !mem.pt.contains_key(v)) {
+            return Err(err(format!("page {:#x} is not mapped", vpn << PAGE_SHIFT)));
+        }
+        let mut exec = false;
+        for vpn in first..first + pages {
+            let pte = mem.pt.remove(&vpn).expect("checked above");
+            mem.rev.remove(&pte.ppn);
+            mem.free[pte.class].push(pte.ppn);
+            exec |= pte.class & 4 != 0;
+        }
+        let _ = self.uc.ctl_flush_tlb();
+        if exec {
+            // Translated code is keyed by physical page, which is recycled.
+            let _ = self.uc.ctl_flush_tb();
+        }
+        Ok(())
     }
 
     fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), EngineError> {
-        self.uc.mem_write(addr, data).map_err(|e| EngineError::Memory {
-            engine: ENGINE,
-            op: "write",
-            addr,
-            len: data.len(),
-            reason: format!("{e} ({e:?})"),
-        })
+        let pieces = self.pieces(addr, data.len(), "write")?;
+        let mut code = false;
+        for (off, paddr, n) in pieces {
+            code |=
+                self.uc.get_data().mem.pt.get(&((addr + off as u64) >> PAGE_SHIFT)).is_some_and(|p| p.class & 4 != 0);
+            self.uc.mem_write(paddr, &data[off..off + n]).map_err(|e| EngineError::Memory {
+                engine: ENGINE,
+                op: "write",
+                addr,
+                len: data.len(),
+                reason: format!("{e} ({e:?})"),
+            })?;
+        }
+        if code && self.tb_dirty {
+            // New code over code that may have been translated already.
+            let _ = self.uc.ctl_flush_tb();
+            self.tb_dirty = false;
+        }
+        Ok(())
     }
 
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), EngineError> {
         let len = buf.len();
-        self.uc.mem_read(addr, buf).map_err(|e| EngineError::Memory {
-            engine: ENGINE,
-            op: "read",
-            addr,
-            len,
-            reason: format!("{e} ({e:?})"),
-        })
+        for (off, paddr, n) in self.pieces(addr, len, "read")? {
+            self.uc.mem_read(paddr, &mut buf[off..off + n]).map_err(|e| EngineError::Memory {
+                engine: ENGINE,
+                op: "read",
+                addr,
+                len,
+                reason: format!("{e} ({e:?})"),
+            })?;
+        }
+        Ok(())
     }
 
     /// Write a register by role.
@@ -467,10 +811,11 @@ impl Engine for UnicornEngine {
             st.stop = None;
             st.fault = None;
         }
+        self.tb_dirty = true;
         // `until` is inside the trampoline page, past its first instruction:
-        // the code hook always stops first; it only guards against Unicorn
+        // the code hook always stops first; it only keeps Unicorn from
         // treating some other address (0) as the exit.
-        let until = self.trampoline + GRANULE / 2;
+        let until = self.trampoline + STUB_OFFSET / 2;
         let result = self.uc.emu_start(entry, until, 0, 0);
 
         let (stop, fault, executed, last_pc) = {
@@ -483,14 +828,12 @@ impl Engine for UnicornEngine {
         let outcome = match stop {
             Some(Stop::Returned) => Outcome::Returned { value: self.reg(Reg::Ret)?, instructions: executed },
             Some(Stop::Budget { pc }) => Outcome::BudgetExhausted { pc, budget },
-            Some(Stop::StrayTrampoline { pc }) => Outcome::Trap {
-                pc,
-                reason: format!("jumped into the trampoline page at {pc:#x} instead of its start"),
-            },
-            Some(Stop::Trap { pc, intno }) => Outcome::Trap {
-                pc,
-                reason: format!("{} (exception {intno:#x})", exception_name(self.cpu, intno)),
-            },
+            Some(Stop::StrayTrampoline { pc }) => {
+                Outcome::Trap { pc, reason: format!("jumped into the trampoline page at {pc:#x} instead of its start") }
+            }
+            Some(Stop::Trap { pc, intno }) => {
+                Outcome::Trap { pc, reason: format!("{} (exception {intno:#x})", exception_name(self.cpu, intno)) }
+            }
             None => match result {
                 Err(uc_error::INSN_INVALID) => Outcome::Trap { pc: last_pc, reason: "invalid instruction".into() },
                 Err(e) => Outcome::Trap { pc: last_pc, reason: format!("emulation stopped: {e} ({e:?})") },
@@ -506,16 +849,23 @@ impl Engine for UnicornEngine {
     fn set_trace(&mut self, on: bool) {
         match (on, self.trace_hook) {
             (true, None) => {
-                let hook = self.uc.add_mem_hook(HookType::MEM_READ | HookType::MEM_WRITE, 1, 0, |uc, ty, addr, size, value| {
-                    let st = uc.get_data_mut();
-                    let (access, value) = match ty {
-                        MemType::WRITE => (Access::Write, Some(value as u64)),
-                        _ => (Access::Read, None),
-                    };
-                    let value = value.map(|v| if size < 8 { v & ((1u64 << (8 * size)) - 1) } else { v });
-                    st.trace.push(MemAccess { pc: st.pc, addr, size: size as u8, access, value });
-                    true
-                });
+                let hook = self.uc.add_mem_hook(
+                    HookType::MEM_READ | HookType::MEM_WRITE,
+                    1,
+                    0,
+                    |uc, ty, paddr, size, value| {
+                        let pc = current_pc(uc);
+                        let st = uc.get_data_mut();
+                        let addr = st.mem.guest_addr(paddr);
+                        let (access, value) = match ty {
+                            MemType::WRITE => (Access::Write, Some(value as u64)),
+                            _ => (Access::Read, None),
+                        };
+                        let value = value.map(|v| if size < 8 { v & ((1u64 << (8 * size)) - 1) } else { v });
+                        st.trace.push(MemAccess { pc, addr, size: size as u8, access, value });
+                        true
+                    },
+                );
                 match hook {
                     Ok(id) => self.trace_hook = Some(id),
                     Err(e) => tracing::warn!("unicorn: cannot add the trace hook: {e}"),
@@ -527,8 +877,12 @@ impl Engine for UnicornEngine {
                 }
                 self.trace_hook = None;
             }
-            _ => {}
+            _ => return,
         }
+        // Cached TLB entries and translations were made without (or with)
+        // the hook: drop them so every access sees the new setting.
+        let _ = self.uc.ctl_flush_tlb();
+        let _ = self.uc.ctl_flush_tb();
     }
 
     fn take_trace(&mut self) -> Vec<MemAccess> {
