@@ -623,3 +623,37 @@ fn mapping_4096_units_is_cheap() {
     eprintln!("unicorn: mapping 1024 x 32 KiB: {:.1} ms, 4096 x 32 KiB: {:.1} ms", t1024 * 1e3, t4096 * 1e3);
     assert!(t4096 < 5.0, "mapping 4096 units took {t4096:.2} s");
 }
+
+#[test]
+fn kernel_like_high_addresses_work_on_64_bit_arches() {
+    // Code, data and stack in the high half (MMU off, translated by the
+    // engine's page table): what adapters of x86_64/arm64/riscv64 kernels see.
+    let cases = [
+        (Cpu::X86_64, 0xffff_ffff_8100_0000u64, 0xffff_8880_0000_0000u64),
+        (Cpu::Arm64, 0xffff_8000_0800_0000, 0xffff_0000_1000_0000),
+        (Cpu::S390x, 0x0000_0400_0000_0000, 0x0000_0380_0000_0000),
+        (Cpu::Riscv64, 0xffff_ffff_8000_0000, 0xffff_ffd8_0000_0000),
+    ];
+    for (cpu, code, data) in cases {
+        let mut e = UnicornEngine::new(cpu).unwrap();
+        let p = prog(cpu);
+        e.map(code, 0x1000, Perms::RX).unwrap();
+        e.write(code, &p.code).unwrap();
+        e.map(data, 0x1_0000, Perms::RW).unwrap();
+        let stack_top = data + 0x1_0000;
+        if cpu == Cpu::S390x {
+            e.map(0, 0x1000, Perms::RW).unwrap();
+        }
+        let out = e.call(code + p.store, &[data + 0x100, 0x55], stack_top, BUDGET).unwrap();
+        assert!(matches!(out, Outcome::Returned { .. }), "{cpu}: {out:?}");
+        let mut buf = vec![0u8; 8];
+        e.read(data + 0x100, &mut buf).unwrap();
+        assert_eq!(buf, word(cpu, 0x55), "{cpu}");
+        let out = e.call(code + p.store, &[data - 0x1000, 0x55], stack_top, BUDGET).unwrap();
+        assert_eq!(
+            out,
+            Outcome::Fault { pc: code + p.store, addr: data - 0x1000, access: Access::Write, unmapped: true },
+            "{cpu}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 //! fixed address, [`UnicornConfig::trampoline`], by default
 //! [`DEFAULT_TRAMPOLINE_64`] (`0x7fff_ffff_0000`) on the 64-bit arches and
 //! [`DEFAULT_TRAMPOLINE_32`] (`0x7fff_0000`) on sparc32.  The page is filled
-//! with trapping instructions.  One code hook, the same on every arch:
+//! with trapping instructions.  A code hook
 //!
 //! * stops the CPU *before* the instruction at the trampoline runs (the
 //!   callee returned: [`Outcome::Returned`]),
@@ -18,17 +18,28 @@
 //! * remembers the address of the instruction being executed, which gives
 //!   faults, traps and trace records their `pc`.
 //!
-//! Unicorn's own `until`/`count` parameters are not used to end a call: a
-//! code hook is uniform across arches and also works for sparc's
-//! `ret; restore` (stopping with `until` at a delay-slot return target does
-//! not work reliably there).
+//! On sparc32 the code hook covers only the trampoline page (a code hook on
+//! a delay slot breaks `jmpl`/`ret`/`retl` in Unicorn 2.1.5); a block hook
+//! counts instructions (4 bytes each) and checks the budget before each
+//! translation block, so there the budget is enforced per block and `pc`s
+//! come from the PC register, which Unicorn syncs before memory hooks.
+//! Unicorn's own `until`/`count` are not used to end a call (`count` is a
+//! code hook too).
+//!
+//! # Memory
+//!
+//! Guest memory is a software page table behind Unicorn's virtual-TLB mode
+//! (see `Memory`): `map`/`unmap` cost O(pages) with a handful of Unicorn
+//! regions in total, instead of one Unicorn region per mapping, which made
+//! mapping 4096 units superlinear (~25 s).  The MMU of the emulated CPU is
+//! bypassed: any 64-bit address can be mapped (kernel-like high addresses
+//! included); sparc32 addresses are 32-bit.
 //!
 //! Invalid memory accesses (unmapped or protected) are caught by a
 //! memory-invalid hook that records the address and access kind
 //! ([`Outcome::Fault`]); CPU exceptions (illegal instruction, trap and
-//! system-call instructions, sparc window overflow/underflow with traps
-//! disabled, ...) by an interrupt hook ([`Outcome::Trap`], the reason names
-//! the exception number).
+//! system-call instructions, sparc window overflow, ...) by an interrupt
+//! hook ([`Outcome::Trap`], the reason names the exception number).
 //!
 //! # Threads
 //!
