@@ -168,3 +168,4 @@ pub trait Engine {
 
 pub mod gdb_remote;
 pub mod qemu_alpha;
+pub mod unicorn;

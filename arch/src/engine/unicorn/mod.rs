@@ -1,0 +1,908 @@
+//! The Unicorn engine: x86_64, arm64, sparc32, s390x and riscv64 CPUs from
+//! the `unicorn-engine` crate (Unicorn 2.1, a QEMU fork).
+//!
+//! # How a call runs
+//!
+//! [`UnicornEngine::call`] loads the arguments and return address per the
+//! arch's C calling convention (see `abi.rs`) and makes the callee return to
+//! the *trampoline*: one 4 KiB page the engine maps itself (read+exec) at a
+//! fixed address, [`UnicornConfig::trampoline`], by default
+//! [`DEFAULT_TRAMPOLINE_64`] (`0x7fff_ffff_0000`) on the 64-bit arches and
+//! [`DEFAULT_TRAMPOLINE_32`] (`0x7fff_0000`) on sparc32.  The page is filled
+//! with trapping instructions.  A code hook
+//!
+//! * stops the CPU *before* the instruction at the trampoline runs (the
+//!   callee returned: [`Outcome::Returned`]),
+//! * counts instructions and stops before instruction `budget + 1`
+//!   ([`Outcome::BudgetExhausted`]),
+//! * remembers the address of the instruction being executed, which gives
+//!   faults, traps and trace records their `pc`.
+//!
+//! On sparc32 the code hook covers only the trampoline page (a code hook on
+//! a delay slot breaks `jmpl`/`ret`/`retl` in Unicorn 2.1.5); a block hook
+//! counts instructions (4 bytes each) and checks the budget before each
+//! translation block, so there the budget is enforced per block and `pc`s
+//! come from the PC register, which Unicorn syncs before memory hooks.
+//! Unicorn's own `until`/`count` are not used to end a call (`count` is a
+//! code hook too).
+//!
+//! # Memory
+//!
+//! Guest memory is a software page table behind Unicorn's virtual-TLB mode
+//! (see `Memory`): `map`/`unmap` cost O(pages) with a handful of Unicorn
+//! regions in total, instead of one Unicorn region per mapping, which made
+//! mapping 4096 units superlinear (~25 s).  The MMU of the emulated CPU is
+//! bypassed: any 64-bit address can be mapped (kernel-like high addresses
+//! included); sparc32 addresses are 32-bit.
+//!
+//! Invalid memory accesses (unmapped or protected) are caught by a
+//! memory-invalid hook that records the address and access kind
+//! ([`Outcome::Fault`]); CPU exceptions (illegal instruction, trap and
+//! system-call instructions, sparc window overflow, ...) by an interrupt
+//! hook ([`Outcome::Trap`], the reason names the exception number).
+//!
+//! # Threads
+//!
+//! The crate's `Unicorn` handle holds an `Rc` and is neither `Send` nor
+//! `Sync`.  The C library keeps all emulator state in the `uc_struct` (no
+//! global or thread-local state besides QEMU's guest-random generator, which
+//! nothing here uses), so independent engines run in parallel on different
+//! threads.  [`UnicornEngine`] owns its handle and every clone of the `Rc`
+//! (the hooks hold `Weak`s to it, upgraded only while `emu_start` runs on
+//! the calling thread), so moving a whole engine to another thread is sound:
+//! it is `Send`, not `Sync`.
+//!
+//! # Arch notes (found by the tests in `arch/tests/unicorn.rs`)
+//!
+//! * arm64 runs at EL1 (Unicorn forces `PSTATE = EL1h`).  `TPIDR_EL1` and
+//!   `TPIDR_EL2` are reached through the CP-register API.  See
+//!   [`UnicornEngine::set_reg`] for what `mrs x0, tpidr_el2` does at EL1.
+//! * sparc32 is big-endian `SPARC32`; `PSR` is never read (reading it can
+//!   crash the process).  Unicorn 2.1.5 starts with `CWP = 0, WIM = 0` (no
+//!   invalid window: deep `save` chains would wrap silently); the engine
+//!   sets `WIM = 1` and starts calls in window 7, see [`SPARC_RESET_PSR`].
+//!   A per-instruction code hook breaks `jmpl`/`ret`/`retl` delay slots,
+//!   so on sparc32 instructions are counted per translation block.
+//! * s390x has no prefix register: the lowcore is memory at address 0.  The
+//!   PSW mask is set to 64-bit addressing (`EA|BA`) at construction.
+//! * riscv64 runs in M-mode without MMU.
+
+mod abi;
+
+use std::collections::HashMap;
+
+use unicorn_engine::{
+    uc_error, HookType, MemType, Prot, Query, RegisterARM64CP, RegisterSPARC, TlbEntry, TlbType, UcHookId, Unicorn,
+};
+
+use self::abi::{Abi, UcReg};
+use super::{Access, Cpu, Engine, EngineError, MemAccess, Outcome, Perms, Reg};
+
+const ENGINE: &str = "unicorn";
+
+/// The page size of `map`/`unmap`.  Unicorn's page size is 4 KiB on every
+/// arch here (arm64 is set to 4 KiB explicitly); 64 KiB kernel pages are
+/// mapped as 16 of these.
+pub const GRANULE: u64 = 4096;
+
+/// Default trampoline page on x86_64, arm64, s390x and riscv64: the top
+/// 4 KiB page of the first 64 KiB below 2^47, i.e. near the top of the low
+/// half of a 48-bit address space (inside arm64's 48-bit physical space,
+/// which matters with the MMU off).
+pub const DEFAULT_TRAMPOLINE_64: u64 = 0x0000_7fff_ffff_0000;
+/// Default trampoline page on sparc32: just below 2 GiB, far from the
+/// kernel's 0xf000_0000 and from low user/test layouts.
+pub const DEFAULT_TRAMPOLINE_32: u64 = 0x7fff_0000;
+
+/// Value written to sparc32's `PSR` before every call: supervisor (`S`,
+/// `PS`), traps disabled (`ET = 0`), `PIL = 0`, `CWP = 7`.
+///
+/// The engine sets `WIM = 1` (window 0 invalid) once at construction (see
+/// `sparc_set_wim`).  Starting every call in window 7 leaves windows 6..1
+/// for the callee: six nested `save`s fit, the seventh raises a window
+/// overflow (`Outcome::Trap`), and every `restore` returns to a valid
+/// window.  Register windows are never read back through `PSR` (reading
+/// `PSR` can crash Unicorn).
+pub const SPARC_RESET_PSR: u64 = 0x0000_00c7;
+
+/// s390x PSW mask written at construction: extended + basic addressing
+/// mode (64-bit), everything else (DAT, interrupts, problem state) off.
+pub const S390X_PSW_MASK_64: u64 = 0x0000_0001_8000_0000;
+
+/// Physical layout of guest memory (see `Memory`): slabs from 0, holes for
+/// unmapped pages from here.  sparc32 keeps its physical addresses below
+/// 4 GiB; slabs are limited to 2 GiB (32-bit) and 1 TiB (64-bit).
+const PHYS_HOLES_32: u64 = 0x8000_0000;
+const PHYS_HOLES_64: u64 = 1 << 40;
+/// Slab sizes: the first is 1 MiB, each next doubles the class's memory,
+/// capped at 256 MiB per Unicorn region.
+const SLAB_MIN: u64 = 1 << 20;
+const SLAB_MAX: u64 = 256 << 20;
+
+/// The trampoline page: the first `STUB_OFFSET` bytes are the stop zone
+/// (returning to its first byte is `Returned`, to any other byte a trap);
+/// engine-internal setup code lives from here on (sparc32's WIM stub).
+const STUB_OFFSET: u64 = 0x800;
+
+/// Construction options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnicornConfig {
+    /// Address of the trampoline page (4 KiB aligned); `None` for the arch's
+    /// default ([`DEFAULT_TRAMPOLINE_64`] or [`DEFAULT_TRAMPOLINE_32`]).
+    /// The page is mapped by the engine at construction: callers must not
+    /// map over it.
+    pub trampoline: Option<u64>,
+}
+
+#[derive(Copy, Clone, Debug)]
+enum Stop {
+    Returned,
+    Budget {
+        pc: u64,
+    },
+    /// Execution reached the trampoline page, but not its first byte.
+    StrayTrampoline {
+        pc: u64,
+    },
+    Trap {
+        pc: u64,
+        intno: u32,
+    },
+}
+
+#[derive(Copy, Clone, Debug)]
+struct FaultRec {
+    pc: u64,
+    addr: u64,
+    access: Access,
+    unmapped: bool,
+}
+
+const PAGE_SHIFT: u32 = 12;
+
+/// One page of the software page table.
+#[derive(Copy, Clone, Debug)]
+struct Pte {
+    /// Physical page number of the backing Unicorn memory.
+    ppn: u64,
+    class: usize,
+}
+
+/// Permission class index: read | write << 1 | exec << 2.
+fn class_of(perms: Perms) -> usize {
+    perms.read as usize | (perms.write as usize) << 1 | (perms.exec as usize) << 2
+}
+
+fn prot_of_class(class: usize) -> Prot {
+    prot(Perms { read: class & 1 != 0, write: class & 2 != 0, exec: class & 4 != 0 })
+}
+
+/// Guest memory: a software page table over a few large Unicorn regions.
+///
+/// Every Unicorn memory region costs a rebuild of QEMU's flat memory view
+/// when it is added, which makes mapping thousands of regions superlinear
+/// (4096 x 32 KiB regions took ~25 s).  Instead the engine switches Unicorn
+/// to its *virtual TLB* mode: a TLB-fill hook translates every guest page
+/// through this table (a hash map, O(1) per page), and the guest's pages
+/// are backed by physical *slabs*, one Unicorn region per permission class,
+/// each twice as large as the previous one (so O(log n) regions).
+/// Physical regions carry the page permissions, so Unicorn's own
+/// protection checks and `*_PROT` hooks still apply.  Unmapped guest pages
+/// translate to *hole* pages: unbacked physical addresses, one per guest
+/// page, so an access to them fires Unicorn's `*_UNMAPPED` hook with an
+/// address that maps back to the exact guest address.
+#[derive(Default)]
+struct Memory {
+    /// Guest page number -> backing.
+    pt: HashMap<u64, Pte>,
+    /// Backing physical page -> guest page (for hook addresses).
+    rev: HashMap<u64, u64>,
+    /// Hole physical page <-> unmapped guest page.
+    holes: HashMap<u64, u64>,
+    hole_of: HashMap<u64, u64>,
+    next_hole: u64,
+    /// Free physical pages per permission class.
+    free: [Vec<u64>; 8],
+    /// Bump allocation inside the current slab of each class.
+    bump: [(u64, u64); 8],
+    /// Bytes of slabs per class (the next slab doubles it).
+    slab_total: [u64; 8],
+    /// Next free physical address for a new slab.
+    next_slab: u64,
+    /// Physical layout: slabs below `hole_base`, holes from it.
+    hole_base: u64,
+    hole_pages: u64,
+}
+
+impl Memory {
+    /// Guest address of a physical address seen by a hook.
+    fn guest_addr(&self, paddr: u64) -> u64 {
+        let ppn = paddr >> PAGE_SHIFT;
+        let off = paddr & (GRANULE - 1);
+        match self.rev.get(&ppn).or_else(|| self.holes.get(&ppn)) {
+            Some(vpn) => vpn << PAGE_SHIFT | off,
+            None => paddr,
+        }
+    }
+
+    /// Physical page of a guest page for the TLB: its backing, or its hole.
+    fn translate(&mut self, vpn: u64) -> u64 {
+        if let Some(pte) = self.pt.get(&vpn) {
+            return pte.ppn;
+        }
+        if let Some(&h) = self.hole_of.get(&vpn) {
+            return h;
+        }
+        if self.next_hole == self.hole_pages {
+            // Wrapped: forget old holes (the caller flushes the TLB after
+            // every call, so no cached entry refers to them).
+            self.holes.clear();
+            self.hole_of.clear();
+            self.next_hole = 0;
+        }
+        let h = (self.hole_base >> PAGE_SHIFT) + self.next_hole;
+        self.next_hole += 1;
+        self.holes.insert(h, vpn);
+        self.hole_of.insert(vpn, h);
+        h
+    }
+}
+
+/// State shared with the hooks (the `Unicorn` handle's user data).
+#[derive(Default)]
+struct State {
+    trampoline: u64,
+    budget: u64,
+    executed: u64,
+    /// Address of the instruction executing now (set by the code hook).
+    pc: u64,
+    stop: Option<Stop>,
+    fault: Option<FaultRec>,
+    trace: Vec<MemAccess>,
+    mem: Memory,
+    /// sparc32: the PC register is read in hooks (no per-instruction hook).
+    pc_from_register: bool,
+    pc_reg: i32,
+}
+
+/// A Unicorn CPU implementing [`Engine`] for x86_64, arm64, sparc32, s390x
+/// and riscv64.
+pub struct UnicornEngine {
+    cpu: Cpu,
+    abi: &'static Abi,
+    uc: Unicorn<'static, State>,
+    trampoline: u64,
+    trace_hook: Option<UcHookId>,
+    /// Code ran since the translation cache was last flushed.
+    tb_dirty: bool,
+}
+
+// SAFETY: `Unicorn` is `!Send` only because it holds an `Rc`.  Every clone
+// of that `Rc` is owned by this struct: the crate keeps the hooks' boxed
+// closures (which hold `Weak`s to the same allocation) inside the `Rc`'s
+// own payload, `UnicornEngine` never hands out the handle or a clone, and
+// the hook closures capture nothing.  Moving the engine therefore moves
+// every reference count together, and they are only touched by the thread
+// that owns the engine.  The C library keeps no per-thread state for an
+// instance (no TLS besides QEMU's unused guest-random generator).  Not
+// `Sync`: `&UnicornEngine` gives no access to the handle anyway.
+unsafe impl Send for UnicornEngine {}
+
+fn uc_err(reason: impl std::fmt::Display) -> EngineError {
+    EngineError::Engine { engine: ENGINE, reason: reason.to_string() }
+}
+
+fn prot(perms: Perms) -> Prot {
+    let mut p = Prot::NONE;
+    if perms.read {
+        p |= Prot::READ;
+    }
+    if perms.write {
+        p |= Prot::WRITE;
+    }
+    if perms.exec {
+        p |= Prot::EXEC;
+    }
+    p
+}
+
+/// Names of common exception numbers, for `Outcome::Trap` reasons.
+fn exception_name(cpu: Cpu, intno: u32) -> &'static str {
+    match (cpu, intno) {
+        (Cpu::X86_64, 3) => "breakpoint (#BP)",
+        (Cpu::X86_64, 6) => "invalid opcode (#UD)",
+        (Cpu::X86_64, 13) => "general protection (#GP)",
+        (Cpu::X86_64, 14) => "page fault (#PF)",
+        // QEMU's EXCP_UDEF, EXCP_SWI, EXCP_BKPT
+        (Cpu::Arm64, 1) => "undefined instruction",
+        (Cpu::Arm64, 2) => "supervisor call (svc)",
+        (Cpu::Arm64, 7) => "breakpoint (brk)",
+        // SPARC trap types
+        (Cpu::Sparc32, 0x02) => "illegal instruction",
+        (Cpu::Sparc32, 0x03) => "privileged instruction",
+        (Cpu::Sparc32, 0x05) => "window overflow",
+        (Cpu::Sparc32, 0x06) => "window underflow",
+        (Cpu::Sparc32, 0x07) => "memory address not aligned",
+        (Cpu::Sparc32, n) if n >= 0x80 => "software trap (ta)",
+        // RISC-V exception causes
+        (Cpu::Riscv64, 0) => "instruction address misaligned",
+        (Cpu::Riscv64, 2) => "illegal instruction",
+        (Cpu::Riscv64, 3) => "breakpoint (ebreak)",
+        (Cpu::Riscv64, 4) => "load address misaligned",
+        (Cpu::Riscv64, 6) => "store address misaligned",
+        (Cpu::Riscv64, 8..=11) => "environment call (ecall)",
+        // QEMU s390x EXCP_PGM, EXCP_SVC
+        (Cpu::S390x, 1) => "program interruption (e.g. operation exception)",
+        (Cpu::S390x, 2) => "supervisor call (svc)",
+        _ => "exception",
+    }
+}
+
+impl UnicornEngine {
+    /// A CPU of `cpu` with the default trampoline address.
+    pub fn new(cpu: Cpu) -> Result<Self, EngineError> {
+        Self::with_config(cpu, UnicornConfig::default())
+    }
+
+    /// A CPU of `cpu` with explicit options.
+    pub fn with_config(cpu: Cpu, config: UnicornConfig) -> Result<Self, EngineError> {
+        let abi = abi::abi(cpu).ok_or_else(|| EngineError::Engine {
+            engine: ENGINE,
+            reason: "Unicorn has no Alpha target; Cpu::Alpha is served by the qemu-alpha engine \
+                     (QEMU's alpha CPU over the GDB remote protocol)"
+                .into(),
+        })?;
+        let trampoline = config.trampoline.unwrap_or(abi.default_trampoline);
+        if trampoline % GRANULE != 0 {
+            return Err(uc_err(format!("trampoline {trampoline:#x} is not {GRANULE}-byte aligned")));
+        }
+        if abi.reg_bytes == 4 && trampoline + GRANULE > 1 << 32 {
+            return Err(uc_err(format!("trampoline {trampoline:#x} is outside sparc32's 4 GiB")));
+        }
+        let sparc = cpu == Cpu::Sparc32;
+        let (hole_base, hole_pages) = if abi.reg_bytes == 4 {
+            (PHYS_HOLES_32, PHYS_HOLES_32 >> PAGE_SHIFT)
+        } else {
+            (PHYS_HOLES_64, PHYS_HOLES_64 >> PAGE_SHIFT)
+        };
+        let state = State {
+            trampoline,
+            pc_from_register: sparc,
+            pc_reg: abi.pc,
+            mem: Memory { hole_base, hole_pages, ..Memory::default() },
+            ..State::default()
+        };
+        let mut uc = Unicorn::new_with_data(abi.arch, abi.mode, state)
+            .map_err(|e| uc_err(format!("cannot open a {cpu} CPU: {e} ({e:?})")))?;
+
+        // arm64's target pages default to 1 KiB; the size can only be set
+        // before the first use of the instance.  Every other arch here has
+        // 4 KiB pages already.
+        if abi.arch == unicorn_engine::Arch::ARM64 {
+            uc.ctl_set_page_size(GRANULE as u32)
+                .map_err(|e| uc_err(format!("cannot set the arm64 page size to {GRANULE}: {e}")))?;
+        }
+        let page = uc.query(Query::PAGE_SIZE).map_err(uc_err)?;
+        if page as u64 != GRANULE {
+            return Err(uc_err(format!("{cpu}: Unicorn page size is {page}, expected {GRANULE}")));
+        }
+
+        // Guest addresses go through the software page table (see `Memory`).
+        uc.ctl_set_tlb_type(TlbType::VIRTUAL).map_err(|e| uc_err(format!("virtual TLB: {e}")))?;
+        uc.add_tlb_hook(1, 0, |uc, vaddr, _ty| {
+            let ppn = uc.get_data_mut().mem.translate(vaddr >> PAGE_SHIFT);
+            Some(TlbEntry { paddr: ppn << PAGE_SHIFT, perms: Prot::ALL })
+        })
+        .map_err(uc_err)?;
+
+        // Stop at the trampoline, count instructions, remember the pc.
+        //
+        // sparc32: a code hook on the delay slot of `jmpl`/`ret`/`retl`
+        // breaks the return: Unicorn syncs `npc` before calling the hook and
+        // stores its translation-time placeholder for a dynamic npc, so the
+        // CPU then jumps to address 1 ("memory address not aligned").  On
+        // sparc the code hook covers only the trampoline page and a block
+        // hook counts instructions (4 bytes each) and checks the budget
+        // before each block; hooks read the synced PC register instead.
+        let code_range = if sparc { (trampoline, trampoline + GRANULE - 1) } else { (1, 0) };
+        uc.add_code_hook(code_range.0, code_range.1, |uc, addr, _size| {
+            let st = uc.get_data_mut();
+            if st.stop.is_none() {
+                if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
+                    st.stop =
+                        Some(if addr == st.trampoline { Stop::Returned } else { Stop::StrayTrampoline { pc: addr } });
+                } else if st.executed >= st.budget {
+                    st.stop = Some(Stop::Budget { pc: addr });
+                } else {
+                    st.executed += 1;
+                    st.pc = addr;
+                    return;
+                }
+            }
+            let _ = uc.emu_stop();
+        })
+        .map_err(uc_err)?;
+        if sparc {
+            uc.add_block_hook(1, 0, |uc, addr, size| {
+                let st = uc.get_data_mut();
+                if st.stop.is_some() {
+                    let _ = uc.emu_stop();
+                    return;
+                }
+                if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
+                    return; // the code hook decides
+                }
+                let n = u64::from(size / 4).max(1);
+                if st.executed + n > st.budget {
+                    st.stop = Some(Stop::Budget { pc: addr });
+                    let _ = uc.emu_stop();
+                } else {
+                    st.executed += n;
+                    st.pc = addr;
+                }
+            })
+            .map_err(uc_err)?;
+        }
+
+        uc.add_mem_hook(HookType::MEM_INVALID, 1, 0, |uc, ty, paddr, _size, _value| {
+            let pc = current_pc(uc);
+            let st = uc.get_data_mut();
+            let addr = st.mem.guest_addr(paddr);
+            let (access, unmapped) = match ty {
+                MemType::READ_UNMAPPED => (Access::Read, true),
+                MemType::WRITE_UNMAPPED => (Access::Write, true),
+                MemType::FETCH_UNMAPPED => (Access::Fetch, true),
+                MemType::READ_PROT => (Access::Read, false),
+                MemType::WRITE_PROT => (Access::Write, false),
+                MemType::FETCH_PROT => (Access::Fetch, false),
+                _ => (Access::Read, true),
+            };
+            // A fetch fault happens before the instruction's code hook: the
+            // faulting pc is the fetch address itself.
+            let pc = if access == Access::Fetch { addr } else { pc };
+            if st.fault.is_none() {
+                st.fault = Some(FaultRec { pc, addr, access, unmapped });
+            }
+            false
+        })
+        .map_err(uc_err)?;
+
+        uc.add_intr_hook(move |uc, intno| {
+            let mut pc = current_pc(uc);
+            // Unicorn moves sparc's pc to npc before calling interrupt hooks.
+            if sparc {
+                pc = pc.wrapping_sub(4);
+            }
+            let st = uc.get_data_mut();
+            if st.stop.is_none() {
+                st.stop = Some(Stop::Trap { pc, intno });
+            }
+            let _ = uc.emu_stop();
+        })
+        .map_err(uc_err)?;
+
+        let mut engine = UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, tb_dirty: false };
+        // The trampoline page.
+        engine.map_pages(trampoline, GRANULE, Perms::RX).map_err(|e| EngineError::Map {
+            engine: ENGINE,
+            addr: trampoline,
+            size: GRANULE,
+            reason: format!("trampoline page: {e}"),
+        })?;
+        let fill: Vec<u8> = abi.trap_fill.iter().copied().cycle().take(GRANULE as usize).collect();
+        engine.write(trampoline, &fill)?;
+        if cpu == Cpu::S390x {
+            engine.set_reg(Reg::PswMask, S390X_PSW_MASK_64)?;
+        }
+        if sparc {
+            engine.sparc_set_wim()?;
+        }
+        Ok(engine)
+    }
+
+    /// sparc32: make window 0 invalid (`WIM = 1`) by running
+    /// `wr %g0, 1, %wim` from the trampoline page: Unicorn 2.1.5 leaves
+    /// `WIM = 0` (QEMU's reset value 1 is not applied), so nested `save`s
+    /// beyond the 8 windows would wrap around silently and corrupt the
+    /// caller's registers.  With `WIM = 1` and calls starting in window 7
+    /// ([`SPARC_RESET_PSR`]), six nested `save`s fit and the seventh raises
+    /// a window-overflow trap, which ends the call as `Outcome::Trap`.
+    fn sparc_set_wim(&mut self) -> Result<(), EngineError> {
+        let stub = self.trampoline + STUB_OFFSET;
+        let words: [u32; 4] = [
+            0x81902001, // wr %g0, 1, %wim
+            0x01000000, // nop (WIM writes take effect within three instructions)
+            0x01000000, // nop
+            0x01000000, // nop
+        ];
+        let code: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        self.write(stub, &code)?;
+        self.set_reg(Reg::Raw(RegisterSPARC::PSR as u32), SPARC_RESET_PSR)?;
+        {
+            let st = self.uc.get_data_mut();
+            st.budget = 100;
+            st.executed = 0;
+            st.stop = None;
+            st.fault = None;
+        }
+        let end = stub + code.len() as u64;
+        let result = self.uc.emu_start(stub, end, 0, 0);
+        let st = self.uc.get_data_mut();
+        let (stop, fault) = (st.stop.take(), st.fault.take());
+        if result.is_err() || stop.is_some() || fault.is_some() {
+            return Err(uc_err(format!("sparc32 WIM setup failed: {result:?} {stop:?} {fault:?}")));
+        }
+        Ok(())
+    }
+
+    /// The trampoline page's address (callees return to its first byte).
+    pub fn trampoline(&self) -> u64 {
+        self.trampoline
+    }
+
+    fn uc_reg(&self, reg: Reg) -> Result<UcReg, EngineError> {
+        abi::reg(self.cpu, self.abi, reg).ok_or(EngineError::NoRegister { engine: ENGINE, cpu: self.cpu, reg })
+    }
+
+    /// Narrow a value for a 32-bit register: accept zero- and sign-extended
+    /// 32-bit values, reject anything else.
+    fn narrow(&self, reg: Reg, value: u64) -> Result<u64, EngineError> {
+        if self.abi.reg_bytes == 8 {
+            return Ok(value);
+        }
+        let high = value >> 32;
+        if high == 0 || (high == 0xffff_ffff && value & 0x8000_0000 != 0) {
+            Ok(value & 0xffff_ffff)
+        } else {
+            Err(uc_err(format!("{value:#x} does not fit {}'s 32-bit register {reg:?}", self.cpu)))
+        }
+    }
+
+    fn write_u64_le(&mut self, addr: u64, value: u64) -> Result<(), EngineError> {
+        self.write(addr, &value.to_le_bytes())
+    }
+
+    /// Back `[addr, addr + size)` with fresh zeroed physical pages.  The
+    /// range must be unmapped.  Cost: O(pages), plus one Unicorn region per
+    /// doubling of a permission class's memory.
+    fn map_pages(&mut self, addr: u64, size: u64, perms: Perms) -> Result<(), String> {
+        let class = class_of(perms);
+        let first = addr >> PAGE_SHIFT;
+        let pages = size >> PAGE_SHIFT;
+        {
+            let mem = &self.uc.get_data().mem;
+            if let Some(vpn) = (first..first + pages).find(|v| mem.pt.contains_key(v)) {
+                return Err(format!("page {:#x} is already mapped", vpn << PAGE_SHIFT));
+            }
+        }
+        let mut had_hole = false;
+        for vpn in first..first + pages {
+            let ppn = self.alloc_page(class)?;
+            let mem = &mut self.uc.get_data_mut().mem;
+            mem.pt.insert(vpn, Pte { ppn, class });
+            mem.rev.insert(ppn, vpn);
+            if let Some(h) = mem.hole_of.remove(&vpn) {
+                mem.holes.remove(&h);
+                had_hole = true;
+            }
+        }
+        if had_hole {
+            // The TLB may still translate these pages to their holes.
+            let _ = self.uc.ctl_flush_tlb();
+        }
+        Ok(())
+    }
+
+    /// A zeroed physical page of `class`.
+    fn alloc_page(&mut self, class: usize) -> Result<u64, String> {
+        let recycled = self.uc.get_data_mut().mem.free[class].pop();
+        if let Some(ppn) = recycled {
+            let zero = [0u8; GRANULE as usize];
+            self.uc.mem_write(ppn << PAGE_SHIFT, &zero).map_err(|e| format!("zeroing: {e}"))?;
+            return Ok(ppn);
+        }
+        let (next, end) = self.uc.get_data().mem.bump[class];
+        if next < end {
+            self.uc.get_data_mut().mem.bump[class].0 = next + GRANULE;
+            return Ok(next >> PAGE_SHIFT);
+        }
+        // A new slab, as large as everything this class has so far.
+        let mem = &self.uc.get_data().mem;
+        let size = mem.slab_total[class].clamp(SLAB_MIN, SLAB_MAX);
+        let base = mem.next_slab;
+        if base + size > mem.hole_base {
+            return Err(format!("out of physical space for guest memory ({:#x} bytes)", mem.hole_base));
+        }
+        self.uc
+            .mem_map(base, size, prot_of_class(class))
+            .map_err(|e| format!("physical slab {base:#x}+{size:#x}: {e} ({e:?})"))?;
+        let mem = &mut self.uc.get_data_mut().mem;
+        mem.next_slab = base + size;
+        mem.slab_total[class] += size;
+        mem.bump[class] = (base + GRANULE, base + size);
+        Ok(base >> PAGE_SHIFT)
+    }
+
+    /// Split a guest range into per-page physical pieces: (guest offset,
+    /// physical address, length).
+    fn pieces(&self, addr: u64, len: usize, op: &'static str) -> Result<Vec<(usize, u64, usize)>, EngineError> {
+        let mem = &self.uc.get_data().mem;
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let a = addr.wrapping_add(done as u64);
+            let off = a & (GRANULE - 1);
+            let n = ((GRANULE - off) as usize).min(len - done);
+            let pte = mem.pt.get(&(a >> PAGE_SHIFT)).ok_or_else(|| EngineError::Memory {
+                engine: ENGINE,
+                op,
+                addr,
+                len,
+                reason: format!("{a:#x} is not mapped"),
+            })?;
+            out.push((done, pte.ppn << PAGE_SHIFT | off, n));
+            done += n;
+        }
+        Ok(out)
+    }
+}
+
+/// The address of the instruction executing now, from inside a hook.
+fn current_pc(uc: &Unicorn<'_, State>) -> u64 {
+    let st = uc.get_data();
+    if st.pc_from_register {
+        let reg = st.pc_reg;
+        uc.reg_read(reg).unwrap_or(0)
+    } else {
+        st.pc
+    }
+}
+
+impl Engine for UnicornEngine {
+    fn cpu(&self) -> Cpu {
+        self.cpu
+    }
+
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn map_granule(&self) -> u64 {
+        GRANULE
+    }
+
+    fn map(&mut self, addr: u64, size: u64, perms: Perms) -> Result<(), EngineError> {
+        let err = |reason: String| EngineError::Map { engine: ENGINE, addr, size, reason };
+        if size == 0 || addr % GRANULE != 0 || size % GRANULE != 0 {
+            return Err(err(format!("address and size must be non-zero multiples of {GRANULE}")));
+        }
+        let end = addr.checked_add(size).ok_or_else(|| err("wraps around".into()))?;
+        if self.abi.reg_bytes == 4 && end > 1 << 32 {
+            return Err(err("beyond sparc32's 4 GiB address space".into()));
+        }
+        if self.trampoline < end && addr < self.trampoline + GRANULE {
+            return Err(err(format!("overlaps the engine's trampoline page {:#x}", self.trampoline)));
+        }
+        self.map_pages(addr, size, perms).map_err(err)
+    }
+
+    fn unmap(&mut self, addr: u64, size: u64) -> Result<(), EngineError> {
+        let err = |reason: String| EngineError::Map { engine: ENGINE, addr, size, reason };
+        if size == 0 || addr % GRANULE != 0 || size % GRANULE != 0 {
+            return Err(err(format!("address and size must be non-zero multiples of {GRANULE}")));
+        }
+        if self.trampoline < addr.saturating_add(size) && addr < self.trampoline + GRANULE {
+            return Err(err(format!("overlaps the engine's trampoline page {:#x}", self.trampoline)));
+        }
+        let first = addr >> PAGE_SHIFT;
+        let pages = size >> PAGE_SHIFT;
+        let mem = &mut self.uc.get_data_mut().mem;
+        if let Some(vpn) = (first..first + pages).find(|v| !mem.pt.contains_key(v)) {
+            return Err(err(format!("page {:#x} is not mapped", vpn << PAGE_SHIFT)));
+        }
+        let mut exec = false;
+        for vpn in first..first + pages {
+            let pte = mem.pt.remove(&vpn).expect("checked above");
+            mem.rev.remove(&pte.ppn);
+            mem.free[pte.class].push(pte.ppn);
+            exec |= pte.class & 4 != 0;
+        }
+        let _ = self.uc.ctl_flush_tlb();
+        if exec {
+            // Translated code is keyed by physical page, which is recycled.
+            let _ = self.uc.ctl_flush_tb();
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), EngineError> {
+        let pieces = self.pieces(addr, data.len(), "write")?;
+        let mut code = false;
+        for (off, paddr, n) in pieces {
+            code |=
+                self.uc.get_data().mem.pt.get(&((addr + off as u64) >> PAGE_SHIFT)).is_some_and(|p| p.class & 4 != 0);
+            self.uc.mem_write(paddr, &data[off..off + n]).map_err(|e| EngineError::Memory {
+                engine: ENGINE,
+                op: "write",
+                addr,
+                len: data.len(),
+                reason: format!("{e} ({e:?})"),
+            })?;
+        }
+        if code && self.tb_dirty {
+            // New code over code that may have been translated already.
+            let _ = self.uc.ctl_flush_tb();
+            self.tb_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), EngineError> {
+        let len = buf.len();
+        for (off, paddr, n) in self.pieces(addr, len, "read")? {
+            self.uc.mem_read(paddr, &mut buf[off..off + n]).map_err(|e| EngineError::Memory {
+                engine: ENGINE,
+                op: "read",
+                addr,
+                len,
+                reason: format!("{e} ({e:?})"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Write a register by role.
+    ///
+    /// arm64 `TpidrEl2` is written through the CP-register API and reads
+    /// back; code running at EL1 (Unicorn's start level) cannot read it:
+    /// `mrs x0, tpidr_el2` at EL1 is UNDEFINED and ends the call with
+    /// `Outcome::Trap` ("undefined instruction").
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), EngineError> {
+        let value = self.narrow(reg, value)?;
+        let fail = |e: uc_error| uc_err(format!("cannot write {reg:?} = {value:#x}: {e} ({e:?})"));
+        match self.uc_reg(reg)? {
+            UcReg::Plain(id) => self.uc.reg_write(id, value).map_err(fail),
+            UcReg::Arm64Sys { op0, op1, crn, crm, op2 } => {
+                let cp = RegisterARM64CP { crn, crm, op0, op1, op2, val: value };
+                self.uc.reg_write_arm64_coproc(&cp).map_err(fail)
+            }
+        }
+    }
+
+    fn reg(&mut self, reg: Reg) -> Result<u64, EngineError> {
+        let uc_reg = self.uc_reg(reg)?;
+        if self.cpu == Cpu::Sparc32 && uc_reg == UcReg::Plain(RegisterSPARC::PSR as i32) {
+            return Err(uc_err("reading sparc32 PSR is refused: it can crash Unicorn 2.1"));
+        }
+        let fail = |e: uc_error| uc_err(format!("cannot read {reg:?}: {e} ({e:?})"));
+        let value = match uc_reg {
+            UcReg::Plain(id) => self.uc.reg_read(id).map_err(fail)?,
+            UcReg::Arm64Sys { op0, op1, crn, crm, op2 } => {
+                let mut cp = RegisterARM64CP { crn, crm, op0, op1, op2, val: 0 };
+                self.uc.reg_read_arm64_coproc(&mut cp).map_err(fail)?;
+                cp.val
+            }
+        };
+        Ok(if self.abi.reg_bytes == 4 { value & 0xffff_ffff } else { value })
+    }
+
+    fn call(&mut self, entry: u64, args: &[u64], stack_top: u64, budget: u64) -> Result<Outcome, EngineError> {
+        let abi = self.abi;
+        if args.len() > abi.args.len() {
+            return Err(uc_err(format!(
+                "{} takes at most {} register arguments, got {}",
+                self.cpu,
+                abi.args.len(),
+                args.len()
+            )));
+        }
+        if self.cpu == Cpu::Sparc32 {
+            // Before the argument registers: changing CWP switches windows.
+            self.set_reg(Reg::Raw(RegisterSPARC::PSR as u32), SPARC_RESET_PSR)?;
+        }
+        for (i, &a) in args.iter().enumerate() {
+            self.set_reg(Reg::Arg(i as u8), a)?;
+        }
+        let ret_to = self.trampoline - abi.return_bias;
+        let mut sp = stack_top - abi.stack_reserve;
+        match abi.return_address {
+            Some(_) => self.set_reg(Reg::ReturnAddress, ret_to)?,
+            None => {
+                sp -= 8;
+                self.write_u64_le(sp, ret_to)?;
+            }
+        }
+        self.set_reg(Reg::Sp, sp)?;
+
+        {
+            let st = self.uc.get_data_mut();
+            st.budget = budget;
+            st.executed = 0;
+            st.pc = entry;
+            st.stop = None;
+            st.fault = None;
+        }
+        self.tb_dirty = true;
+        // `until` is inside the trampoline page, past its first instruction:
+        // the code hook always stops first; it only keeps Unicorn from
+        // treating some other address (0) as the exit.
+        let until = self.trampoline + STUB_OFFSET / 2;
+        let result = self.uc.emu_start(entry, until, 0, 0);
+
+        let (stop, fault, executed, last_pc) = {
+            let st = self.uc.get_data_mut();
+            (st.stop.take(), st.fault.take(), st.executed, st.pc)
+        };
+        if let Some(f) = fault {
+            return Ok(Outcome::Fault { pc: f.pc, addr: f.addr, access: f.access, unmapped: f.unmapped });
+        }
+        let outcome = match stop {
+            Some(Stop::Returned) => Outcome::Returned { value: self.reg(Reg::Ret)?, instructions: executed },
+            Some(Stop::Budget { pc }) => Outcome::BudgetExhausted { pc, budget },
+            Some(Stop::StrayTrampoline { pc }) => {
+                Outcome::Trap { pc, reason: format!("jumped into the trampoline page at {pc:#x} instead of its start") }
+            }
+            Some(Stop::Trap { pc, intno }) => {
+                Outcome::Trap { pc, reason: format!("{} (exception {intno:#x})", exception_name(self.cpu, intno)) }
+            }
+            None => match result {
+                Err(uc_error::INSN_INVALID) => Outcome::Trap { pc: last_pc, reason: "invalid instruction".into() },
+                Err(e) => Outcome::Trap { pc: last_pc, reason: format!("emulation stopped: {e} ({e:?})") },
+                Ok(()) => {
+                    let pc = self.reg(Reg::Pc)?;
+                    Outcome::Trap { pc, reason: "emulation stopped without a return, fault or trap".into() }
+                }
+            },
+        };
+        Ok(outcome)
+    }
+
+    fn set_trace(&mut self, on: bool) {
+        match (on, self.trace_hook) {
+            (true, None) => {
+                let hook = self.uc.add_mem_hook(
+                    HookType::MEM_READ | HookType::MEM_WRITE,
+                    1,
+                    0,
+                    |uc, ty, paddr, size, value| {
+                        let pc = current_pc(uc);
+                        let st = uc.get_data_mut();
+                        let addr = st.mem.guest_addr(paddr);
+                        let (access, value) = match ty {
+                            MemType::WRITE => (Access::Write, Some(value as u64)),
+                            _ => (Access::Read, None),
+                        };
+                        let value = value.map(|v| if size < 8 { v & ((1u64 << (8 * size)) - 1) } else { v });
+                        st.trace.push(MemAccess { pc, addr, size: size as u8, access, value });
+                        true
+                    },
+                );
+                match hook {
+                    Ok(id) => self.trace_hook = Some(id),
+                    Err(e) => tracing::warn!("unicorn: cannot add the trace hook: {e}"),
+                }
+            }
+            (false, Some(id)) => {
+                if let Err(e) = self.uc.remove_hook(id) {
+                    tracing::warn!("unicorn: cannot remove the trace hook: {e}");
+                }
+                self.trace_hook = None;
+            }
+            _ => return,
+        }
+        // Cached TLB entries and translations were made without (or with)
+        // the hook: drop them so every access sees the new setting.
+        let _ = self.uc.ctl_flush_tlb();
+        let _ = self.uc.ctl_flush_tb();
+    }
+
+    fn take_trace(&mut self) -> Vec<MemAccess> {
+        std::mem::take(&mut self.uc.get_data_mut().trace)
+    }
+}
+
+/// Compile-time check of the `Send` claim above.
+const _: () = {
+    const fn is_send<T: Send>() {}
+    is_send::<UnicornEngine>();
+};
