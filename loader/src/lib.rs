@@ -33,6 +33,7 @@ pub mod load;
 pub mod placement;
 pub mod reloc;
 pub mod symbols;
+pub mod write;
 
 pub use contract::{AbiNote, Op, PercpuModel, RetKind, TestDescriptor, TestFlags};
 pub use elf::{ElfObject, Machine};
@@ -42,3 +43,4 @@ pub use load::{load_kernel_image, load_module, load_object, LoadOptions, LoadedO
 pub use placement::{InMemoryPercpu, LinearLayout, PercpuPlacer, PlaceRequest, SectionKind, SectionPlacer};
 pub use reloc::{OverflowPolicy, Reach, ReachBase, Truncation};
 pub use symbols::{ResolvedSymbol, SymbolResolver, SymbolTable};
+pub use write::write_relocated_elf;

@@ -55,6 +55,8 @@ pub struct LoadedSection {
     pub addr: u64,
     pub align: u64,
     pub flags: u64,
+    /// SHT_NOBITS in the object (zero-filled here).
+    pub nobits: bool,
     #[serde(skip)]
     pub data: Vec<u8>,
     pub size: u64,
@@ -122,6 +124,8 @@ impl LoadedSymbol {
 pub struct LoadedObject {
     pub name: String,
     pub machine: Machine,
+    pub e_machine: u16,
+    pub e_flags: u32,
     pub is_64: bool,
     pub little_endian: bool,
     pub role: ObjectRole,
@@ -449,6 +453,7 @@ fn load_rel(
             addr,
             align: 8,
             flags: SHF_ALLOC | SHF_WRITE,
+            nobits: false,
             size,
             data: vec![0; size as usize],
         });
@@ -466,6 +471,7 @@ fn load_rel(
             addr,
             align: 8,
             flags: SHF_ALLOC | SHF_EXECINSTR,
+            nobits: false,
             size,
             data: vec![0; size as usize],
         });
@@ -698,6 +704,8 @@ fn load_rel(
     let mut loaded = LoadedObject {
         name: name.to_string(),
         machine,
+        e_machine: obj.e_machine,
+        e_flags: obj.e_flags,
         is_64: obj.is_64,
         little_endian: obj.little_endian,
         role,
@@ -742,7 +750,7 @@ fn load_section(
         data.copy_from_slice(obj.section_data(i));
     }
     homes[i] = Home::Loaded(sections.len());
-    sections.push(LoadedSection { index: Some(i), name: s.name.clone(), kind, addr, align: s.align, flags: s.flags, size: s.size, data });
+    sections.push(LoadedSection { index: Some(i), name: s.name.clone(), kind, addr, align: s.align, flags: s.flags, nobits: s.is_nobits(), size: s.size, data });
     Ok(())
 }
 
@@ -870,7 +878,7 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
         if !s.is_nobits() {
             data.copy_from_slice(obj.section_data(s.index));
         }
-        sections.push(LoadedSection { index: Some(s.index), name: s.name.clone(), kind: kind_of(s), addr: s.addr, align: s.align, flags: s.flags, size: s.size, data });
+        sections.push(LoadedSection { index: Some(s.index), name: s.name.clone(), kind: kind_of(s), addr: s.addr, align: s.align, flags: s.flags, nobits: s.is_nobits(), size: s.size, data });
     }
     let static_percpu = match area {
         Some((start, end, load, sec)) => {
@@ -912,6 +920,8 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
     let mut loaded = LoadedObject {
         name: name.to_string(),
         machine,
+        e_machine: obj.e_machine,
+        e_flags: obj.e_flags,
         is_64: obj.is_64,
         little_endian: obj.little_endian,
         role: ObjectRole::LinkedImage,
