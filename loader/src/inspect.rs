@@ -262,7 +262,7 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
     };
 
     // Percpu sections.
-    let module_pcpu = module_percpu_section(&obj);
+    let module_pcpu = if role == ObjectRole::Module { module_percpu_section(&obj) } else { None };
     let pcpu_indices: Vec<usize> = match role {
         ObjectRole::Module => module_pcpu.into_iter().collect(),
         ObjectRole::KernelImage => static_percpu_sections(&obj),
@@ -296,6 +296,11 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
     for s in &obj.symbols {
         let Some(sec) = s.section() else { continue };
         if !pcpu_indices.contains(&sec) || s.is_section() || s.name.is_empty() || s.name.starts_with('$') {
+            continue;
+        }
+        // A linked image's section symbols outside the section (`__per_cpu_load`) are not percpu.
+        let ps = &obj.sections[sec];
+        if role == ObjectRole::LinkedImage && (s.value < ps.addr || s.value > ps.addr.wrapping_add(ps.size)) {
             continue;
         }
         percpu_symbols.push(PercpuSymbol {
@@ -486,6 +491,8 @@ impl fmt::Display for InspectReport {
                 let mut notes = Vec::new();
                 if s.module_percpu {
                     notes.push("module percpu (reserved chunk)");
+                } else if self.role != ObjectRole::Module {
+                    notes.push("static percpu area");
                 }
                 if s.legacy_name {
                     notes.push("pre-2010 name");

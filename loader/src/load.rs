@@ -904,7 +904,7 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
         .iter()
         .map(|s| {
             let sec = s.section();
-            let percpu = sec.is_some() && sec == pcpu_sec;
+            let percpu = sec.is_some() && sec == pcpu_sec && area.map(|a| s.value >= a.0 && s.value <= a.1).unwrap_or(false);
             LoadedSymbol {
                 name: s.name.clone(),
                 value: s.value,
