@@ -28,6 +28,8 @@
 pub mod contract;
 pub mod elf;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod load;
 pub mod placement;

@@ -189,6 +189,13 @@ impl LoadedObject {
     }
 }
 
+/// Copy a section's file bytes into its zero-filled memory image (an
+/// SHT_NULL section with a size has no bytes: it stays zero).
+fn fill(dst: &mut [u8], src: &[u8]) {
+    let n = dst.len().min(src.len());
+    dst[..n].copy_from_slice(&src[..n]);
+}
+
 fn is_percpu_name(name: &str) -> bool {
     name == ".data..percpu" || name == ".data.percpu"
 }
@@ -509,7 +516,7 @@ fn load_rel(
             check_addr(obj, "percpu allocation", ptr, s.size)?;
             let mut data = vec![0u8; s.size as usize];
             if !s.is_nobits() {
-                data.copy_from_slice(obj.section_data(pi));
+                fill(&mut data, obj.section_data(pi));
             }
             homes[pi] = Home::ModulePercpu(ptr);
             module_percpu = Some(ModulePercpu { section: s.name.clone(), ptr, size: s.size, align, requested_align: s.align, data });
@@ -546,7 +553,7 @@ fn load_rel(
         for (&i, &o) in static_secs.iter().zip(&offsets) {
             let s = &obj.sections[i];
             if !s.is_nobits() {
-                data[o as usize..(o + s.size) as usize].copy_from_slice(obj.section_data(i));
+                fill(&mut data[o as usize..(o + s.size) as usize], obj.section_data(i));
             }
             homes[i] = Home::StaticPercpu(o);
         }
@@ -747,7 +754,7 @@ fn load_section(
     check_addr(obj, &format!("section {}", s.name), addr, s.size)?;
     let mut data = vec![0u8; s.size as usize];
     if !s.is_nobits() {
-        data.copy_from_slice(obj.section_data(i));
+        fill(&mut data, obj.section_data(i));
     }
     homes[i] = Home::Loaded(sections.len());
     sections.push(LoadedSection { index: Some(i), name: s.name.clone(), kind, addr, align: s.align, flags: s.flags, nobits: s.is_nobits(), size: s.size, data });
@@ -876,7 +883,7 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
         budget.take(&format!("section {}", s.name), s.size)?;
         let mut data = vec![0u8; s.size as usize];
         if !s.is_nobits() {
-            data.copy_from_slice(obj.section_data(s.index));
+            fill(&mut data, obj.section_data(s.index));
         }
         sections.push(LoadedSection { index: Some(s.index), name: s.name.clone(), kind: kind_of(s), addr: s.addr, align: s.align, flags: s.flags, nobits: s.is_nobits(), size: s.size, data });
     }

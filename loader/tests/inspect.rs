@@ -1,6 +1,8 @@
 //! `inspect` on the test objects: percpu sections, symbols, reference groups
 //! with reach and verdicts, static areas, JSON and the human table.
 
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use common::data;

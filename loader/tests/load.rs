@@ -2,6 +2,8 @@
 //! rules, GOT/PLT, percpu copies, the fixture contract, the linked image and
 //! write_relocated_elf.
 
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Bad input: every malformed object is a typed error with a clear message,
 //! never a panic.
 
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use common::*;
