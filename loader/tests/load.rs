@@ -282,3 +282,19 @@ fn write_relocated_elf_round_trips_through_a_parser() {
         }
     }
 }
+
+#[test]
+fn the_pre_2010_section_name_is_module_percpu_too() {
+    let mut b = data("x86_64-module.o");
+    let pos = b.windows(14).position(|w| w == b".data..percpu\0").unwrap();
+    b[pos..pos + 14].copy_from_slice(b".data.percpu\0\0");
+    let mut pcpu = InMemoryPercpu::new(2, 0x1000, 8192, 0x1000_0000, 0);
+    let mut lay = LinearLayout::at(0xffff_ffff_c000_0000);
+    let any = |n: &str| Some(percpu_loader::ResolvedSymbol { value: if n == "kernel_pcpu_var" { 0x40 } else { 0xffff_ffff_8100_0000 }, percpu: false });
+    let m = load_module("old.o", &b, &LoadOptions::default(), &mut pcpu, &mut lay, &[&any]).unwrap();
+    let pc = m.percpu.as_ref().unwrap();
+    assert_eq!(pc.section, ".data.percpu");
+    assert_eq!(m.symbol("pcpu_counter").map(|s| s.percpu), Some(true));
+    let r = percpu_loader::inspect("old.o", &b).unwrap();
+    assert!(r.percpu_sections[0].legacy_name && r.percpu_sections[0].module_percpu);
+}
