@@ -404,7 +404,7 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
             start,
             end,
             load,
-            size: end - start,
+            size: end.saturating_sub(start),
             from_symbols: obj.symbol_by_name("__per_cpu_start").is_some() && obj.symbol_by_name("__per_cpu_end").is_some(),
         }),
         ObjectRole::KernelImage => {

@@ -861,9 +861,10 @@ pub(crate) fn linked_static_area(obj: &ElfObject<'_>) -> Option<(u64, u64, u64, 
         .or_else(|| sym("__per_cpu_start").and_then(|a| obj.sections.iter().position(|s| s.is_alloc() && s.addr == a && s.size > 0)));
     match (sym("__per_cpu_start"), sym("__per_cpu_end")) {
         (Some(start), Some(end)) if end >= start => Some((start, end, sym("__per_cpu_load").unwrap_or(start), sec)),
-        _ => sec.map(|i| {
+        _ => sec.and_then(|i| {
             let s = &obj.sections[i];
-            (s.addr, s.addr.wrapping_add(s.size), s.addr, Some(i))
+            // A section running past the top of the address space has no bounds.
+            s.addr.checked_add(s.size).map(|end| (s.addr, end, s.addr, Some(i)))
         }),
     }
 }
@@ -889,7 +890,7 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
     }
     let static_percpu = match area {
         Some((start, end, load, sec)) => {
-            let size = end - start;
+            let size = end.checked_sub(start).unwrap_or(0);
             budget.take("static percpu area", size)?;
             let mut data = vec![0u8; size as usize];
             if let Some(i) = sec {
