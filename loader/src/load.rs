@@ -1172,7 +1172,7 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
     }
     let static_percpu = match area {
         Some((start, end, load, sec)) => {
-            let size = end.checked_sub(start).unwrap_or(0);
+            let size = end.saturating_sub(start);
             budget.take("static percpu area", size)?;
             let mut data = vec![0u8; size as usize];
             if let Some(i) = sec {
