@@ -175,8 +175,34 @@ struct Layout {
     ptr: usize,
 }
 
-const LAYOUT64: Layout = Layout { size: 80, name: 24, func: 32, target: 40, size_f: 48, align: 52, width: 56, op: 60, flags: 64, ret: 68, bug: 72, ptr: 8 };
-const LAYOUT32: Layout = Layout { size: 64, name: 24, func: 28, target: 32, size_f: 36, align: 40, width: 44, op: 48, flags: 52, ret: 56, bug: 60, ptr: 4 };
+const LAYOUT64: Layout = Layout {
+    size: 80,
+    name: 24,
+    func: 32,
+    target: 40,
+    size_f: 48,
+    align: 52,
+    width: 56,
+    op: 60,
+    flags: 64,
+    ret: 68,
+    bug: 72,
+    ptr: 8,
+};
+const LAYOUT32: Layout = Layout {
+    size: 64,
+    name: 24,
+    func: 28,
+    target: 32,
+    size_f: 36,
+    align: 40,
+    width: 44,
+    op: 48,
+    flags: 52,
+    ret: 56,
+    bug: 60,
+    ptr: 4,
+};
 
 /// The size of one descriptor for a pointer width.
 pub fn descriptor_size(is_64: bool) -> usize {
@@ -202,33 +228,61 @@ const MAX_STRING: usize = 4096;
 
 /// Parse the ABI note from raw section bytes.
 pub fn parse_abi(object: &str, bytes: &[u8], little: bool) -> Result<AbiNote, LoadError> {
-    let bad = |reason: String| LoadError::BadAbiNote { object: object.to_string(), reason };
+    let bad = |reason: String| LoadError::BadAbiNote {
+        object: object.to_string(),
+        reason,
+    };
     if bytes.len() != ABI_SIZE {
         return Err(bad(format!("size {} (want {ABI_SIZE})", bytes.len())));
     }
     let w = |i: usize| rd(bytes, i * 4, 4, little) as u32;
     if w(0) != ABI_MAGIC {
-        return Err(bad(format!("magic {:#010x} (want {ABI_MAGIC:#010x} \"PCPB\"; wrong byte order?)", w(0))));
+        return Err(bad(format!(
+            "magic {:#010x} (want {ABI_MAGIC:#010x} \"PCPB\"; wrong byte order?)",
+            w(0)
+        )));
     }
     if w(1) != ABI_VERSION {
-        return Err(bad(format!("version {} (this loader reads version {ABI_VERSION})", w(1))));
+        return Err(bad(format!(
+            "version {} (this loader reads version {ABI_VERSION})",
+            w(1)
+        )));
     }
-    let model = PercpuModel::from_u32(w(2)).ok_or_else(|| bad(format!("unknown model {} (1..=6)", w(2))))?;
+    let model = PercpuModel::from_u32(w(2))
+        .ok_or_else(|| bad(format!("unknown model {} (1..=6)", w(2))))?;
     let flags = w(5);
     if flags & !AbiNote::FLAG_WEAK_PERCPU != 0 {
-        return Err(bad(format!("unknown flag bits {:#x}", flags & !AbiNote::FLAG_WEAK_PERCPU)));
+        return Err(bad(format!(
+            "unknown flag bits {:#x}",
+            flags & !AbiNote::FLAG_WEAK_PERCPU
+        )));
     }
-    Ok(AbiNote { version: w(1), model, ti_cpu_offset: w(3), lowcore_percpu_offset: w(4), flags })
+    Ok(AbiNote {
+        version: w(1),
+        model,
+        ti_cpu_offset: w(3),
+        lowcore_percpu_offset: w(4),
+        flags,
+    })
 }
 
 /// Read the ABI note and test descriptors of a loaded object.
-pub(crate) fn parse(obj: &LoadedObject, abi_raw: &[Vec<u8>]) -> Result<(Option<AbiNote>, Vec<TestDescriptor>), LoadError> {
+pub(crate) fn parse(
+    obj: &LoadedObject,
+    abi_raw: &[Vec<u8>],
+) -> Result<(Option<AbiNote>, Vec<TestDescriptor>), LoadError> {
     let object = obj.name.as_str();
     let abi = match abi_raw {
         [] => None,
         [one] => Some(parse_abi(object, one, obj.little_endian)?),
         more => {
-            return Err(LoadError::BadAbiNote { object: object.to_string(), reason: format!("{} sections named {ABI_SECTION} (want exactly one)", more.len()) })
+            return Err(LoadError::BadAbiNote {
+                object: object.to_string(),
+                reason: format!(
+                    "{} sections named {ABI_SECTION} (want exactly one)",
+                    more.len()
+                ),
+            })
         }
     };
     let mut secs = obj.sections.iter().filter(|s| s.name == TESTS_SECTION);
@@ -236,13 +290,21 @@ pub(crate) fn parse(obj: &LoadedObject, abi_raw: &[Vec<u8>]) -> Result<(Option<A
         return Ok((abi, Vec::new()));
     };
     if secs.next().is_some() {
-        return Err(LoadError::BadTestsSection { object: object.to_string(), reason: "more than one section of that name".into() });
+        return Err(LoadError::BadTestsSection {
+            object: object.to_string(),
+            reason: "more than one section of that name".into(),
+        });
     }
     let l = if obj.is_64 { &LAYOUT64 } else { &LAYOUT32 };
     if sec.data.len() % l.size != 0 {
         return Err(LoadError::BadTestsSection {
             object: object.to_string(),
-            reason: format!("size {} is not a multiple of the {}-byte descriptor ({}-bit)", sec.data.len(), l.size, if obj.is_64 { 64 } else { 32 }),
+            reason: format!(
+                "size {} is not a multiple of the {}-byte descriptor ({}-bit)",
+                sec.data.len(),
+                l.size,
+                if obj.is_64 { 64 } else { 32 }
+            ),
         });
     }
     let little = obj.little_endian;
@@ -252,19 +314,26 @@ pub(crate) fn parse(obj: &LoadedObject, abi_raw: &[Vec<u8>]) -> Result<(Option<A
         let u32f = |off: usize| rd(d, off, 4, little) as u32;
         let ptr = |off: usize| rd(d, off, l.ptr, little);
         let name_ptr = ptr(l.name);
-        let err = |name: Option<String>, field: &'static str, reason: String| LoadError::BadDescriptor {
-            object: object.to_string(),
-            index,
-            name,
-            field,
-            reason,
-        };
+        let err =
+            |name: Option<String>, field: &'static str, reason: String| LoadError::BadDescriptor {
+                object: object.to_string(),
+                index,
+                name,
+                field,
+                reason,
+            };
         if name_ptr == 0 {
             return Err(err(None, "name", "NULL".into()));
         }
-        let name = obj
-            .read_cstr(name_ptr, MAX_STRING)
-            .ok_or_else(|| err(None, "name", format!("pointer {name_ptr:#x} is outside the loaded image (or the string has no NUL)")))?;
+        let name = obj.read_cstr(name_ptr, MAX_STRING).ok_or_else(|| {
+            err(
+                None,
+                "name",
+                format!(
+                    "pointer {name_ptr:#x} is outside the loaded image (or the string has no NUL)"
+                ),
+            )
+        })?;
         let nm = Some(name.clone());
         if let Some(prev) = names.insert(name.clone(), index) {
             return Err(err(nm, "name", format!("duplicate of test {prev}")));
@@ -273,18 +342,28 @@ pub(crate) fn parse(obj: &LoadedObject, abi_raw: &[Vec<u8>]) -> Result<(Option<A
         if ![1, 2, 4, 8].contains(&width) {
             return Err(err(nm, "width", format!("{width} (want 1, 2, 4 or 8)")));
         }
-        let op = Op::from_u32(u32f(l.op)).ok_or_else(|| err(nm.clone(), "op", format!("{} (want 0..=4)", u32f(l.op))))?;
-        let ret = RetKind::from_u32(u32f(l.ret)).ok_or_else(|| err(nm.clone(), "ret", format!("{} (want 0..=5)", u32f(l.ret))))?;
+        let op = Op::from_u32(u32f(l.op))
+            .ok_or_else(|| err(nm.clone(), "op", format!("{} (want 0..=4)", u32f(l.op))))?;
+        let ret = RetKind::from_u32(u32f(l.ret))
+            .ok_or_else(|| err(nm.clone(), "ret", format!("{} (want 0..=5)", u32f(l.ret))))?;
         let flags = TestFlags(u32f(l.flags));
         if flags.0 & !TestFlags::ALL != 0 {
-            return Err(err(nm, "flags", format!("unknown bits {:#x}", flags.0 & !TestFlags::ALL)));
+            return Err(err(
+                nm,
+                "flags",
+                format!("unknown bits {:#x}", flags.0 & !TestFlags::ALL),
+            ));
         }
         if flags.far() && !flags.dynamic() {
             return Err(err(nm, "flags", "FAR without DYNAMIC".into()));
         }
         let size = u32f(l.size_f);
         if size < width {
-            return Err(err(nm, "size", format!("{size} is smaller than the width {width}")));
+            return Err(err(
+                nm,
+                "size",
+                format!("{size} is smaller than the width {width}"),
+            ));
         }
         let align = u32f(l.align);
         if flags.dynamic() && !(align.is_power_of_two()) {
@@ -292,16 +371,29 @@ pub(crate) fn parse(obj: &LoadedObject, abi_raw: &[Vec<u8>]) -> Result<(Option<A
         }
         let fn_addr = ptr(l.func);
         if fn_addr == 0 || obj.section_at(fn_addr).is_none() {
-            return Err(err(nm, "fn", format!("pointer {fn_addr:#x} is outside the loaded image")));
+            return Err(err(
+                nm,
+                "fn",
+                format!("pointer {fn_addr:#x} is outside the loaded image"),
+            ));
         }
         let target = ptr(l.target);
         if target == 0 {
             return Err(err(nm, "target", "NULL".into()));
         }
         if flags.dynamic() {
-            let slot_ok = obj.section_at(target).map(|s| target - s.addr + l.ptr as u64 <= s.data.len() as u64).unwrap_or(false);
+            let slot_ok = obj
+                .section_at(target)
+                .map(|s| target - s.addr + l.ptr as u64 <= s.data.len() as u64)
+                .unwrap_or(false);
             if !slot_ok {
-                return Err(err(nm, "target", format!("DYNAMIC slot {target:#x} is not a pointer-sized place in the loaded image")));
+                return Err(err(
+                    nm,
+                    "target",
+                    format!(
+                        "DYNAMIC slot {target:#x} is not a pointer-sized place in the loaded image"
+                    ),
+                ));
             }
         }
         let bug_ptr = ptr(l.bug);

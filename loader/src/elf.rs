@@ -196,16 +196,30 @@ pub const ET_EXEC: u16 = 2;
 pub const ET_DYN: u16 = 3;
 
 fn trunc(object: &str, what: impl Into<String>, start: u64, end: u64, len: usize) -> LoadError {
-    LoadError::Truncated { object: object.to_string(), what: what.into(), start, end, len: len as u64 }
+    LoadError::Truncated {
+        object: object.to_string(),
+        what: what.into(),
+        start,
+        end,
+        len: len as u64,
+    }
 }
 
 /// Bounds-check `offset..offset+size` against the file.
-fn file_range(object: &str, what: &str, offset: u64, size: u64, len: usize) -> Result<std::ops::Range<usize>, LoadError> {
-    let end = offset.checked_add(size).ok_or_else(|| LoadError::SizeOverflow {
-        object: object.to_string(),
-        what: what.to_string(),
-        detail: format!("offset {offset:#x} + size {size:#x}"),
-    })?;
+fn file_range(
+    object: &str,
+    what: &str,
+    offset: u64,
+    size: u64,
+    len: usize,
+) -> Result<std::ops::Range<usize>, LoadError> {
+    let end = offset
+        .checked_add(size)
+        .ok_or_else(|| LoadError::SizeOverflow {
+            object: object.to_string(),
+            what: what.to_string(),
+            detail: format!("offset {offset:#x} + size {size:#x}"),
+        })?;
     if end > len as u64 {
         return Err(trunc(object, what, offset, end, len));
     }
@@ -217,7 +231,10 @@ impl<'a> ElfObject<'a> {
     pub fn parse(name: &str, bytes: &'a [u8]) -> Result<Self, LoadError> {
         let object = name;
         if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
-            return Err(LoadError::BadMagic { object: object.to_string(), magic: bytes.iter().take(4).copied().collect() });
+            return Err(LoadError::BadMagic {
+                object: object.to_string(),
+                magic: bytes.iter().take(4).copied().collect(),
+            });
         }
         if bytes.len() < 16 {
             return Err(trunc(object, "ELF identification", 0, 16, bytes.len()));
@@ -241,12 +258,23 @@ impl<'a> ElfObject<'a> {
         let header: Header = goblin::elf::Elf::parse_header(bytes)
             .map_err(|e| LoadError::malformed(object, format!("ELF header: {e}")))?;
         let ctx = Ctx::new(
-            if is_64 { Container::Big } else { Container::Little },
-            if little_endian { Endian::Little } else { Endian::Big },
+            if is_64 {
+                Container::Big
+            } else {
+                Container::Little
+            },
+            if little_endian {
+                Endian::Little
+            } else {
+                Endian::Big
+            },
         );
         let e_type = header.e_type;
         if !matches!(e_type, ET_REL | ET_EXEC | ET_DYN) {
-            return Err(LoadError::UnsupportedType { object: object.to_string(), e_type });
+            return Err(LoadError::UnsupportedType {
+                object: object.to_string(),
+                e_type,
+            });
         }
 
         // Section headers.
@@ -254,25 +282,45 @@ impl<'a> ElfObject<'a> {
         let mut sections_raw: Vec<SectionHeader> = Vec::new();
         if header.e_shoff != 0 {
             if header.e_shentsize as u64 != shentsize {
-                return Err(LoadError::malformed(object, format!("e_shentsize {} (want {shentsize})", header.e_shentsize)));
+                return Err(LoadError::malformed(
+                    object,
+                    format!("e_shentsize {} (want {shentsize})", header.e_shentsize),
+                ));
             }
             // The count may live in section 0's sh_size (e_shnum == 0).
-            file_range(object, "section header 0", header.e_shoff, shentsize, bytes.len())?;
+            file_range(
+                object,
+                "section header 0",
+                header.e_shoff,
+                shentsize,
+                bytes.len(),
+            )?;
             let mut count = header.e_shnum as u64;
             let first = SectionHeader::parse(bytes, header.e_shoff as usize, 1, ctx)
                 .map_err(|e| LoadError::malformed(object, format!("section header 0: {e}")))?;
             if count == 0 {
                 count = first.first().map(|s| s.sh_size).unwrap_or(0);
             }
-            let table = count.checked_mul(shentsize).ok_or_else(|| LoadError::SizeOverflow {
-                object: object.to_string(),
-                what: "section header table".into(),
-                detail: format!("{count} entries"),
-            })?;
-            file_range(object, "section header table", header.e_shoff, table, bytes.len())?;
+            let table = count
+                .checked_mul(shentsize)
+                .ok_or_else(|| LoadError::SizeOverflow {
+                    object: object.to_string(),
+                    what: "section header table".into(),
+                    detail: format!("{count} entries"),
+                })?;
+            file_range(
+                object,
+                "section header table",
+                header.e_shoff,
+                table,
+                bytes.len(),
+            )?;
             if count > 0 {
-                sections_raw = SectionHeader::parse(bytes, header.e_shoff as usize, count as usize, ctx)
-                    .map_err(|e| LoadError::malformed(object, format!("section headers: {e}")))?;
+                sections_raw =
+                    SectionHeader::parse(bytes, header.e_shoff as usize, count as usize, ctx)
+                        .map_err(|e| {
+                            LoadError::malformed(object, format!("section headers: {e}"))
+                        })?;
             }
         }
         let nsec = sections_raw.len();
@@ -283,13 +331,21 @@ impl<'a> ElfObject<'a> {
             shstrndx = sections_raw.first().map(|s| s.sh_link).unwrap_or(0);
         }
         let shstr: Option<&[u8]> = if nsec > 0 && shstrndx != 0 {
-            let s = sections_raw.get(shstrndx as usize).ok_or_else(|| LoadError::SectionIndex {
-                object: object.to_string(),
-                what: "e_shstrndx".into(),
-                index: shstrndx as u64,
-                count: nsec as u64,
-            })?;
-            let r = file_range(object, "section name string table", s.sh_offset, s.sh_size, bytes.len())?;
+            let s = sections_raw
+                .get(shstrndx as usize)
+                .ok_or_else(|| LoadError::SectionIndex {
+                    object: object.to_string(),
+                    what: "e_shstrndx".into(),
+                    index: shstrndx as u64,
+                    count: nsec as u64,
+                })?;
+            let r = file_range(
+                object,
+                "section name string table",
+                s.sh_offset,
+                s.sh_size,
+                bytes.len(),
+            )?;
             Some(&bytes[r])
         } else {
             None
@@ -299,10 +355,22 @@ impl<'a> ElfObject<'a> {
         for (i, s) in sections_raw.iter().enumerate() {
             let name = shstr.map(|t| cstr_at(t, s.sh_name)).unwrap_or_default();
             if s.sh_type != gs::SHT_NOBITS && s.sh_type != gs::SHT_NULL {
-                file_range(object, &format!("section {name} [{i}]"), s.sh_offset, s.sh_size, bytes.len())?;
+                file_range(
+                    object,
+                    &format!("section {name} [{i}]"),
+                    s.sh_offset,
+                    s.sh_size,
+                    bytes.len(),
+                )?;
             }
             if s.sh_addralign > 1 && !s.sh_addralign.is_power_of_two() {
-                return Err(LoadError::malformed(object, format!("section {name} [{i}]: alignment {:#x} is not a power of two", s.sh_addralign)));
+                return Err(LoadError::malformed(
+                    object,
+                    format!(
+                        "section {name} [{i}]: alignment {:#x} is not a power of two",
+                        s.sh_addralign
+                    ),
+                ));
             }
             sections.push(Section {
                 index: i,
@@ -326,16 +394,27 @@ impl<'a> ElfObject<'a> {
             let s = &sections[si];
             let entsize: u64 = if is_64 { 24 } else { 16 };
             let count = s.size / entsize;
-            let strsec = sections.get(s.link as usize).ok_or_else(|| LoadError::SectionIndex {
-                object: object.to_string(),
-                what: format!("symbol table {} sh_link (string table)", s.name),
-                index: s.link as u64,
-                count: nsec as u64,
-            })?;
+            let strsec = sections
+                .get(s.link as usize)
+                .ok_or_else(|| LoadError::SectionIndex {
+                    object: object.to_string(),
+                    what: format!("symbol table {} sh_link (string table)", s.name),
+                    index: s.link as u64,
+                    count: nsec as u64,
+                })?;
             if strsec.sh_type == gs::SHT_NOBITS {
-                return Err(LoadError::malformed(object, "symbol string table has no bytes (SHT_NOBITS)"));
+                return Err(LoadError::malformed(
+                    object,
+                    "symbol string table has no bytes (SHT_NOBITS)",
+                ));
             }
-            let sr = file_range(object, "symbol string table", strsec.offset, strsec.size, bytes.len())?;
+            let sr = file_range(
+                object,
+                "symbol string table",
+                strsec.offset,
+                strsec.size,
+                bytes.len(),
+            )?;
             let strtab = &bytes[sr];
             if count > 0 {
                 let table = Symtab::parse(bytes, s.offset as usize, count as usize, ctx)
@@ -400,7 +479,10 @@ impl<'a> ElfObject<'a> {
                 }
                 return Err(LoadError::malformed(
                     object,
-                    format!("relocation section {} links to section {} which is not the symbol table", s.name, s.link),
+                    format!(
+                        "relocation section {} links to section {} which is not the symbol table",
+                        s.name, s.link
+                    ),
                 ));
             }
             let entsize: u64 = match (is_64, is_rela) {
@@ -412,8 +494,16 @@ impl<'a> ElfObject<'a> {
             let count = s.size / entsize;
             let mut entries = Vec::with_capacity(count as usize);
             if count > 0 {
-                let rs = GRelocSection::parse(bytes, s.offset as usize, (count * entsize) as usize, is_rela, ctx)
-                    .map_err(|e| LoadError::malformed(object, format!("relocation section {}: {e}", s.name)))?;
+                let rs = GRelocSection::parse(
+                    bytes,
+                    s.offset as usize,
+                    (count * entsize) as usize,
+                    is_rela,
+                    ctx,
+                )
+                .map_err(|e| {
+                    LoadError::malformed(object, format!("relocation section {}: {e}", s.name))
+                })?;
                 for (k, r) in rs.iter().enumerate() {
                     if r.r_sym >= symbols.len() {
                         return Err(LoadError::SymbolIndex {
@@ -423,10 +513,21 @@ impl<'a> ElfObject<'a> {
                             count: symbols.len() as u64,
                         });
                     }
-                    entries.push(Rela { offset: r.r_offset, r_type: r.r_type, sym: r.r_sym, addend: r.r_addend.unwrap_or(0) });
+                    entries.push(Rela {
+                        offset: r.r_offset,
+                        r_type: r.r_type,
+                        sym: r.r_sym,
+                        addend: r.r_addend.unwrap_or(0),
+                    });
                 }
             }
-            relocs.push(RelocSection { index: s.index, name: s.name.clone(), target, is_rela, entries });
+            relocs.push(RelocSection {
+                index: s.index,
+                name: s.name.clone(),
+                target,
+                is_rela,
+                entries,
+            });
         }
 
         Ok(ElfObject {
@@ -460,7 +561,9 @@ impl<'a> ElfObject<'a> {
     }
 
     pub fn symbol_by_name(&self, name: &str) -> Option<&Symbol> {
-        self.symbols.iter().find(|s| s.name == name && !s.is_undefined())
+        self.symbols
+            .iter()
+            .find(|s| s.name == name && !s.is_undefined())
     }
 
     pub fn class_bits(&self) -> u32 {
@@ -475,7 +578,11 @@ impl<'a> ElfObject<'a> {
         self.machine.ok_or_else(|| LoadError::UnsupportedMachine {
             object: self.name.clone(),
             machine: self.e_machine,
-            name: format!("{}, {}-bit", machine_name(self.e_machine), self.class_bits()),
+            name: format!(
+                "{}, {}-bit",
+                machine_name(self.e_machine),
+                self.class_bits()
+            ),
         })
     }
 }

@@ -47,10 +47,16 @@ pub enum SectionKind {
 
 impl SectionKind {
     pub fn is_init(self) -> bool {
-        matches!(self, SectionKind::InitText | SectionKind::InitReadOnly | SectionKind::InitData)
+        matches!(
+            self,
+            SectionKind::InitText | SectionKind::InitReadOnly | SectionKind::InitData
+        )
     }
     pub fn is_exec(self) -> bool {
-        matches!(self, SectionKind::Text | SectionKind::InitText | SectionKind::Plt)
+        matches!(
+            self,
+            SectionKind::Text | SectionKind::InitText | SectionKind::Plt
+        )
     }
 }
 
@@ -105,7 +111,15 @@ impl LinearLayout {
     }
     /// Place inside `base..end` (exclusive; `u64::MAX` means no limit).
     pub fn window(base: u64, end: u64) -> Self {
-        LinearLayout { base, next: base, end, page: 4096, last_kind: None, static_percpu_at: None, placements: Vec::new() }
+        LinearLayout {
+            base,
+            next: base,
+            end,
+            page: 4096,
+            last_kind: None,
+            static_percpu_at: None,
+            placements: Vec::new(),
+        }
     }
     /// A module area within +-2 GiB of `percpu_addr` (1 GiB below it, like
     /// x86_64's modules at -1 GiB from a zero-based percpu area).
@@ -133,7 +147,9 @@ impl LinearLayout {
         self.next
     }
     pub fn find(&self, object: &str, section: &str) -> Option<&Placement> {
-        self.placements.iter().find(|p| p.object == object && p.section == section)
+        self.placements
+            .iter()
+            .find(|p| p.object == object && p.section == section)
     }
 }
 
@@ -144,7 +160,11 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
 
 impl SectionPlacer for LinearLayout {
     fn place(&mut self, req: &PlaceRequest<'_>) -> Result<u64, PlaceError> {
-        let err = |reason: String| PlaceError { size: req.size, align: req.align, reason };
+        let err = |reason: String| PlaceError {
+            size: req.size,
+            align: req.align,
+            reason,
+        };
         if !req.align.max(1).is_power_of_two() {
             return Err(err("alignment is not a power of two".into()));
         }
@@ -162,12 +182,19 @@ impl SectionPlacer for LinearLayout {
         }
         let mut start = self.next;
         if self.last_kind.is_some() && self.last_kind != Some(req.kind) {
-            start = align_up(start, self.page).ok_or_else(|| err("address space exhausted".into()))?;
+            start =
+                align_up(start, self.page).ok_or_else(|| err("address space exhausted".into()))?;
         }
-        let start = align_up(start, req.align).ok_or_else(|| err("address space exhausted".into()))?;
-        let end = start.checked_add(req.size).ok_or_else(|| err("address space exhausted".into()))?;
+        let start =
+            align_up(start, req.align).ok_or_else(|| err("address space exhausted".into()))?;
+        let end = start
+            .checked_add(req.size)
+            .ok_or_else(|| err("address space exhausted".into()))?;
         if end > self.end {
-            return Err(err(format!("window {:#x}..{:#x} is full", self.base, self.end)));
+            return Err(err(format!(
+                "window {:#x}..{:#x} is full",
+                self.base, self.end
+            )));
         }
         self.next = end;
         self.last_kind = Some(req.kind);
@@ -201,7 +228,13 @@ pub struct InMemoryPercpu {
 }
 
 impl InMemoryPercpu {
-    pub fn new(nr_units: usize, static_size: u64, reserved_size: u64, base_addr: u64, per_cpu_start: u64) -> Self {
+    pub fn new(
+        nr_units: usize,
+        static_size: u64,
+        reserved_size: u64,
+        base_addr: u64,
+        per_cpu_start: u64,
+    ) -> Self {
         let unit_size = (static_size + reserved_size + 4095) & !4095;
         InMemoryPercpu {
             page_size: 4096,
@@ -245,7 +278,11 @@ impl PercpuPlacer for InMemoryPercpu {
         self.page_size
     }
     fn alloc_reserved(&mut self, size: u64, align: u64) -> Result<u64, ReservedExhausted> {
-        let fail = || ReservedExhausted { size, align, free: self.reserved_free() };
+        let fail = || ReservedExhausted {
+            size,
+            align,
+            free: self.reserved_free(),
+        };
         let align = align.max(4);
         let size4 = size.checked_add(3).ok_or_else(fail)? & !3;
         let start = align_up(self.next, align).ok_or_else(fail)?;
@@ -261,7 +298,10 @@ impl PercpuPlacer for InMemoryPercpu {
     fn copy_to_all_units(&mut self, ptr: u64, data: &[u8]) {
         let off = self.offset_of_ptr(ptr) as usize;
         for u in &mut self.units {
-            if let Some(dst) = off.checked_add(data.len()).and_then(|end| u.get_mut(off..end)) {
+            if let Some(dst) = off
+                .checked_add(data.len())
+                .and_then(|end| u.get_mut(off..end))
+            {
                 dst.copy_from_slice(data);
             }
         }

@@ -10,8 +10,14 @@ fn corpus() -> Vec<Vec<u8>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
     let mut v = Vec::new();
     for sub in ["", "fuzz-regressions"] {
-        let Ok(rd) = std::fs::read_dir(format!("{dir}/{sub}")) else { continue };
-        let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        let Ok(rd) = std::fs::read_dir(format!("{dir}/{sub}")) else {
+            continue;
+        };
+        let mut paths: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
         paths.sort();
         for p in paths {
             let n = p.file_name().unwrap().to_string_lossy().to_string();

@@ -64,7 +64,8 @@ const NAMES: &[(u32, &str)] = &[
     (41, "R_ALPHA_TPREL16"),
 ];
 
-pub(crate) const WEAK_RULE: &str = "alpha modules must define percpu variables weak: GP-relative reach is +-2 GiB";
+pub(crate) const WEAK_RULE: &str =
+    "alpha modules must define percpu variables weak: GP-relative reach is +-2 GiB";
 
 pub(crate) struct Alpha;
 
@@ -136,10 +137,14 @@ impl Arch for Alpha {
                 let lo = value as i16 as i64 as u64;
                 let hi = value.wrapping_sub(lo) as i32 as i64 as u64;
                 if hi.wrapping_add(lo) != value {
-                    return Err(Fault::Overflow { value: sx(value), reach: Reach::pc(32, 0) });
+                    return Err(Fault::Overflow {
+                        value: sx(value),
+                        reach: Reach::pc(32, 0),
+                    });
                 }
                 cx.w16(hi >> 16)?;
-                let delta = usize::try_from(r.a).map_err(|_| Fault::Bad(format!("GPDISP addend {} is negative", r.a)))?;
+                let delta = usize::try_from(r.a)
+                    .map_err(|_| Fault::Bad(format!("GPDISP addend {} is negative", r.a)))?;
                 cx.write(delta, 2, lo)
             }
             R_ALPHA_BRSGP | R_ALPHA_BRADDR => {
@@ -154,7 +159,10 @@ impl Arch for Alpha {
                 }
                 let d = v.wrapping_sub(p.wrapping_add(4));
                 if d & 3 != 0 {
-                    return Err(Fault::Bad(format!("branch displacement {:#x} is not a multiple of 4", d)));
+                    return Err(Fault::Bad(format!(
+                        "branch displacement {:#x} is not a multiple of 4",
+                        d
+                    )));
                 }
                 cx.check(sx(d), Reach::pc(21, 2), true)?;
                 cx.patch32(0x1f_ffff, (d as i64 >> 2) as u64)
@@ -168,7 +176,10 @@ impl Arch for Alpha {
             R_ALPHA_GPRELHIGH => {
                 let hi = (v.wrapping_sub(gp).wrapping_add(0x8000) as i64) >> 16;
                 if hi != hi as i16 as i64 {
-                    return Err(Fault::Overflow { value: sx(v.wrapping_sub(gp)), reach: Reach::new(ReachBase::Gp, 32, true, 0) });
+                    return Err(Fault::Overflow {
+                        value: sx(v.wrapping_sub(gp)),
+                        reach: Reach::new(ReachBase::Gp, 32, true, 0),
+                    });
                 }
                 cx.w16(hi as u64)
             }
@@ -180,7 +191,9 @@ impl Arch for Alpha {
             }
             t => {
                 if lookup(NAMES, t).is_some() {
-                    Err(Fault::Unsupported("not handled by the alpha module loader".into()))
+                    Err(Fault::Unsupported(
+                        "not handled by the alpha module loader".into(),
+                    ))
                 } else {
                     Err(Fault::Unknown)
                 }

@@ -113,7 +113,10 @@ impl Arch for X86_64 {
             R_X86_64_PC64 => cx.w64(v.wrapping_sub(r.p)),
             t => {
                 if lookup(NAMES, t).is_some() {
-                    Err(Fault::Unsupported("the x86_64 module loader handles only 64, 32, 32S, PC32, PLT32 and PC64".into()))
+                    Err(Fault::Unsupported(
+                        "the x86_64 module loader handles only 64, 32, 32S, PC32, PLT32 and PC64"
+                            .into(),
+                    ))
                 } else {
                     Err(Fault::Unknown)
                 }
