@@ -3,3 +3,4 @@
 //! adapters speak [`engine::Engine`], engines speak Unicorn or GDB remote.
 
 pub mod engine;
+pub mod isa;

@@ -1,0 +1,158 @@
+//! Per-architecture adapters, one folder per arch with the same files in
+//! each (Cranelift's `isa/` shape) and one lookup point, [`lookup`].
+//!
+//! An adapter knows everything arch-specific the checks need and nothing
+//! else: the address space and first-chunk flavour the arch's
+//! `setup_per_cpu_areas` produces, where the kernel image and modules sit
+//! (near to or far from the percpu area), how code finds its CPU's percpu
+//! offset (GS base, TPIDR_ELx, thread_info + `__per_cpu_offset[]`, s390x
+//! lowcore), and which engine runs it.  The portable core never sees an
+//! adapter; adapters never see Unicorn or QEMU, only [`Engine`].
+
+use std::fmt;
+
+use percpu_core::percpu::PercpuConfig;
+use percpu_core::{AddressSpace, Topology};
+use serde::Serialize;
+
+use crate::engine::{Cpu, Engine, EngineError};
+
+/// Where module sections go relative to the percpu area.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModulePlacement {
+    /// Within the arch's reach of the percpu area (the usual layout).
+    Near,
+    /// More than 4 GiB away: where alpha and s390x modules without weak
+    /// percpu must fail at relocation time.
+    Far,
+}
+
+impl fmt::Display for ModulePlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModulePlacement::Near => "near",
+            ModulePlacement::Far => "far",
+        })
+    }
+}
+
+/// How code finds this CPU's percpu offset: the fixture contract's
+/// `.percpu_bed.abi` `model` numbers.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetModel {
+    /// 1: `%gs:sym`, percpu section linked at 0, GS base = this CPU's area.
+    X86ZeroBased,
+    /// 2: `%gs:sym(%rip)`, GS base = this CPU's offset (6.15+).
+    X86Relative,
+    /// 3: `mrs tpidr_el1`.
+    TpidrEl1,
+    /// 4: `mrs tpidr_el2` (VHE).
+    TpidrEl2,
+    /// 5: thread_info register (`%g6`, `$8`, `tp`) -> `cpu` -> `__per_cpu_offset[cpu]`.
+    ThreadInfo,
+    /// 6: s390x lowcore `percpu_offset` at 0x3b8.
+    Lowcore,
+}
+
+impl OffsetModel {
+    /// The contract's number for this model.
+    pub fn contract_id(self) -> u32 {
+        match self {
+            OffsetModel::X86ZeroBased => 1,
+            OffsetModel::X86Relative => 2,
+            OffsetModel::TpidrEl1 => 3,
+            OffsetModel::TpidrEl2 => 4,
+            OffsetModel::ThreadInfo => 5,
+            OffsetModel::Lowcore => 6,
+        }
+    }
+}
+
+/// One way an arch's code reaches percpu symbols, for `layout` and docs.
+#[derive(Copy, Clone, Debug, Serialize)]
+pub struct Reach {
+    /// e.g. "adrp + add (ADR_PREL_PG_HI21, ADD_ABS_LO12_NC)".
+    pub how: &'static str,
+    /// e.g. "+-4 GiB from the code".
+    pub limit: &'static str,
+}
+
+/// A configured variant of an arch (x86_64 zero-based or relative, arm64
+/// EL1 or EL2).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Variant {
+    /// Name used on the command line and in reports ("zero-based", "el2").
+    pub name: &'static str,
+    /// Folder of the shipped fixtures built for it (`fixtures/obj/<dir>`).
+    pub fixture_dir: &'static str,
+    pub model: OffsetModel,
+}
+
+/// The per-CPU state an adapter installs before running code on `cpu`.
+#[derive(Copy, Clone, Debug, Serialize)]
+pub struct CpuContext {
+    pub cpu: u32,
+    /// `__per_cpu_offset[cpu]`.
+    pub per_cpu_offset: u64,
+    /// The address of this CPU's copy of the static area's start
+    /// (`per_cpu_ptr(__per_cpu_start, cpu)`), what a zero-based GS base holds.
+    pub percpu_area: u64,
+    /// Address of the current thread_info (model 5).
+    pub thread_info: u64,
+    /// Offset of `int cpu` in thread_info (from the object's ABI note).
+    pub ti_cpu_offset: u32,
+    /// Offset of `percpu_offset` in the lowcore (from the ABI note).
+    pub lowcore_percpu_offset: u32,
+}
+
+/// One architecture adapter.
+pub trait Isa: Sync {
+    /// Name on the command line: x86_64, arm64, sparc32, alpha, s390x, km.
+    fn name(&self) -> &'static str;
+    fn cpu(&self) -> Cpu;
+    /// Variants, the default first.
+    fn variants(&self) -> &'static [Variant];
+    /// ELF `e_machine` of this arch's objects.
+    fn elf_machine(&self) -> u16;
+    fn ptr_bits(&self) -> u32;
+    fn big_endian(&self) -> bool;
+    fn page_size(&self) -> u64;
+    /// Linear map and vmalloc range, placed where the engine can map them.
+    fn address_space(&self) -> AddressSpace;
+    /// The percpu setup this arch's `setup_per_cpu_areas` makes for a
+    /// kernel image with `static_size` bytes of static percpu data: first
+    /// chunk flavour (embed/page), atom size (x86_64: 2 MiB), backend (km
+    /// for the no-MMU target), `__per_cpu_start`, reserved size.
+    fn percpu_config(&self, variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig;
+    /// Link address of the kernel image's text/data (the percpu section's
+    /// own link address comes from `percpu_config().per_cpu_start`).
+    fn kernel_base(&self, variant: &Variant) -> u64;
+    /// Base address for module sections: near to or far from the first
+    /// chunk at `first_chunk_base`.
+    fn module_base(&self, variant: &Variant, placement: ModulePlacement, first_chunk_base: u64) -> u64;
+    /// How code reaches percpu symbols and how far.
+    fn reach(&self) -> &'static [Reach];
+    /// A fresh engine for this arch.
+    fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError>;
+    /// Make `ctx.cpu` the running CPU: GS base, TPIDR_ELx, thread_info
+    /// register (the caller writes `cpu` into thread_info memory), or the
+    /// lowcore's percpu_offset (memory at address 0).
+    fn enter_cpu(&self, engine: &mut dyn Engine, variant: &Variant, ctx: &CpuContext) -> Result<(), EngineError>;
+}
+
+/// Every adapter, in report order.
+pub fn all() -> &'static [&'static dyn Isa] {
+    &[]
+}
+
+/// The one lookup point: an adapter by name.
+pub fn lookup(name: &str) -> Option<&'static dyn Isa> {
+    all().iter().copied().find(|i| i.name() == name)
+}
+
+/// Names of every adapter, for error messages.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|i| i.name()).collect()
+}
