@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Benchmark the bitmap allocator against the 2009 area map and a bump allocator (seed 002).
     Bench(commands::bench::Args),
+    /// Inspect ELF objects: percpu sections, symbols, relocations and the arch's module rules.
+    Inspect(commands::inspect::Args),
 }
 
 fn init_tracing(verbose: u8) {
@@ -38,11 +40,13 @@ fn init_tracing(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    // Exit codes: 0 all as expected, 1 a check failed, 2 bad input or usage.
     let result = match cli.command {
-        Command::Bench(args) => commands::bench::run(args),
+        Command::Bench(args) => commands::bench::run(args).map(|()| 0),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("percpu-bed: error: {e:#}");
             ExitCode::from(2)

@@ -1,3 +1,4 @@
 //! One module per subcommand: argument structs and printing only.
 
 pub mod bench;
+pub mod inspect;

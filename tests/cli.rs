@@ -1,0 +1,96 @@
+//! The `percpu-bed` binary end to end: output, formats and exit codes
+//! (0 as expected, 1 a check failed, 2 bad input or usage).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_percpu-bed"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("percpu-bed runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn inspect_reports_weak_percpu_and_exits_zero() {
+    let o = bed(&["inspect", "fixtures/obj/s390x/mod_basic.o"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("machine s390x (64-bit, big endian)"), "{out}");
+    assert!(out.contains("R_390_GOTENT"), "{out}");
+    assert!(out.contains("verdict: follows the module percpu rules"), "{out}");
+}
+
+#[test]
+fn inspect_check_fails_a_module_without_weak_percpu() {
+    let o = bed(&["inspect", "--check", "fixtures/obj/alpha/bug_noweak_module.o"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains("alpha modules must define percpu variables weak"), "{out}");
+    assert!(stderr(&o).contains("break their arch's module percpu rules"));
+}
+
+#[test]
+fn inspect_json_is_valid_and_complete() {
+    let o = bed(&["inspect", "--format", "json", "fixtures/obj/arm64/kernel.o"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let r = &v[0];
+    assert_eq!(r["machine"], "aarch64");
+    assert!(r["percpu_sections"].as_array().is_some_and(|s| !s.is_empty()));
+    assert!(r["test_descriptors"].as_u64().is_some_and(|n| n > 0));
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_exit_two() {
+    let dir = std::env::temp_dir().join(format!("percpu-bed-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read("fixtures/obj/x86_64/kernel.o").unwrap();
+    let truncated = dir.join("truncated.o");
+    std::fs::write(&truncated, &good[..100]).unwrap();
+    let not_elf = dir.join("not_elf.o");
+    std::fs::write(&not_elf, b"this is not an ELF file at all").unwrap();
+    for (file, want) in [(&truncated, "truncated.o"), (&not_elf, "not_elf.o")] {
+        let o = bed(&["inspect", file.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+        let err = stderr(&o);
+        assert!(err.contains("percpu-bed: error: cannot inspect") && err.contains(want), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = bed(&["inspect", dir.join("missing.o").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    assert_eq!(bed(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(bed(&["bench", "--objects", "0"]).status.code(), Some(2));
+}
+
+#[test]
+fn bench_json_rows_carry_the_required_fields() {
+    let o = bed(&["bench", "--objects", "2048", "--budget", "1", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let rows = v["rows"].as_array().unwrap();
+    for alloc in ["bitmap", "areamap", "bump"] {
+        assert!(rows.iter().any(|r| r["allocator"] == alloc), "no {alloc} row");
+    }
+    for r in rows {
+        for field in ["allocator", "size", "pattern", "alloc_ns_per_op", "free_ns_per_op"] {
+            assert!(!r[field].is_null(), "row lacks {field}: {r}");
+        }
+    }
+    assert!(v["targets"].as_array().is_some_and(|t| !t.is_empty()));
+    assert!(Path::new(env!("CARGO_BIN_EXE_percpu-bed")).exists());
+}
