@@ -15,7 +15,10 @@ use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
 use serde::Serialize;
 
-use crate::engine::{Cpu, Engine, EngineError};
+use crate::engine::{Cpu, Engine, EngineError, Perms};
+
+pub mod arm64;
+pub mod x86_64;
 
 /// Where module sections go relative to the percpu area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -107,6 +110,19 @@ pub struct CpuContext {
     pub lowcore_percpu_offset: u32,
 }
 
+/// Memory an adapter needs mapped besides what every arch gets (kernel and
+/// module sections, the first chunk's units, a stack, the runtime data page):
+/// s390x's lowcore page at 0, for example.  The runner maps each one
+/// zero-filled before the first [`Isa::enter_cpu`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FixedMapping {
+    pub addr: u64,
+    pub size: u64,
+    pub perms: Perms,
+    /// What it is, for diagnostics and `layout` ("lowcore").
+    pub what: &'static str,
+}
+
 /// One architecture adapter.
 pub trait Isa: Sync {
     /// Name on the command line: x86_64, arm64, sparc32, alpha, s390x, km.
@@ -140,11 +156,23 @@ pub trait Isa: Sync {
     /// register (the caller writes `cpu` into thread_info memory), or the
     /// lowcore's percpu_offset (memory at address 0).
     fn enter_cpu(&self, engine: &mut dyn Engine, variant: &Variant, ctx: &CpuContext) -> Result<(), EngineError>;
+
+    /// Extra pages to map before anything runs (default: none).  s390x
+    /// returns its lowcore page at address 0 here.
+    fn fixed_mappings(&self, _variant: &Variant) -> Vec<FixedMapping> {
+        Vec::new()
+    }
+
+    /// A variant by name.
+    fn variant(&self, name: &str) -> Option<&'static Variant> {
+        self.variants().iter().find(|v| v.name == name)
+    }
 }
 
 /// Every adapter, in report order.
 pub fn all() -> &'static [&'static dyn Isa] {
-    &[]
+    static ALL: [&dyn Isa; 2] = [&x86_64::X86_64, &arm64::ARM64];
+    &ALL
 }
 
 /// The one lookup point: an adapter by name.
