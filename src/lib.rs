@@ -5,3 +5,4 @@
 
 pub mod bench;
 pub mod output;
+pub mod scenario;

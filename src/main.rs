@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Benchmark the bitmap allocator against the 2009 area map and a bump allocator (seed 002).
     Bench(commands::bench::Args),
+    /// Run fixture tests on every CPU of an emulated arch and check every unit's memory.
+    Run(commands::run::Args),
+    /// Print the alloc info, first-chunk layout and __per_cpu_offset[] of an arch.
+    Layout(commands::layout::Args),
     /// Inspect ELF objects: percpu sections, symbols, relocations and the arch's module rules.
     Inspect(commands::inspect::Args),
 }
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Layout(args) => commands::layout::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -94,3 +94,45 @@ fn bench_json_rows_carry_the_required_fields() {
     assert!(v["targets"].as_array().is_some_and(|t| !t.is_empty()));
     assert!(Path::new(env!("CARGO_BIN_EXE_percpu-bed")).exists());
 }
+
+#[test]
+fn run_shipped_fixtures_catches_every_planted_bug() {
+    let o = bed(&["run", "--arch", "x86_64", "--cpus", "4", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["arch"], "x86_64");
+    assert_eq!(v["counts"]["fail"], 0);
+    assert!(v["counts"]["caught"].as_u64().unwrap() >= 3, "{}", v["counts"]);
+    assert!(v["counts"]["pass"].as_u64().unwrap() >= 50, "{}", v["counts"]);
+    // A caught planted bug carries its decoded diagnostic.
+    let caught = v["tests"].as_array().unwrap().iter().find(|t| t["test"] == "tr_ptr_u32_far").expect("trunc32 test");
+    assert_eq!(caught["status"], "caught");
+    let text = caught["diagnostic"].to_string();
+    assert!(text.contains("32-bit truncation"), "{text}");
+}
+
+#[test]
+fn run_refuses_bad_input_with_exit_two() {
+    // Running a bug object on an arch variant it was not built for is bad input.
+    let o = bed(&["run", "--arch", "x86_64", "fixtures/obj/arm64/kernel.o"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("EM_AARCH64"), "{}", stderr(&o));
+    let o = bed(&["run", "--arch", "vax"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown arch `vax`"), "{}", stderr(&o));
+    let o = bed(&["run", "--arch", "arm64", "--variant", "el3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown variant `el3`"), "{}", stderr(&o));
+    let o = bed(&["run", "--arch", "arm64", "--cpus", "2", "--possible", "0-3"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn layout_prints_alloc_info_and_offsets() {
+    let o = bed(&["layout", "--arch", "arm64", "--cpus", "8", "--nodes", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("pcpu-alloc: s"), "{out}");
+    assert!(out.contains("__per_cpu_offset"), "{out}");
+    assert!(out.contains("cpu 7:"), "{out}");
+}

@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod inspect;
+pub mod layout;
+pub mod run;

@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use percpu_arch::check::{self, Scenario};
+use percpu_arch::isa::ModulePlacement;
+use percpu_bed::output::Format;
+use percpu_bed::scenario::{possible_cpus, read_object, shipped_objects};
+
+/// Load a kernel-image object and module objects, run their tests on every
+/// possible CPU of an emulated arch, and check every unit's memory.
+#[derive(clap::Args)]
+pub struct Args {
+    /// x86_64, arm64, sparc32, alpha, s390x or km.
+    #[arg(long)]
+    arch: String,
+    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2).
+    #[arg(long)]
+    variant: Option<String>,
+    /// Possible CPUs 0..N (default 4).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Possible CPUs as a cpulist, e.g. 0-3,8-11 (sparse masks allowed).
+    #[arg(long)]
+    possible: Option<String>,
+    /// NUMA nodes the possible CPUs are spread over.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// Where modules are placed relative to the percpu area.
+    #[arg(long, value_enum, default_value = "near")]
+    modules: Placement,
+    /// Instructions per test call before it counts as runaway.
+    #[arg(long, default_value_t = check::DEFAULT_BUDGET)]
+    budget: u64,
+    /// Log every percpu access, decoded, at debug level (use with -vv).
+    #[arg(long)]
+    trace: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// The kernel-image object (default: the shipped one for the arch, or
+    /// the given object that defines the static percpu area).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Objects to load and test (default: every shipped fixture of the arch).
+    objects: Vec<PathBuf>,
+}
+
+#[derive(Copy, Clone, clap::ValueEnum)]
+enum Placement {
+    Near,
+    Far,
+}
+
+/// Exit status: 0 every result as expected, 1 a check failed (a good test
+/// misbehaved or a planted bug went uncaught), 2 bad input.
+pub fn run(args: Args) -> Result<u8> {
+    let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
+    let placement = match args.modules {
+        Placement::Near => ModulePlacement::Near,
+        Placement::Far => ModulePlacement::Far,
+    };
+    let scenario = Scenario::new(&args.arch, args.variant.as_deref(), cpus)?
+        .nodes(args.nodes)
+        .placement(placement)
+        .budget(args.budget)
+        .trace(args.trace);
+
+    // Sort the objects into the kernel image and modules.
+    let shipped = || shipped_objects(scenario.variant.fixture_dir);
+    let (kernel_path, module_paths) = match (args.kernel, args.objects.is_empty()) {
+        (Some(k), _) => (k, args.objects),
+        (None, true) => {
+            let mut all = shipped()?;
+            let k = all.remove(0);
+            (k, all)
+        }
+        (None, false) => {
+            let mut kernel = None;
+            let mut modules = Vec::new();
+            for p in args.objects {
+                let report = percpu_loader::inspect_path(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                if kernel.is_none() && report.role != percpu_loader::ObjectRole::Module {
+                    kernel = Some(p);
+                } else {
+                    modules.push(p);
+                }
+            }
+            let k = match kernel {
+                Some(k) => k,
+                None => shipped()?.remove(0),
+            };
+            (k, modules)
+        }
+    };
+    let kernel = read_object(&kernel_path)?;
+    let modules = module_paths.iter().map(|p| read_object(p)).collect::<Result<Vec<_>>>()?;
+    let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
+
+    let report = check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?;
+    match args.format {
+        Format::Table => print!("{report}"),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.unexpected().is_empty() { 0 } else { 1 })
+}

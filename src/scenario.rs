@@ -1,0 +1,63 @@
+//! What `run` and `layout` share: choosing the arch, variant and possible
+//! CPUs from the command line, and finding the shipped fixtures.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use percpu_core::CpuSet;
+
+/// Where the shipped fixture objects live: `$PERCPU_BED_FIXTURES`, or the
+/// source tree this binary was built from.
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("PERCPU_BED_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/obj"),
+    }
+}
+
+/// The possible mask from `--cpus N` or `--possible MASK` (not both).
+pub fn possible_cpus(cpus: Option<u32>, possible: Option<&str>) -> Result<CpuSet> {
+    match (cpus, possible) {
+        (Some(_), Some(_)) => bail!("give either --cpus N or --possible MASK, not both"),
+        (Some(0), None) => bail!("--cpus must be at least 1"),
+        (Some(n), None) => {
+            if n > percpu_core::cpus::MAX_CPUS {
+                bail!("--cpus {n} is beyond the limit of {} cpus", percpu_core::cpus::MAX_CPUS);
+            }
+            Ok(CpuSet::first_n(n))
+        }
+        (None, Some(mask)) => Ok(CpuSet::parse_list(mask)?),
+        (None, None) => Ok(CpuSet::first_n(4)),
+    }
+}
+
+/// An object file read into memory, with the name reports use.
+pub struct Object {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+pub fn read_object(path: &Path) -> Result<Object> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Object { name, bytes })
+}
+
+/// The shipped objects of one fixture directory: `kernel.o` first, then
+/// every other object in name order.
+pub fn shipped_objects(fixture_dir: &str) -> Result<Vec<PathBuf>> {
+    let dir = fixtures_dir().join(fixture_dir);
+    let mut objects: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list the shipped fixtures in {} (set PERCPU_BED_FIXTURES)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "o"))
+        .collect();
+    objects.sort();
+    let kernel = dir.join("kernel.o");
+    if !objects.contains(&kernel) {
+        bail!("{} has no kernel.o", dir.display());
+    }
+    objects.retain(|p| p != &kernel);
+    objects.insert(0, kernel);
+    Ok(objects)
+}
