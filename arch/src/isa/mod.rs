@@ -11,11 +11,13 @@
 
 use std::fmt;
 
-use percpu_core::percpu::PercpuConfig;
+use percpu_core::percpu::{Percpu, PercpuConfig, PercpuSetupError};
 use percpu_core::{AddressSpace, Topology};
 use serde::Serialize;
 
-use crate::engine::{Cpu, Engine, EngineError};
+use crate::engine::{Cpu, Engine, EngineError, Perms};
+
+pub mod generic;
 
 /// Where module sections go relative to the percpu area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -107,6 +109,19 @@ pub struct CpuContext {
     pub lowcore_percpu_offset: u32,
 }
 
+/// Memory an adapter needs mapped besides what every arch gets (kernel and
+/// module sections, the first chunk's units, a stack, the runtime data page):
+/// s390x's lowcore page at 0, for example.  The runner maps each one
+/// zero-filled before the first [`Isa::enter_cpu`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FixedMapping {
+    pub addr: u64,
+    pub size: u64,
+    pub perms: Perms,
+    /// What it is, for diagnostics and `layout` ("lowcore").
+    pub what: &'static str,
+}
+
 /// One architecture adapter.
 pub trait Isa: Sync {
     /// Name on the command line: x86_64, arm64, sparc32, alpha, s390x, km.
@@ -140,6 +155,31 @@ pub trait Isa: Sync {
     /// register (the caller writes `cpu` into thread_info memory), or the
     /// lowcore's percpu_offset (memory at address 0).
     fn enter_cpu(&self, engine: &mut dyn Engine, variant: &Variant, ctx: &CpuContext) -> Result<(), EngineError>;
+
+    /// Extra pages to map before anything runs (default: none).  s390x
+    /// returns its lowcore page at address 0 here.
+    fn fixed_mappings(&self, _variant: &Variant) -> Vec<FixedMapping> {
+        Vec::new()
+    }
+
+    /// A variant by name.
+    fn variant(&self, name: &str) -> Option<&'static Variant> {
+        self.variants().iter().find(|v| v.name == name)
+    }
+
+    /// The percpu allocator as this arch's `setup_per_cpu_areas` leaves
+    /// it: [`Percpu::new`] of [`Isa::percpu_config`], plus any check the
+    /// arch makes that the portable configuration cannot express (km: a
+    /// NUMA topology is refused with "can't handle more than one group").
+    /// Runners should build the allocator through this.
+    fn setup_percpu(
+        &self,
+        variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+    ) -> Result<Percpu, PercpuSetupError> {
+        Percpu::new(self.percpu_config(variant, topology, static_size))
+    }
 }
 
 /// Every adapter, in report order.
