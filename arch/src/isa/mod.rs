@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::engine::{Cpu, Engine, EngineError, Perms};
 
 pub mod generic;
+pub mod sparc32;
 
 /// Where module sections go relative to the percpu area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -184,7 +185,8 @@ pub trait Isa: Sync {
 
 /// Every adapter, in report order.
 pub fn all() -> &'static [&'static dyn Isa] {
-    &[]
+    static ALL: [&dyn Isa; 1] = [&sparc32::SPARC32];
+    &ALL
 }
 
 /// The one lookup point: an adapter by name.
