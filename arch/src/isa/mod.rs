@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::engine::{Cpu, Engine, EngineError, Perms};
 
 pub mod generic;
+pub mod s390x;
 pub mod sparc32;
 
 /// Where module sections go relative to the percpu area.
@@ -185,7 +186,7 @@ pub trait Isa: Sync {
 
 /// Every adapter, in report order.
 pub fn all() -> &'static [&'static dyn Isa] {
-    static ALL: [&dyn Isa; 1] = [&sparc32::SPARC32];
+    static ALL: [&dyn Isa; 2] = [&sparc32::SPARC32, &s390x::S390X];
     &ALL
 }
 
