@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::engine::{Cpu, Engine, EngineError, Perms};
 
+pub mod alpha;
 pub mod generic;
 pub mod s390x;
 pub mod sparc32;
@@ -186,7 +187,7 @@ pub trait Isa: Sync {
 
 /// Every adapter, in report order.
 pub fn all() -> &'static [&'static dyn Isa] {
-    static ALL: [&dyn Isa; 2] = [&sparc32::SPARC32, &s390x::S390X];
+    static ALL: [&dyn Isa; 3] = [&sparc32::SPARC32, &alpha::ALPHA, &s390x::S390X];
     &ALL
 }
 
