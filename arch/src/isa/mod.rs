@@ -19,6 +19,7 @@ use crate::engine::{Cpu, Engine, EngineError, Perms};
 
 pub mod alpha;
 pub mod generic;
+pub mod km;
 pub mod s390x;
 pub mod sparc32;
 
@@ -187,7 +188,7 @@ pub trait Isa: Sync {
 
 /// Every adapter, in report order.
 pub fn all() -> &'static [&'static dyn Isa] {
-    static ALL: [&dyn Isa; 3] = [&sparc32::SPARC32, &alpha::ALPHA, &s390x::S390X];
+    static ALL: [&dyn Isa; 4] = [&sparc32::SPARC32, &alpha::ALPHA, &s390x::S390X, &km::KM];
     &ALL
 }
 
