@@ -4,3 +4,5 @@
 
 pub mod engine;
 pub mod isa;
+pub mod check;
+pub mod layout;

@@ -34,7 +34,8 @@ fn static_size(isa: &dyn Isa) -> usize {
 
 fn setup(isa: &dyn Isa, topo: Topology) -> Percpu {
     let v = isa.variants()[0];
-    isa.setup_percpu(&v, topo, static_size(isa)).unwrap_or_else(|e| panic!("{}: setup: {e}", isa.name()))
+    isa.setup_percpu(isa.percpu_config(&v, topo, static_size(isa)))
+        .unwrap_or_else(|e| panic!("{}: setup: {e}", isa.name()))
 }
 
 fn dist(a: u64, b: u64) -> u64 {
@@ -137,7 +138,8 @@ fn numa_topologies() {
     }
     let km = adapter("km");
     let v = km.variants()[0];
-    let err = km.setup_percpu(&v, Topology::blocked(possible.clone(), 2), static_size(km)).unwrap_err();
+    let err =
+        km.setup_percpu(km.percpu_config(&v, Topology::blocked(possible.clone(), 2), static_size(km))).unwrap_err();
     assert!(err.to_string().contains("can't handle more than one group"), "km: {err}");
     // One node is fine.
     check_offsets(km, &setup(km, Topology::blocked(possible.clone(), 1)), &possible);

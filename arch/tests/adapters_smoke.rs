@@ -133,7 +133,7 @@ fn run_kernel_tests(name: &str, want: &[&str]) {
     let v = isa.variants()[0];
     let possible = CpuSet::first_n(4);
     let static_size = inspect_path(fixture(isa, "kernel.o")).unwrap().static_area.unwrap().size as usize;
-    let pcpu = isa.setup_percpu(&v, Topology::uma(possible.clone()), static_size).unwrap();
+    let pcpu = isa.setup_percpu(isa.percpu_config(&v, Topology::uma(possible.clone()), static_size)).unwrap();
     let (runtime, ti, stack_top) = runtime(isa, e, &possible);
     let env = Env { pcpu, runtime, ti, stack_top };
     for m in isa.fixed_mappings(&v) {
@@ -232,7 +232,7 @@ fn noweak_modules_overflow_only_far() {
         let isa = isa::lookup(name).unwrap();
         let v = isa.variants()[0];
         let static_size = inspect_path(fixture(isa, "kernel.o")).unwrap().static_area.unwrap().size as usize;
-        let mut pcpu = isa.setup_percpu(&v, Topology::uma(CpuSet::first_n(4)), static_size).unwrap();
+        let mut pcpu = isa.setup_percpu(isa.percpu_config(&v, Topology::uma(CpuSet::first_n(4)), static_size)).unwrap();
         let mut runtime = SymbolTable::new();
         runtime.define("__cpu_possible_mask", 0x10_0000).define("nr_cpu_ids", 0x10_1000);
         runtime.define("pcpubed_thread_info", 0x10_2000);

@@ -18,10 +18,12 @@ use serde::Serialize;
 use crate::engine::{Cpu, Engine, EngineError, Perms};
 
 pub mod alpha;
+pub mod arm64;
 pub mod generic;
 pub mod km;
 pub mod s390x;
 pub mod sparc32;
+pub mod x86_64;
 
 /// Where module sections go relative to the percpu area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -172,23 +174,21 @@ pub trait Isa: Sync {
     }
 
     /// The percpu allocator as this arch's `setup_per_cpu_areas` leaves
-    /// it: [`Percpu::new`] of [`Isa::percpu_config`], plus any check the
-    /// arch makes that the portable configuration cannot express (km: a
-    /// NUMA topology is refused with "can't handle more than one group").
-    /// Runners should build the allocator through this.
-    fn setup_percpu(
-        &self,
-        variant: &Variant,
-        topology: Topology,
-        static_size: usize,
-    ) -> Result<Percpu, PercpuSetupError> {
-        Percpu::new(self.percpu_config(variant, topology, static_size))
+    /// it for `cfg` (normally [`Isa::percpu_config`], possibly adjusted by
+    /// the runner): [`Percpu::new`], plus any check the arch makes that the
+    /// portable configuration cannot express (km: a NUMA topology is refused
+    /// with "can't handle more than one group", which `Percpu::new` never
+    /// reports because it forms one group for the km backend).  Runners
+    /// should build the allocator through this.
+    fn setup_percpu(&self, cfg: PercpuConfig) -> Result<Percpu, PercpuSetupError> {
+        Percpu::new(cfg)
     }
 }
 
 /// Every adapter, in report order.
 pub fn all() -> &'static [&'static dyn Isa] {
-    static ALL: [&dyn Isa; 4] = [&sparc32::SPARC32, &alpha::ALPHA, &s390x::S390X, &km::KM];
+    static ALL: [&dyn Isa; 6] =
+        [&x86_64::X86_64, &arm64::ARM64, &sparc32::SPARC32, &alpha::ALPHA, &s390x::S390X, &km::KM];
     &ALL
 }
 

@@ -112,13 +112,7 @@ impl Isa for Km {
     /// here the groups are first formed as the NUMA-aware setup forms them
     /// (with the distance function) and more than one is refused with the
     /// core's own error, "percpu-km can't handle more than one group".
-    fn setup_percpu(
-        &self,
-        variant: &Variant,
-        topology: Topology,
-        static_size: usize,
-    ) -> Result<Percpu, PercpuSetupError> {
-        let cfg = self.percpu_config(variant, topology, static_size);
+    fn setup_percpu(&self, cfg: PercpuConfig) -> Result<Percpu, PercpuSetupError> {
         let ai = build_alloc_info(&AllocInfoParams {
             static_size: cfg.static_size,
             reserved_size: cfg.reserved_size,

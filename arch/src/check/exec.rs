@@ -1,0 +1,563 @@
+//! Running one test descriptor on every possible CPU and checking it.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use percpu_loader::{Op, RetKind, TestDescriptor};
+
+use super::bed::Bed;
+use super::diag::{explain_value, Diagnostic, Finding, FindingKind};
+use super::{CheckError, CpuRun, Status, TestReport, FULL_CHECK_CPUS, MAX_DIAGNOSED_RUNS};
+use crate::engine::{Access, MemAccess, Outcome};
+
+/// Stray writes listed per run (the rest are counted).
+const MAX_STRAY: usize = 8;
+
+fn wmask(width: u32) -> u64 {
+    if width >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Read => "READ",
+        Op::Add => "ADD",
+        Op::Write => "WRITE",
+        Op::SumAll => "SUM_ALL",
+        Op::AddAll => "ADD_ALL",
+    }
+}
+
+/// Everything a run is checked against.
+struct Ctx<'t> {
+    test: &'t TestDescriptor,
+    /// The target percpu pointer.
+    t: u64,
+    /// cpu -> address of its copy (indexed by cpu number).
+    copies: Vec<Option<u64>>,
+    nr_possible: usize,
+}
+
+impl Ctx<'_> {
+    fn copy(&self, cpu: u32) -> u64 {
+        self.copies[cpu as usize].expect("possible cpu")
+    }
+    fn size(&self) -> u64 {
+        self.test.size as u64
+    }
+    fn width(&self) -> u64 {
+        self.test.width as u64
+    }
+    /// This CPU's value after the op.
+    fn new_value(&self) -> u64 {
+        let m = wmask(self.test.width);
+        match self.test.op {
+            Op::Add | Op::AddAll => self.test.init.wrapping_add(self.test.operand) & m,
+            Op::Write => self.test.operand & m,
+            Op::Read | Op::SumAll => self.test.init & m,
+        }
+    }
+    /// What cpu `k`'s copy must hold after a run on `cpu`.
+    fn want(&self, k: u32, cpu: u32) -> u64 {
+        match self.test.op {
+            Op::AddAll => self.new_value(),
+            Op::Add | Op::Write if k == cpu => self.new_value(),
+            _ => self.test.init & wmask(self.test.width),
+        }
+    }
+}
+
+fn diag(bed: &Bed<'_>, object: &str, test: &TestDescriptor, cpu: Option<u32>, status: Status, findings: Vec<Finding>, notes: Vec<String>) -> Diagnostic {
+    Diagnostic {
+        arch: bed.isa.name().to_string(),
+        variant: bed.variant.name.to_string(),
+        object: object.to_string(),
+        test: test.name.clone(),
+        cpu,
+        status,
+        bug: test.bug.clone(),
+        summary: findings.first().map(|f| f.text.clone()).unwrap_or_default(),
+        findings,
+        notes,
+    }
+}
+
+pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestReport, CheckError> {
+    let t0 = Instant::now();
+    let test = bed.objects[oi].tests[ti].clone();
+    let object = bed.objects[oi].name.clone();
+    let abi = bed.objects[oi].abi.clone();
+    let expect = test.flags.expect_caught();
+    let mut report = TestReport {
+        object: object.clone(),
+        test: test.name.clone(),
+        index: test.index,
+        status: Status::Pass,
+        expect_caught: expect,
+        bug: test.bug.clone(),
+        diagnostic: None,
+        runs: Vec::new(),
+        micros: 0,
+    };
+    let mut notes: Vec<String> = bed.objects[oi]
+        .truncations
+        .iter()
+        .take(3)
+        .map(|t| {
+            format!(
+                "the loader silently truncated {} against `{}` at {}+{:#x} (value {} does not fit {}), as the arch's \
+                 module loader does",
+                t.type_name.unwrap_or("a relocation"),
+                t.symbol,
+                t.section,
+                t.offset,
+                super::diag::hex_i128(t.value),
+                t.reach
+            )
+        })
+        .collect();
+
+    // An object the loader rejected: its tests' result is the rejection.
+    if let Some(msg) = bed.objects[oi].rejected.clone() {
+        let status = if expect { Status::Caught } else { Status::Fail };
+        let f = Finding::new(
+            FindingKind::Rejected,
+            format!("the loader rejected {object}, as the kernel's module loader would: {msg}"),
+        );
+        report.status = status;
+        report.diagnostic = Some(diag(bed, &object, &test, None, status, vec![f], notes));
+        report.micros = t0.elapsed().as_micros() as u64;
+        return Ok(report);
+    }
+
+    let error = |bed: &Bed<'_>, report: &mut TestReport, text: String| {
+        let f = Finding::new(FindingKind::Harness, text);
+        report.status = Status::Error;
+        report.diagnostic = Some(diag(bed, &object, &test, None, Status::Error, vec![f], Vec::new()));
+    };
+
+    // The target: a static percpu symbol, or a fresh allocation.
+    let dynamic = test.flags.dynamic();
+    let t = if dynamic {
+        match bed.alloc_dynamic(test.size as usize, test.align.max(1) as usize, test.flags.far(), &test.name) {
+            Ok(p) => {
+                let pb = bed.ptr_bytes;
+                bed.write_uint(test.target, p, pb, "the DYNAMIC slot")?;
+                let loc = bed.percpu.classify_ptr(percpu_core::PcpuPtr(p));
+                notes.push(format!(
+                    "target: {} bytes allocated at percpu pointer {p:#x}{}",
+                    test.size,
+                    loc.map(|l| format!(" (chunk {} {:?}, unit offset {:#x})", l.chunk, l.role, l.offset)).unwrap_or_default()
+                ));
+                p
+            }
+            Err(e) => {
+                error(bed, &mut report, format!("cannot allocate the DYNAMIC target: {e}"));
+                report.micros = t0.elapsed().as_micros() as u64;
+                return Ok(report);
+            }
+        }
+    } else {
+        if let Some(s) = bed.name_percpu_ptr(test.target) {
+            notes.push(format!("target: percpu pointer {:#x} = {s}", test.target));
+        }
+        test.target
+    };
+
+    let nr_ids = bed.offsets.len();
+    let mut copies = vec![None; nr_ids];
+    for &c in &bed.possible {
+        copies[c as usize] = bed.cpu_ptr(t, c);
+    }
+    let ctx = Ctx { test: &test, t, copies, nr_possible: bed.possible.len() };
+    let first_cpu = bed.possible[0];
+    let a0 = ctx.copy(first_cpu);
+    if bed.percpu.classify(a0).is_none() || !bed.is_mapped(a0) {
+        error(
+            bed,
+            &mut report,
+            format!(
+                "target {t:#x} is no percpu pointer: per_cpu_ptr(target, {first_cpu}) = {}",
+                bed.decode(a0)
+            ),
+        );
+        if dynamic {
+            bed.free_dynamic(t)?;
+        }
+        report.micros = t0.elapsed().as_micros() as u64;
+        return Ok(report);
+    }
+
+    // init into every possible CPU's copy (the rest of the object keeps its bytes).
+    let width = test.width as usize;
+    for &c in &bed.possible.clone() {
+        bed.write_uint(ctx.copy(c), test.init, width, "init")?;
+    }
+    let full = bed.possible.len() <= FULL_CHECK_CPUS;
+    let run_cpus: Vec<u32> = if test.flags.once() { vec![first_cpu] } else { bed.possible.clone() };
+    let mut diagnosed = 0usize;
+    for cpu in run_cpus {
+        let snapshot = if full { Some(snapshot(bed, &ctx)?) } else { None };
+        let tr = Instant::now();
+        let outcome = bed
+            .enter(cpu, abi.as_ref())
+            .and_then(|_| {
+                let _ = bed.engine.take_trace();
+                let (entry, stack_top, budget) = (test.fn_addr, bed.stack.end, bed.sc.budget);
+                bed.engine.call(entry, &[test.index as u64], stack_top, budget).map_err(|source| CheckError::Engine {
+                    arch: bed.isa.name().into(),
+                    variant: bed.variant.name.into(),
+                    what: format!("calling `{}` on cpu {cpu}", test.name),
+                    source,
+                })
+            });
+        let micros = tr.elapsed().as_micros() as u64;
+        let trace = bed.engine.take_trace();
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let f = Finding::new(FindingKind::Harness, e.to_string());
+                let d = diag(bed, &object, &test, Some(cpu), Status::Error, vec![f], Vec::new());
+                report.runs.push(CpuRun {
+                    cpu,
+                    status: Status::Error,
+                    instructions: None,
+                    micros,
+                    summary: Some(d.summary.clone()),
+                    diagnostic: Some(d),
+                });
+                continue;
+            }
+        };
+        if bed.sc.trace {
+            log_trace(bed, &object, &test, cpu, &trace);
+        }
+        let findings = evaluate(bed, &ctx, cpu, &outcome, &trace, snapshot.as_deref())?;
+        let instructions = match outcome {
+            Outcome::Returned { instructions, .. } => Some(instructions),
+            Outcome::BudgetExhausted { budget, .. } => Some(budget),
+            _ => None,
+        };
+        // Put init back where this run wrote (everywhere after a misbehaviour).
+        if !findings.is_empty() || test.op == Op::AddAll {
+            match &snapshot {
+                Some(s) => restore(bed, &ctx, s)?,
+                None => {
+                    for &c in &bed.possible.clone() {
+                        bed.write_uint(ctx.copy(c), test.init, width, "init")?;
+                    }
+                }
+            }
+        } else if matches!(test.op, Op::Add | Op::Write) {
+            bed.write_uint(ctx.copy(cpu), test.init, width, "init")?;
+        }
+        let status = if findings.is_empty() {
+            Status::Pass
+        } else if expect {
+            Status::Caught
+        } else {
+            Status::Fail
+        };
+        let mut run = CpuRun { cpu, status, instructions, micros, diagnostic: None, summary: None };
+        if !findings.is_empty() {
+            let d = diag(bed, &object, &test, Some(cpu), status, findings, notes.clone());
+            run.summary = Some(d.summary.clone());
+            if report.diagnostic.is_none() {
+                report.diagnostic = Some(d.clone());
+            }
+            if diagnosed < MAX_DIAGNOSED_RUNS {
+                run.diagnostic = Some(d);
+            }
+            diagnosed += 1;
+        }
+        report.runs.push(run);
+    }
+    if dynamic {
+        bed.free_dynamic(t)?;
+    }
+
+    let any = |s: Status| report.runs.iter().any(|r| r.status == s);
+    report.status = if any(Status::Error) {
+        Status::Error
+    } else if expect {
+        if any(Status::Caught) {
+            Status::Caught
+        } else {
+            let cpus: Vec<u32> = report.runs.iter().map(|r| r.cpu).collect();
+            let f = Finding::new(
+                FindingKind::NotCaught,
+                format!(
+                    "planted bug not caught: the test behaved on all {} CPU(s) it ran on ({})",
+                    cpus.len(),
+                    percpu_core::CpuSet::from_cpus(cpus.iter().copied())
+                ),
+            );
+            report.diagnostic = Some(diag(bed, &object, &test, None, Status::Fail, vec![f], notes));
+            Status::Fail
+        }
+    } else if any(Status::Fail) {
+        Status::Fail
+    } else {
+        Status::Pass
+    };
+    if let Some(d) = &mut report.diagnostic {
+        d.status = report.status;
+    }
+    report.micros = t0.elapsed().as_micros() as u64;
+    let _ = ctx.nr_possible;
+    Ok(report)
+}
+
+/// Every copy's `size` bytes (small CPU counts only).
+fn snapshot(bed: &mut Bed<'_>, ctx: &Ctx<'_>) -> Result<Vec<u8>, CheckError> {
+    let size = ctx.test.size as usize;
+    let mut v = Vec::with_capacity(size * bed.possible.len());
+    for &c in &bed.possible.clone() {
+        v.extend(bed.read(ctx.copy(c), size, "target copy")?);
+    }
+    Ok(v)
+}
+
+fn restore(bed: &mut Bed<'_>, ctx: &Ctx<'_>, snap: &[u8]) -> Result<(), CheckError> {
+    let size = ctx.test.size as usize;
+    for (i, &c) in bed.possible.clone().iter().enumerate() {
+        bed.write(ctx.copy(c), &snap[i * size..(i + 1) * size], "target copy")?;
+    }
+    Ok(())
+}
+
+fn log_trace(bed: &Bed<'_>, object: &str, test: &TestDescriptor, cpu: u32, trace: &[MemAccess]) {
+    let arch = bed.isa.name();
+    for a in trace {
+        let percpu = bed.percpu.classify(a.addr).is_some() || bed.static_link.contains(&a.addr);
+        let what = match a.access {
+            Access::Write => format!("write {} bytes {:#x}", a.size, a.value.unwrap_or(0)),
+            _ => format!("{} {} bytes", a.access, a.size),
+        };
+        if percpu {
+            tracing::debug!(
+                target: "percpu_bed::trace",
+                "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
+                bed.variant.name,
+                test.name,
+                bed.decode(a.addr),
+                bed.code_loc(a.pc)
+            );
+        } else {
+            tracing::trace!(
+                target: "percpu_bed::trace",
+                "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
+                bed.variant.name,
+                test.name,
+                bed.decode(a.addr),
+                bed.code_loc(a.pc)
+            );
+        }
+    }
+}
+
+fn evaluate(
+    bed: &mut Bed<'_>,
+    ctx: &Ctx<'_>,
+    cpu: u32,
+    outcome: &Outcome,
+    trace: &[MemAccess],
+    snap: Option<&[u8]>,
+) -> Result<Vec<Finding>, CheckError> {
+    let test = ctx.test;
+    let mut out = Vec::new();
+    let e = ctx.copy(cpu);
+    let (t, size, width) = (ctx.t, ctx.size(), ctx.width());
+    let ptr_bytes = bed.ptr_bytes as u32;
+    let n = bed.possible.len() as u64;
+
+    // How the call ended, and what it returned.
+    match *outcome {
+        Outcome::Returned { value, .. } => {
+            let cmp = test.width.min(ptr_bytes);
+            let m = wmask(cmp);
+            let pm = wmask(ptr_bytes);
+            let want = match test.ret {
+                RetKind::None => None,
+                RetKind::Value => Some((test.expect_ret & pm, pm, format!("RET_VALUE {:#x}", test.expect_ret & pm))),
+                RetKind::Old => Some((test.init & m, m, "RET_OLD: this CPU's value before the op".into())),
+                RetKind::New => Some((ctx.new_value() & m, m, "RET_NEW: this CPU's value after the op".into())),
+                RetKind::Sum => Some((
+                    test.init.wrapping_mul(n) & wmask(test.width) & m,
+                    m,
+                    format!("RET_SUM: the sum of {n} CPUs' values"),
+                )),
+                RetKind::Cpu => Some((cpu as u64, pm, "RET_CPU: the running CPU's number".into())),
+            };
+            if let Some((want, mask, what)) = want {
+                let got = value & mask;
+                if got != want {
+                    let mut f = Finding::new(
+                        FindingKind::WrongReturn,
+                        format!("returned {got:#x}, expected {want:#x} ({what})"),
+                    );
+                    if matches!(test.ret, RetKind::New | RetKind::Value) && test.op == Op::Add {
+                        f.hints = explain_value(true, test.init, test.operand, cmp, want, got);
+                        f.hints.retain(|h| !h.starts_with("the value was not modified"));
+                    }
+                    if test.ret == RetKind::Cpu {
+                        f.hints.push(format!("cpu {got} reported instead of cpu {cpu}: the CPU number came from the wrong place"));
+                    }
+                    out.push(f);
+                }
+            }
+        }
+        Outcome::Fault { pc, addr, access, unmapped } => {
+            let info = bed.decode(addr);
+            let mut f = Finding::new(
+                FindingKind::Fault,
+                format!(
+                    "{access} fault ({}) at {info}; this CPU's copy of the target is {e:#x}",
+                    if unmapped { "unmapped" } else { "protected" }
+                ),
+            );
+            if access != Access::Fetch {
+                f.hints = bed.explain_addr(cpu, t, size, width, addr);
+            }
+            f.hints.extend(bed.reloc_hint(pc));
+            f.pc = Some(bed.code_loc(pc));
+            f.addr = Some(info);
+            out.push(f);
+        }
+        Outcome::BudgetExhausted { pc, budget } => {
+            let mut f = Finding::new(
+                FindingKind::Runaway,
+                format!("runaway code: the {budget}-instruction budget ran out"),
+            );
+            f.pc = Some(bed.code_loc(pc));
+            out.push(f);
+        }
+        Outcome::Trap { pc, ref reason } => {
+            let mut f = Finding::new(FindingKind::Trap, format!("the CPU trapped: {reason}"));
+            if bed.isa.name() == "arm64" && reason.contains("undefined") {
+                f.hints.push(format!(
+                    "an UNDEFINED instruction on arm64 {}: reading a system register this exception level cannot \
+                     access (e.g. mrs tpidr_el2 at EL1) traps",
+                    bed.variant.name
+                ));
+            }
+            f.pc = Some(bed.code_loc(pc));
+            out.push(f);
+        }
+    }
+
+    // Every write: the stack, or the bytes the op names.
+    let mut touched: BTreeSet<u32> = BTreeSet::new();
+    let mut stray = 0usize;
+    for w in trace.iter().filter(|a| a.access == Access::Write) {
+        let (a, len) = (w.addr, w.size as u64);
+        if bed.stack.contains(&a) && a.wrapping_add(len) <= bed.stack.end {
+            continue;
+        }
+        let loc = bed.percpu.classify(a);
+        if let Some(k) = loc.as_ref().and_then(|l| l.cpu) {
+            touched.insert(k);
+        }
+        let within = |base: u64| a.wrapping_sub(base) < width && a.wrapping_sub(base) + len <= width;
+        let ok = match test.op {
+            Op::Add | Op::Write => within(e),
+            Op::AddAll => loc.as_ref().and_then(|l| l.cpu).is_some_and(|k| within(ctx.copy(k))),
+            Op::Read | Op::SumAll => false,
+        };
+        if ok {
+            continue;
+        }
+        stray += 1;
+        if stray > MAX_STRAY {
+            continue;
+        }
+        let info = bed.decode(a);
+        let expected = match test.op {
+            Op::Add | Op::Write => {
+                let unit = bed.percpu.classify(e).map(|l| format!(" (unit {})", l.unit)).unwrap_or_default();
+                format!("only cpu {cpu}'s copy {e:#x}{unit}, {width} bytes")
+            }
+            Op::AddAll => format!("only the {width}-byte value in each CPU's copy"),
+            _ => format!("no write at all ({})", op_name(test.op)),
+        };
+        let mut f = Finding::new(
+            FindingKind::StrayWrite,
+            format!(
+                "wrote {len} bytes ({:#x}) at {info} (expected {expected})",
+                w.value.unwrap_or(0)
+            ),
+        );
+        f.hints = bed.explain_addr(cpu, t, size, width, a);
+        f.hints.extend(bed.reloc_hint(w.pc));
+        f.pc = Some(bed.code_loc(w.pc));
+        f.addr = Some(info);
+        out.push(f);
+    }
+    if stray > MAX_STRAY {
+        out.push(Finding::new(FindingKind::StrayWrite, format!("... and {} more stray writes", stray - MAX_STRAY)));
+    }
+
+    // The values: this CPU's copy, every copy a write touched, all of them
+    // when few or for ADD_ALL.
+    let check: Vec<u32> = if snap.is_some() || test.op == Op::AddAll {
+        bed.possible.clone()
+    } else {
+        touched.insert(cpu);
+        touched.into_iter().filter(|k| ctx.copies.get(*k as usize).copied().flatten().is_some()).collect()
+    };
+    let size_us = test.size as usize;
+    for (i, k) in check.iter().copied().enumerate() {
+        let at = ctx.copy(k);
+        let bytes = bed.read(at, size_us, "target copy")?;
+        let got = bed.uint_of(&bytes[..test.width as usize]);
+        let want = ctx.want(k, cpu);
+        if got != want {
+            let info = bed.decode(at);
+            let mut f = Finding::new(
+                FindingKind::WrongValue,
+                format!(
+                    "cpu {k}'s copy of the target holds {got:#x}, expected {want:#x} ({} by cpu {cpu}, init {:#x}, \
+                     operand {:#x}) at {info}",
+                    op_name(test.op),
+                    test.init & wmask(test.width),
+                    test.operand
+                ),
+            );
+            f.hints = explain_value(
+                matches!(test.op, Op::Add | Op::AddAll) && (k == cpu || test.op == Op::AddAll),
+                test.init,
+                test.operand,
+                test.width,
+                want,
+                got,
+            );
+            if k != cpu && test.op != Op::AddAll {
+                f.hints.push(format!("cpu {k}'s copy changed although the test ran on cpu {cpu}"));
+            }
+            f.addr = Some(info);
+            out.push(f);
+        }
+        if let Some(s) = snap {
+            // Bytes past the value must keep their contents.
+            let idx = bed.possible.iter().position(|&c| c == k).unwrap_or(i);
+            let before = &s[idx * size_us..(idx + 1) * size_us];
+            if let Some(j) = (test.width as usize..size_us).find(|&j| bytes[j] != before[j]) {
+                let info = bed.decode(at + j as u64);
+                let mut f = Finding::new(
+                    FindingKind::WrongValue,
+                    format!(
+                        "cpu {k}'s copy of the target changed past its {}-byte value: byte +{j:#x} of the {}-byte \
+                         object ({:#x} -> {:#x}) at {info}",
+                        test.width, test.size, before[j], bytes[j]
+                    ),
+                );
+                f.addr = Some(info);
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}

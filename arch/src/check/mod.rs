@@ -1,0 +1,451 @@
+//! The runner: load a kernel image and modules like the kernel does, map
+//! the percpu allocator's chunks into an emulated CPU, run every fixture
+//! test on every possible CPU and check every unit's memory.
+//!
+//! # How a scenario runs
+//!
+//! [`run`] builds a *bed* (`bed.rs`): the kernel image is loaded at the
+//! adapter's [`Isa::kernel_base`] with its static percpu area at the
+//! `__per_cpu_start` the adapter's [`Isa::percpu_config`] names, the
+//! allocator is set up for that static size, and the engine gets the
+//! kernel's sections, the first chunk's backed units (each holding a copy
+//! of the static area), a stack, the runtime data page
+//! (`__cpu_possible_mask`, `nr_cpu_ids`, `pcpubed_thread_info`), the
+//! adapter's [`Isa::fixed_mappings`] and `__per_cpu_offset[]`.  Modules
+//! are loaded with their `.data..percpu` in the reserved chunk and their
+//! sections at [`Isa::module_base`].  Every [`ChunkEvent`] of the
+//! allocator is mirrored into the engine: populated pages are mapped in
+//! every unit, depopulated ones unmapped, new allocations zeroed.
+//!
+//! Then each test descriptor runs (`exec.rs`): DYNAMIC tests get an
+//! allocation (FAR ones in a chunk the backend created), `init` goes into
+//! every possible CPU's copy, and for each possible CPU (or once) the
+//! adapter enters the CPU and the engine calls `fn(index)` under the
+//! instruction budget with every data access recorded.  A run *behaves*
+//! when it returns, its return value is what the descriptor's `ret` kind
+//! says, the target's value in every unit is what the op says and every
+//! write hit only the bytes the op names (or the stack).  Anything else is
+//! a misbehaviour with a [`Diagnostic`] that decodes every address
+//! involved (`diag.rs`).
+//!
+//! # Cost
+//!
+//! Writing `init` into every unit before every run and reading every unit
+//! after it would make a test cost O(CPUs²).  Instead `init` is written
+//! once per test and afterwards only where a run wrote (the recorded
+//! writes say where); values are checked in the running CPU's copy, in
+//! every copy a write touched, and in every copy when there are at most
+//! [`FULL_CHECK_CPUS`] CPUs or the op is ADD_ALL.  A write anywhere else
+//! is a stray write, so no unit can change unseen.  Tests whose own code
+//! loops over all CPUs on every CPU (SUM_ALL without ONCE) stay quadratic
+//! in guest instructions, as they are on a real machine.
+//!
+//! [`ChunkEvent`]: percpu_core::percpu::ChunkEvent
+
+mod bed;
+mod diag;
+mod exec;
+
+use std::fmt;
+use std::time::Instant;
+
+use percpu_core::alloc::AllocError;
+use percpu_core::percpu::PercpuSetupError;
+use percpu_core::CpuSet;
+use percpu_loader::LoadError;
+use serde::Serialize;
+
+pub use diag::{AddrInfo, CodeLoc, Diagnostic, Finding, FindingKind};
+
+use crate::engine::EngineError;
+use crate::isa::{self, Isa, ModulePlacement, Variant};
+
+/// Up to this many possible CPUs every unit's copy of the target is read
+/// back after every run (beyond it, see the module docs).
+pub const FULL_CHECK_CPUS: usize = 64;
+
+/// Default instruction budget per call.
+pub const DEFAULT_BUDGET: u64 = 1_000_000;
+
+/// What to run: an arch variant on a set of possible CPUs.
+#[derive(Clone)]
+pub struct Scenario {
+    pub isa: &'static dyn Isa,
+    pub variant: Variant,
+    /// The possible mask (sparse allowed).
+    pub cpus: CpuSet,
+    /// NUMA nodes; possible CPUs are spread over them in blocks.
+    pub nodes: u32,
+    pub placement: ModulePlacement,
+    /// Instructions per call before the run counts as runaway.
+    pub budget: u64,
+    /// Emit every percpu access, decoded, through `tracing::debug!`.
+    pub trace: bool,
+    /// Run only the tests of these objects (by name); `None`: every
+    /// object's tests.  All objects are loaded either way.
+    pub only: Option<Vec<String>>,
+}
+
+impl fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scenario")
+            .field("arch", &self.isa.name())
+            .field("variant", &self.variant.name)
+            .field("cpus", &self.cpus)
+            .field("nodes", &self.nodes)
+            .field("placement", &self.placement)
+            .field("budget", &self.budget)
+            .field("trace", &self.trace)
+            .field("only", &self.only)
+            .finish()
+    }
+}
+
+impl Scenario {
+    /// `arch`/`variant` by name (`None`: the arch's default variant), one
+    /// node, modules near, [`DEFAULT_BUDGET`], no trace.
+    pub fn new(arch: &str, variant: Option<&str>, cpus: CpuSet) -> Result<Self, CheckError> {
+        let isa = isa::lookup(arch)
+            .ok_or_else(|| CheckError::UnknownArch { arch: arch.to_string(), known: isa::names().join(", ") })?;
+        let variant = match variant {
+            None => isa.variants()[0],
+            Some(v) => *isa.variant(v).ok_or_else(|| CheckError::UnknownVariant {
+                arch: arch.to_string(),
+                variant: v.to_string(),
+                known: isa.variants().iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
+            })?,
+        };
+        Ok(Scenario {
+            isa,
+            variant,
+            cpus,
+            nodes: 1,
+            placement: ModulePlacement::Near,
+            budget: DEFAULT_BUDGET,
+            trace: false,
+            only: None,
+        })
+    }
+    pub fn nodes(mut self, nodes: u32) -> Self {
+        self.nodes = nodes;
+        self
+    }
+    pub fn placement(mut self, placement: ModulePlacement) -> Self {
+        self.placement = placement;
+        self
+    }
+    pub fn budget(mut self, budget: u64) -> Self {
+        self.budget = budget;
+        self
+    }
+    pub fn trace(mut self, trace: bool) -> Self {
+        self.trace = trace;
+        self
+    }
+    /// Run only the tests of the named objects.
+    pub fn only(mut self, objects: &[&str]) -> Self {
+        self.only = Some(objects.iter().map(|s| s.to_string()).collect());
+        self
+    }
+}
+
+/// The outcome of a test (or of one run of it).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// A good test behaved.
+    Pass,
+    /// A planted bug (EXPECT_CAUGHT) misbehaved, as expected.
+    Caught,
+    /// A good test misbehaved, or a planted bug behaved ("not caught").
+    Fail,
+    /// The harness could not run the test (allocation failure, engine error).
+    Error,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Caught => "CAUGHT",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+        })
+    }
+}
+
+/// One run of a test on one CPU.
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuRun {
+    pub cpu: u32,
+    /// `Pass` if the run behaved, `Caught`/`Fail` if it misbehaved (as
+    /// expected / not), `Error` if it could not run.
+    pub status: Status,
+    pub instructions: Option<u64>,
+    pub micros: u64,
+    /// Set when the run misbehaved or could not run.  Only the first few
+    /// misbehaving runs of a test carry a full diagnostic
+    /// ([`MAX_DIAGNOSED_RUNS`]); later ones carry `summary` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<Diagnostic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// Full diagnostics per test (later misbehaving runs get a summary line).
+pub const MAX_DIAGNOSED_RUNS: usize = 4;
+
+/// One test descriptor's result over all its runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestReport {
+    pub object: String,
+    pub test: String,
+    pub index: usize,
+    pub status: Status,
+    pub expect_caught: bool,
+    /// The descriptor's `bug` string (why it must be caught).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bug: Option<String>,
+    /// Why the test did not pass: the first misbehaving run's diagnostic,
+    /// the loader's rejection, or "planted bug not caught".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<Diagnostic>,
+    pub runs: Vec<CpuRun>,
+    pub micros: u64,
+}
+
+/// An object that was loaded (or rejected).
+#[derive(Clone, Debug, Serialize)]
+pub struct ObjectReport {
+    pub name: String,
+    pub role: String,
+    /// The loader's message when the object was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+    pub tests: usize,
+    /// Relocations the arch's module loader silently truncated.
+    pub truncations: usize,
+    pub warnings: Vec<String>,
+}
+
+/// Counts of test statuses.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub pass: usize,
+    pub caught: usize,
+    pub fail: usize,
+    pub error: usize,
+}
+
+impl Counts {
+    fn add(&mut self, s: Status) {
+        match s {
+            Status::Pass => self.pass += 1,
+            Status::Caught => self.caught += 1,
+            Status::Fail => self.fail += 1,
+            Status::Error => self.error += 1,
+        }
+    }
+    pub fn total(&self) -> usize {
+        self.pass + self.caught + self.fail + self.error
+    }
+}
+
+/// Everything a scenario produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    pub arch: String,
+    pub variant: String,
+    pub model: crate::isa::OffsetModel,
+    /// The possible mask in cpulist format.
+    pub cpus: String,
+    pub nr_possible: usize,
+    pub nodes: u32,
+    pub placement: ModulePlacement,
+    pub budget: u64,
+    pub objects: Vec<ObjectReport>,
+    pub tests: Vec<TestReport>,
+    pub counts: Counts,
+    /// Building the bed: loading, percpu setup, mapping units.
+    pub setup_micros: u64,
+    pub run_micros: u64,
+    pub total_micros: u64,
+    /// Guest instructions executed over all runs.
+    pub instructions: u64,
+    pub runs: usize,
+}
+
+impl ScenarioReport {
+    /// The report of one test by name (first match over objects).
+    pub fn test(&self, name: &str) -> Option<&TestReport> {
+        self.tests.iter().find(|t| t.test == name)
+    }
+    /// Tests whose status is not what their descriptor expects
+    /// (good tests not passing, planted bugs not caught).
+    pub fn unexpected(&self) -> Vec<&TestReport> {
+        self.tests
+            .iter()
+            .filter(|t| !matches!((t.expect_caught, t.status), (false, Status::Pass) | (true, Status::Caught)))
+            .collect()
+    }
+}
+
+impl fmt::Display for ScenarioReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}",
+            self.arch, self.variant, self.cpus, self.nr_possible, self.nodes, self.placement
+        )?;
+        for o in &self.objects {
+            if let Some(r) = &o.rejected {
+                writeln!(f, "  {}: rejected by the loader: {r}", o.name)?;
+            }
+        }
+        for t in &self.tests {
+            let bug = if t.expect_caught { " (planted bug)" } else { "" };
+            writeln!(f, "  {:<7} {}:{}{bug}", t.status.to_string(), t.object, t.test)?;
+            if let (Some(d), Status::Fail | Status::Error) = (&t.diagnostic, t.status) {
+                for line in d.to_string().lines() {
+                    writeln!(f, "          {line}")?;
+                }
+            }
+        }
+        writeln!(
+            f,
+            "{} pass, {} caught, {} fail, {} error; {} runs, {} instructions; setup {:.1} ms, runs {:.1} ms",
+            self.counts.pass,
+            self.counts.caught,
+            self.counts.fail,
+            self.counts.error,
+            self.runs,
+            self.instructions,
+            self.setup_micros as f64 / 1000.0,
+            self.run_micros as f64 / 1000.0
+        )
+    }
+}
+
+/// Bad input or a broken harness: the scenario cannot run at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    #[error("unknown arch `{arch}` (known: {known})")]
+    UnknownArch { arch: String, known: String },
+    #[error("unknown variant `{variant}` of {arch} (known: {known})")]
+    UnknownVariant { arch: String, variant: String, known: String },
+    #[error("the possible CPU mask is empty")]
+    NoCpus,
+    #[error("object {object} is {found} but --arch {arch} (expects {expected})")]
+    WrongMachine { object: String, found: String, arch: String, expected: String },
+    #[error("object {object} was built for percpu model {found} ({found_name}) but {arch}/{variant} uses model {expected} ({expected_name}); use the objects in fixtures/obj/{fixture_dir}")]
+    WrongModel {
+        object: String,
+        found: u32,
+        found_name: String,
+        arch: String,
+        variant: String,
+        expected: u32,
+        expected_name: String,
+        fixture_dir: String,
+    },
+    #[error("{object}: {reason}")]
+    NotKernelImage { object: String, reason: String },
+    #[error("cpu {cpu} is possible but the kernel image's __per_cpu_offset[] has only {nr_cpus} entries (NR_CPUS)")]
+    TooManyCpus { cpu: u32, nr_cpus: u64 },
+    #[error("cannot load {object}: {source}")]
+    Load {
+        object: String,
+        #[source]
+        source: LoadError,
+    },
+    #[error("cannot load {object}: the reserved chunk is exhausted: {reason}")]
+    ReservedExhausted { object: String, reason: String },
+    #[error("percpu setup for {arch}/{variant}: {source}")]
+    Setup {
+        arch: String,
+        variant: String,
+        #[source]
+        source: PercpuSetupError,
+    },
+    #[error("{arch}/{variant}: {what}: {source}")]
+    Engine {
+        arch: String,
+        variant: String,
+        what: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("{arch}/{variant}: cannot allocate {what}: {source}")]
+    Alloc {
+        arch: String,
+        variant: String,
+        what: String,
+        #[source]
+        source: AllocError,
+    },
+    #[error("{arch}/{variant}: layout: {reason}")]
+    Layout { arch: String, variant: String, reason: String },
+}
+
+/// Run every test of `kernel` and `modules` (name, ELF bytes) in
+/// `scenario`.  Planted bugs that are caught, good tests that fail and
+/// objects the loader rejects for relocation overflow are results in the
+/// report; bad input and harness failures are [`CheckError`]s.
+pub fn run(
+    scenario: &Scenario,
+    kernel: (&str, &[u8]),
+    modules: &[(&str, &[u8])],
+) -> Result<ScenarioReport, CheckError> {
+    let t0 = Instant::now();
+    if scenario.cpus.is_empty() {
+        return Err(CheckError::NoCpus);
+    }
+    if !scenario.isa.variants().contains(&scenario.variant) {
+        return Err(CheckError::UnknownVariant {
+            arch: scenario.isa.name().to_string(),
+            variant: scenario.variant.name.to_string(),
+            known: scenario.isa.variants().iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let mut bed = bed::Bed::build(scenario, kernel, modules)?;
+    let setup_micros = t0.elapsed().as_micros() as u64;
+    let t1 = Instant::now();
+    let mut tests = Vec::new();
+    let mut counts = Counts::default();
+    let mut instructions = 0u64;
+    let mut runs = 0usize;
+    for oi in 0..bed.objects.len() {
+        if let Some(only) = &scenario.only {
+            if !only.iter().any(|n| *n == bed.objects[oi].name) {
+                continue;
+            }
+        }
+        for ti in 0..bed.objects[oi].tests.len() {
+            let report = exec::run_test(&mut bed, oi, ti)?;
+            counts.add(report.status);
+            instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
+            runs += report.runs.len();
+            tests.push(report);
+        }
+    }
+    let objects = bed.objects.iter().map(|o| o.report()).collect();
+    let run_micros = t1.elapsed().as_micros() as u64;
+    Ok(ScenarioReport {
+        arch: scenario.isa.name().to_string(),
+        variant: scenario.variant.name.to_string(),
+        model: scenario.variant.model,
+        cpus: scenario.cpus.to_string(),
+        nr_possible: scenario.cpus.len(),
+        nodes: scenario.nodes,
+        placement: scenario.placement,
+        budget: scenario.budget,
+        objects,
+        tests,
+        counts,
+        setup_micros,
+        run_micros,
+        total_micros: t0.elapsed().as_micros() as u64,
+        instructions,
+        runs,
+    })
+}
