@@ -52,7 +52,13 @@ pub fn render(isa: &dyn Isa, variant: Option<&str>, cpus: &CpuSet, nodes: u32) -
         if isa.big_endian() { "big-endian" } else { "little-endian" },
         isa.page_size() / 1024
     );
-    let _ = writeln!(o, "possible cpus {cpus} ({} cpus, nr_cpu_ids {}), {} node(s)", cpus.len(), cpus.nr_cpu_ids(), nodes.max(1));
+    let _ = writeln!(
+        o,
+        "possible cpus {cpus} ({} cpus, nr_cpu_ids {}), {} node(s)",
+        cpus.len(),
+        cpus.nr_cpu_ids(),
+        nodes.max(1)
+    );
     let _ = writeln!(o, "address space:");
     let lm = space.linear_map();
     let vm = space.vmalloc();

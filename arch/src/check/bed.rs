@@ -360,11 +360,8 @@ impl<'s> Bed<'s> {
         for (name, bytes) in modules {
             check_machine(isa, name, bytes)?;
         }
-        let layout_err = |reason: String| CheckError::Layout {
-            arch: isa.name().into(),
-            variant: variant.name.into(),
-            reason,
-        };
+        let layout_err =
+            |reason: String| CheckError::Layout { arch: isa.name().into(), variant: variant.name.into(), reason };
 
         // The runtime data page sits at the kernel base, the image after it.
         let kbase = isa.kernel_base(&variant);
@@ -378,11 +375,8 @@ impl<'s> Bed<'s> {
         let rt_table = runtime.table();
 
         // Static size first: the allocator's geometry depends on it.
-        let topology = if sc.nodes > 1 {
-            Topology::blocked(sc.cpus.clone(), sc.nodes)
-        } else {
-            Topology::uma(sc.cpus.clone())
-        };
+        let topology =
+            if sc.nodes > 1 { Topology::blocked(sc.cpus.clone(), sc.nodes) } else { Topology::uma(sc.cpus.clone()) };
         let opts = LoadOptions::default();
         // A static area linked at 0 (x86_64 zero-based) starts with one page
         // of `.data..percpu..first` (fixed_percpu_data on x86_64), so no
@@ -517,7 +511,11 @@ impl<'s> Bed<'s> {
             let word = (cpu / bits) as usize;
             let bit = cpu % bits;
             let byte_in_word = (bit / 8) as usize;
-            let idx = if bed.big_endian { word * ptr_bytes + ptr_bytes - 1 - byte_in_word } else { word * ptr_bytes + byte_in_word };
+            let idx = if bed.big_endian {
+                word * ptr_bytes + ptr_bytes - 1 - byte_in_word
+            } else {
+                word * ptr_bytes + byte_in_word
+            };
             mask[idx] |= 1 << (bit % 8);
         }
         bed.write(rt.mask, &mask, "__cpu_possible_mask")?;
@@ -713,7 +711,6 @@ impl<'s> Bed<'s> {
         self.write(addr, &b, what)
     }
 
-
     /// `per_cpu_ptr(ptr, cpu)`.
     pub fn cpu_ptr(&self, ptr: u64, cpu: u32) -> Option<u64> {
         self.percpu.per_cpu_ptr(PcpuPtr(ptr), cpu)
@@ -747,7 +744,8 @@ impl<'s> Bed<'s> {
                 ChunkEvent::Cleared { base_addr, offset, size, .. } => {
                     let zeros = vec![0u8; size];
                     for u in self.used_units.clone() {
-                        let at = base_addr.wrapping_add(self.percpu.geometry().unit_offsets[u]).wrapping_add(offset as u64);
+                        let at =
+                            base_addr.wrapping_add(self.percpu.geometry().unit_offsets[u]).wrapping_add(offset as u64);
                         self.write(at, &zeros, "a new allocation (zeroing)")?;
                     }
                 }

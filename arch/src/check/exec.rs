@@ -70,7 +70,15 @@ impl Ctx<'_> {
     }
 }
 
-fn diag(bed: &Bed<'_>, object: &str, test: &TestDescriptor, cpu: Option<u32>, status: Status, findings: Vec<Finding>, notes: Vec<String>) -> Diagnostic {
+fn diag(
+    bed: &Bed<'_>,
+    object: &str,
+    test: &TestDescriptor,
+    cpu: Option<u32>,
+    status: Status,
+    findings: Vec<Finding>,
+    notes: Vec<String>,
+) -> Diagnostic {
     Diagnostic {
         arch: bed.isa.name().to_string(),
         variant: bed.variant.name.to_string(),
@@ -150,7 +158,8 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
                 notes.push(format!(
                     "target: {} bytes allocated at percpu pointer {p:#x}{}",
                     test.size,
-                    loc.map(|l| format!(" (chunk {} {:?}, unit offset {:#x})", l.chunk, l.role, l.offset)).unwrap_or_default()
+                    loc.map(|l| format!(" (chunk {} {:?}, unit offset {:#x})", l.chunk, l.role, l.offset))
+                        .unwrap_or_default()
                 ));
                 p
             }
@@ -179,10 +188,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         error(
             bed,
             &mut report,
-            format!(
-                "target {t:#x} is no percpu pointer: per_cpu_ptr(target, {first_cpu}) = {}",
-                bed.decode(a0)
-            ),
+            format!("target {t:#x} is no percpu pointer: per_cpu_ptr(target, {first_cpu}) = {}", bed.decode(a0)),
         );
         if dynamic {
             bed.free_dynamic(t)?;
@@ -202,18 +208,16 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     for cpu in run_cpus {
         let snapshot = if full { Some(snapshot(bed, &ctx)?) } else { None };
         let tr = Instant::now();
-        let outcome = bed
-            .enter(cpu, abi.as_ref())
-            .and_then(|_| {
-                let _ = bed.engine.take_trace();
-                let (entry, stack_top, budget) = (test.fn_addr, bed.stack.end, bed.sc.budget);
-                bed.engine.call(entry, &[test.index as u64], stack_top, budget).map_err(|source| CheckError::Engine {
-                    arch: bed.isa.name().into(),
-                    variant: bed.variant.name.into(),
-                    what: format!("calling `{}` on cpu {cpu}", test.name),
-                    source,
-                })
-            });
+        let outcome = bed.enter(cpu, abi.as_ref()).and_then(|_| {
+            let _ = bed.engine.take_trace();
+            let (entry, stack_top, budget) = (test.fn_addr, bed.stack.end, bed.sc.budget);
+            bed.engine.call(entry, &[test.index as u64], stack_top, budget).map_err(|source| CheckError::Engine {
+                arch: bed.isa.name().into(),
+                variant: bed.variant.name.into(),
+                what: format!("calling `{}` on cpu {cpu}", test.name),
+                source,
+            })
+        });
         let micros = tr.elapsed().as_micros() as u64;
         let trace = bed.engine.take_trace();
         let outcome = match outcome {
@@ -404,7 +408,9 @@ fn evaluate(
                         f.hints.retain(|h| !h.starts_with("the value was not modified"));
                     }
                     if test.ret == RetKind::Cpu {
-                        f.hints.push(format!("cpu {got} reported instead of cpu {cpu}: the CPU number came from the wrong place"));
+                        f.hints.push(format!(
+                            "cpu {got} reported instead of cpu {cpu}: the CPU number came from the wrong place"
+                        ));
                     }
                     out.push(f);
                 }
@@ -428,10 +434,8 @@ fn evaluate(
             out.push(f);
         }
         Outcome::BudgetExhausted { pc, budget } => {
-            let mut f = Finding::new(
-                FindingKind::Runaway,
-                format!("runaway code: the {budget}-instruction budget ran out"),
-            );
+            let mut f =
+                Finding::new(FindingKind::Runaway, format!("runaway code: the {budget}-instruction budget ran out"));
             f.pc = Some(bed.code_loc(pc));
             out.push(f);
         }
@@ -485,10 +489,7 @@ fn evaluate(
         };
         let mut f = Finding::new(
             FindingKind::StrayWrite,
-            format!(
-                "wrote {len} bytes ({:#x}) at {info} (expected {expected})",
-                w.value.unwrap_or(0)
-            ),
+            format!("wrote {len} bytes ({:#x}) at {info} (expected {expected})", w.value.unwrap_or(0)),
         );
         f.hints = bed.explain_addr(cpu, t, size, width, a);
         f.hints.extend(bed.reloc_hint(w.pc));

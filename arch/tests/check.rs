@@ -1,0 +1,305 @@
+//! The runner on every shipped fixture object of x86_64 (zero-based,
+//! relative) and arm64 (EL1, EL2/VHE): every good test passes, every
+//! planted bug is caught with a diagnostic that names the cause.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use percpu_arch::check::{self, CheckError, FindingKind, Scenario, ScenarioReport, Status, TestReport};
+use percpu_arch::isa::{self, ModulePlacement};
+use percpu_arch::layout;
+use percpu_core::CpuSet;
+
+fn obj_dir(dir: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/obj").join(dir)
+}
+
+/// kernel.o and every other object of a fixture directory (sorted).
+fn fixtures(dir: &str) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let d = obj_dir(dir);
+    let kernel = std::fs::read(d.join("kernel.o")).expect("kernel.o");
+    let mut mods: Vec<(String, Vec<u8>)> = std::fs::read_dir(&d)
+        .expect("fixture dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "o") && p.file_name().unwrap() != "kernel.o")
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    mods.sort();
+    (kernel, mods)
+}
+
+fn run(arch: &str, variant: &str, cpus: &str, nodes: u32, placement: ModulePlacement) -> ScenarioReport {
+    let sc = Scenario::new(arch, Some(variant), CpuSet::parse_list(cpus).unwrap())
+        .unwrap()
+        .nodes(nodes)
+        .placement(placement);
+    let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+    let mods: Vec<(&str, &[u8])> = mods.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let t = Instant::now();
+    let r = check::run(&sc, ("kernel.o", &kernel), &mods).unwrap_or_else(|e| panic!("{arch}/{variant} {cpus}: {e}"));
+    eprintln!(
+        "{arch}/{variant} cpus {cpus} nodes {nodes} {placement}: {} tests, {} runs, {:.0} ms (setup {:.0} ms)",
+        r.tests.len(),
+        r.runs,
+        t.elapsed().as_secs_f64() * 1000.0,
+        r.setup_micros as f64 / 1000.0
+    );
+    r
+}
+
+/// Good tests pass and planted bugs are caught.
+fn assert_expected(r: &ScenarioReport) {
+    let bad = r.unexpected();
+    if !bad.is_empty() {
+        eprintln!("{r}");
+        for t in &bad {
+            if let Some(d) = &t.diagnostic {
+                eprintln!("{d}");
+            }
+        }
+        panic!(
+            "{}/{} cpus {} {}: unexpected: {:?}",
+            r.arch,
+            r.variant,
+            r.cpus,
+            r.placement,
+            bad.iter().map(|t| format!("{}:{} {}", t.object, t.test, t.status)).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(r.counts.error, 0);
+    assert!(r.counts.pass > 0);
+}
+
+fn test<'a>(r: &'a ScenarioReport, name: &str) -> &'a TestReport {
+    r.test(name).unwrap_or_else(|| panic!("{}/{}: no test {name}", r.arch, r.variant))
+}
+
+fn diag_text(t: &TestReport) -> String {
+    t.diagnostic.as_ref().map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// Caught, and the diagnostic contains every `needle`.
+fn assert_caught(r: &ScenarioReport, name: &str, needles: &[&str]) {
+    let t = test(r, name);
+    let text = diag_text(t);
+    assert_eq!(t.status, Status::Caught, "{}/{} {name}:\n{text}", r.arch, r.variant);
+    for n in needles {
+        assert!(text.contains(n), "{}/{} {name}: diagnostic lacks {n:?}:\n{text}", r.arch, r.variant);
+    }
+}
+
+const CPU_SETS: [(&str, u32); 4] = [("0", 1), ("0-3", 1), ("0-63", 1), ("0-3,8-11", 2)];
+
+fn all_near(arch: &str, variant: &str) -> Vec<ScenarioReport> {
+    CPU_SETS
+        .iter()
+        .map(|&(cpus, nodes)| {
+            let r = run(arch, variant, cpus, nodes, ModulePlacement::Near);
+            assert_expected(&r);
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn x86_64_zero_based_near() {
+    for r in all_near("x86_64", "zero-based") {
+        assert_caught(&r, "tr_ptr_u32_far", &["32-bit truncation", "truncated to u32"]);
+        assert_caught(&r, "tr_offset_far", &["32-bit truncation"]);
+        assert_caught(&r, "sc_llong_sub", &["low 32 bits"]);
+        assert_caught(&r, "na_inc", &["fault"]);
+        assert_eq!(test(&r, "tr_ptr_u32_near").status, Status::Pass);
+        assert_eq!(test(&r, "zb_inc_module").status, Status::Pass);
+    }
+}
+
+#[test]
+fn x86_64_relative_near() {
+    for r in all_near("x86_64", "relative") {
+        assert_caught(&r, "zb_inc_module", &["rejected", "R_X86_64_32"]);
+        assert_caught(&r, "zb_read_kernel", &["rejected"]);
+        assert_caught(&r, "tr_offset_far", &["32-bit truncation"]);
+        assert_caught(&r, "na_inc", &["no per-CPU offset was applied"]);
+    }
+}
+
+#[test]
+fn arm64_el1_near() {
+    for r in all_near("arm64", "el1") {
+        assert_caught(&r, "ws_inc", &["trapped", "UNDEFINED"]);
+        assert_caught(&r, "nv_shifted_inc", &["shifted by +0x20"]);
+        assert_caught(&r, "tr_offset_far", &["32-bit truncation"]);
+        assert_caught(&r, "na_inc", &["no per-CPU offset was applied"]);
+    }
+}
+
+#[test]
+fn arm64_el2_near() {
+    for r in all_near("arm64", "el2") {
+        // TPIDR_EL1 is not maintained by a VHE kernel: no offset at all.
+        assert_caught(&r, "ws_inc", &["no per-CPU offset was applied"]);
+        assert_eq!(test(&r, "ws_inc_control").status, Status::Pass);
+        assert_eq!(test(&r, "k_cpu_id").status, Status::Pass);
+    }
+}
+
+/// Modules far from the kernel image and the first chunk: kernel tests are
+/// unaffected; module code that reaches percpu symbols PC-relatively
+/// cannot work there (x86_64 PC32 is silently truncated by the module
+/// loader, arm64 ADR_PREL_PG_HI21 overflows): those tests fail with a
+/// diagnostic that says so, they never pass silently.
+#[test]
+fn far_modules() {
+    for (arch, variant) in [("x86_64", "zero-based"), ("x86_64", "relative"), ("arm64", "el1"), ("arm64", "el2")] {
+        for (cpus, nodes) in [("0-3", 1), ("0-3,8-11", 2)] {
+            let r = run(arch, variant, cpus, nodes, ModulePlacement::Far);
+            for t in &r.tests {
+                let text = diag_text(t);
+                if t.object == "kernel.o" {
+                    assert_eq!(t.status, Status::Pass, "{arch}/{variant} far {}:\n{text}", t.test);
+                    continue;
+                }
+                match (t.expect_caught, t.status) {
+                    (true, Status::Caught) | (false, Status::Pass) => {}
+                    (false, Status::Fail) => assert!(
+                        text.contains("truncated") || text.contains("overflow"),
+                        "{arch}/{variant} far {}:{}: fails without naming the relocation:\n{text}",
+                        t.object,
+                        t.test
+                    ),
+                    _ => panic!("{arch}/{variant} far {}:{} {}:\n{text}", t.object, t.test, t.status),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn diagnostics_serialize_and_name_the_place() {
+    let r = run("arm64", "el1", "0-3", 1, ModulePlacement::Near);
+    let t = test(&r, "nv_shifted_inc");
+    let d = t.diagnostic.as_ref().unwrap();
+    assert_eq!(d.arch, "arm64");
+    assert_eq!(d.variant, "el1");
+    assert!(d.cpu.is_some());
+    assert!(d.findings.iter().any(|f| f.kind == FindingKind::StrayWrite || f.kind == FindingKind::WrongValue));
+    let text = d.to_string();
+    assert!(text.contains("chunk 1 unit 0 (cpu 0)"), "{text}");
+    assert!(text.contains("nv_block"), "{text}");
+    assert!(text.contains("nv_shifted_inc_fn+"), "{text}");
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(json.contains("\"status\":\"caught\""));
+    eprintln!("{text}");
+    eprintln!("{}", diag_text(test(&r, "tr_offset_far")));
+    eprintln!("{}", diag_text(test(&r, "ws_inc")));
+    let r = run("x86_64", "zero-based", "0-3", 1, ModulePlacement::Near);
+    eprintln!("{}", diag_text(test(&r, "tr_ptr_u32_far")));
+    eprintln!("{}", diag_text(test(&r, "sc_llong_sub")));
+}
+
+/// 4096 possible CPUs: the setup and every run stay linear in the CPU count.
+#[test]
+fn four_thousand_cpus() {
+    let (kernel, mods) = fixtures("x86_64");
+    let pt = mods.iter().find(|(n, _)| n == "percpu_test.o").unwrap();
+    for n in [64u32, 1024, 4096] {
+        let sc = Scenario::new("x86_64", Some("zero-based"), CpuSet::first_n(n)).unwrap().only(&["percpu_test.o"]);
+        let t = Instant::now();
+        let r = check::run(&sc, ("kernel.o", &kernel), &[(pt.0.as_str(), pt.1.as_slice())]).unwrap();
+        eprintln!(
+            "x86_64 zero-based, {n} cpus, percpu_test.o: {} runs in {:.0} ms (setup {:.0} ms, runs {:.0} ms, {:.1} us/run)",
+            r.runs,
+            t.elapsed().as_secs_f64() * 1000.0,
+            r.setup_micros as f64 / 1000.0,
+            r.run_micros as f64 / 1000.0,
+            r.run_micros as f64 / r.runs.max(1) as f64
+        );
+        assert_expected(&r);
+        assert_eq!(r.runs, 10 * n as usize);
+    }
+}
+
+#[test]
+fn bad_input_is_a_specific_error() {
+    let (kernel, _) = fixtures("x86_64");
+    let (arm_kernel, _) = fixtures("arm64");
+    let sc = Scenario::new("x86_64", None, CpuSet::first_n(2)).unwrap();
+
+    let e = check::run(&sc, ("kernel.o", &kernel[..200]), &[]).unwrap_err();
+    assert!(matches!(e, CheckError::Load { .. }), "{e}");
+    assert!(e.to_string().contains("truncated"), "{e}");
+
+    let e = check::run(&sc, ("kernel.o", &arm_kernel), &[]).unwrap_err();
+    assert!(matches!(e, CheckError::WrongMachine { .. }), "{e}");
+    assert!(e.to_string().contains("EM_AARCH64") && e.to_string().contains("--arch x86_64"), "{e}");
+
+    let e = check::run(&sc, ("kernel.o", &kernel), &[("m.o", &arm_kernel)]).unwrap_err();
+    assert!(e.to_string().starts_with("object m.o is EM_AARCH64"), "{e}");
+
+    let e = Scenario::new("x86_64", Some("flat"), CpuSet::first_n(2)).unwrap_err();
+    assert!(matches!(e, CheckError::UnknownVariant { .. }), "{e}");
+    assert!(e.to_string().contains("zero-based, relative"), "{e}");
+    let e = Scenario::new("vax", None, CpuSet::first_n(2)).unwrap_err();
+    assert!(matches!(e, CheckError::UnknownArch { .. }), "{e}");
+
+    // The relative variant with zero-based objects: a model mismatch.
+    let rel = Scenario::new("x86_64", Some("relative"), CpuSet::first_n(2)).unwrap();
+    let e = check::run(&rel, ("kernel.o", &kernel), &[]).unwrap_err();
+    assert!(matches!(e, CheckError::WrongModel { .. }), "{e}");
+
+    // A module is not a kernel image.
+    let (_, mods) = fixtures("x86_64");
+    let dynobj = &mods.iter().find(|(n, _)| n == "dyn.o").unwrap().1;
+    let e = check::run(&sc, ("dyn.o", dynobj), &[]).unwrap_err();
+    assert!(matches!(e, CheckError::NotKernelImage { .. }), "{e}");
+}
+
+#[test]
+fn layout_renders() {
+    for isa in isa::all() {
+        for v in isa.variants() {
+            let s = layout::render(*isa, Some(v.name), &CpuSet::parse_list("0-3,8-11").unwrap(), 2).unwrap();
+            assert!(s.contains("pcpu-alloc:"), "{s}");
+            assert!(s.contains("__per_cpu_offset"), "{s}");
+            assert!(s.contains("reach"), "{s}");
+        }
+    }
+    let s = layout::render(&isa::x86_64::X86_64, None, &CpuSet::first_n(4), 1).unwrap();
+    eprintln!("{s}");
+    assert!(s.contains("atom 0x200000"), "{s}");
+}
+
+/// `--trace`: every percpu access of every run, decoded, at debug level.
+#[test]
+fn trace_decodes_percpu_accesses() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let (kernel, _) = fixtures("arm64");
+    let sc = Scenario::new("arm64", Some("el1"), CpuSet::parse_list("0,2").unwrap()).unwrap().trace(true);
+    let r = tracing::subscriber::with_default(subscriber, || check::run(&sc, ("kernel.o", &kernel), &[]).unwrap());
+    assert_expected(&r);
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(out.contains("percpu_bed::trace"), "{out}");
+    assert!(out.contains("k_inc_u16 cpu 2: write 2 bytes"), "{out}");
+    assert!(out.contains("(cpu 2) offset"), "{out}");
+    assert!(out.contains("kernel.o:k_u16+0x0"), "{out}");
+}
