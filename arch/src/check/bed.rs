@@ -432,7 +432,7 @@ impl<'s> Bed<'s> {
         cfg.static_size = (sp.end - sp.start) as usize;
         let per_cpu_start = cfg.per_cpu_start;
 
-        let mut percpu = Percpu::new(cfg).map_err(|source| CheckError::Setup {
+        let mut percpu = isa.setup_percpu(cfg).map_err(|source| CheckError::Setup {
             arch: isa.name().into(),
             variant: variant.name.into(),
             source,
