@@ -52,8 +52,7 @@ fn scenario(arch: &str, cpus: &str, placement: ModulePlacement) -> ScenarioRepor
 fn check(r: &ScenarioReport) {
     let tag = format!("{} cpus {} modules {}", r.arch, r.cpus, r.placement);
     for t in r.unexpected() {
-        let allowed =
-            (t.object == "bug_noweak_module.o" && r.placement == ModulePlacement::Near) || alpha_rmw_store(r, t);
+        let allowed = t.object == "bug_noweak_module.o" && r.placement == ModulePlacement::Near;
         assert!(allowed, "{tag}: {}:{} is {} (planted bug: {})\n{r}", t.object, t.test, t.status, t.expect_caught);
     }
     assert_eq!(r.counts.error, 0, "{tag}: errors\n{r}");
@@ -65,23 +64,6 @@ fn check(r: &ScenarioReport) {
             assert_eq!(t.status, Status::Caught, "{tag}: {}", t.test);
         }
     }
-}
-
-/// KNOWN RUNNER LIMITATION (open): alpha without BWX (the fixtures, like a
-/// generic alpha kernel, are built without `-mbwx`) stores 1 and 2 bytes as
-/// `ldq_u`/`ins`/`msk`/`stq_u`, a read-modify-write of the whole aligned
-/// quadword.  The runner's stray-write check flags the 8-byte store even
-/// though the bytes it does not name are written back unchanged.  Tolerated
-/// here only for good tests whose every finding is such a store.
-fn alpha_rmw_store(r: &ScenarioReport, t: &percpu_arch::check::TestReport) -> bool {
-    if r.arch != "alpha" || t.expect_caught || t.status != Status::Fail {
-        return false;
-    }
-    let Some(d) = &t.diagnostic else { return false };
-    let text = d.to_string();
-    let fails: Vec<&str> = text.lines().filter(|l| l.contains("wrote ")).collect();
-    !fails.is_empty()
-        && fails.iter().all(|l| l.contains("wrote 8 bytes") && (l.contains(", 1 bytes)") || l.contains(", 2 bytes)")))
 }
 
 fn caught(r: &ScenarioReport, object: &str, test: &str) {
