@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
-use percpu_bed::output::Format;
+use percpu_bed::output::{emit, Format};
 use percpu_bed::scenario::{possible_cpus, read_object, shipped_objects};
 
 /// Load a kernel-image object and module objects, run their tests on every
@@ -25,9 +25,10 @@ pub struct Args {
     /// NUMA nodes the possible CPUs are spread over.
     #[arg(long, default_value_t = 1)]
     nodes: u32,
-    /// Where modules are placed relative to the percpu area.
-    #[arg(long, value_enum, default_value = "near")]
-    modules: Placement,
+    /// Where modules are placed relative to the percpu area (default: the
+    /// arch's realistic placement: far for alpha and s390x, near elsewhere).
+    #[arg(long, value_enum)]
+    modules: Option<Placement>,
     /// Instructions per test call before it counts as runaway.
     #[arg(long, default_value_t = check::DEFAULT_BUDGET)]
     budget: u64,
@@ -54,15 +55,16 @@ enum Placement {
 /// misbehaved or a planted bug went uncaught), 2 bad input.
 pub fn run(args: Args) -> Result<u8> {
     let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-    let placement = match args.modules {
-        Placement::Near => ModulePlacement::Near,
-        Placement::Far => ModulePlacement::Far,
-    };
-    let scenario = Scenario::new(&args.arch, args.variant.as_deref(), cpus)?
+    let mut scenario = Scenario::new(&args.arch, args.variant.as_deref(), cpus)?
         .nodes(args.nodes)
-        .placement(placement)
         .budget(args.budget)
         .trace(args.trace);
+    if let Some(p) = args.modules {
+        scenario = scenario.placement(match p {
+            Placement::Near => ModulePlacement::Near,
+            Placement::Far => ModulePlacement::Far,
+        });
+    }
 
     // Sort the objects into the kernel image and modules.
     let shipped = || shipped_objects(scenario.variant.fixture_dir);
@@ -97,8 +99,8 @@ pub fn run(args: Args) -> Result<u8> {
 
     let report = check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?;
     match args.format {
-        Format::Table => print!("{report}"),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => emit(&report.to_string())?,
+        Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
     }
     Ok(if report.unexpected().is_empty() { 0 } else { 1 })
 }

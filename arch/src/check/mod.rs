@@ -103,7 +103,7 @@ impl fmt::Debug for Scenario {
 
 impl Scenario {
     /// `arch`/`variant` by name (`None`: the arch's default variant), one
-    /// node, modules near, [`DEFAULT_BUDGET`], no trace.
+    /// node, the arch's realistic module placement, [`DEFAULT_BUDGET`], no trace.
     pub fn new(arch: &str, variant: Option<&str>, cpus: CpuSet) -> Result<Self, CheckError> {
         let isa = isa::lookup(arch)
             .ok_or_else(|| CheckError::UnknownArch { arch: arch.to_string(), known: isa::names().join(", ") })?;
@@ -120,7 +120,7 @@ impl Scenario {
             variant,
             cpus,
             nodes: 1,
-            placement: ModulePlacement::Near,
+            placement: isa.default_placement(),
             budget: DEFAULT_BUDGET,
             trace: false,
             only: None,

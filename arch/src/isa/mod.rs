@@ -153,6 +153,13 @@ pub trait Isa: Sync {
     /// Base address for module sections: near to or far from the first
     /// chunk at `first_chunk_base`.
     fn module_base(&self, variant: &Variant, placement: ModulePlacement, first_chunk_base: u64) -> u64;
+    /// The realistic module placement, the default of a run: near for
+    /// most arches, far for alpha and s390x, whose modules really sit more
+    /// than their GP/larl reach away from the percpu area (that is why their
+    /// modules must use weak percpu).
+    fn default_placement(&self) -> ModulePlacement {
+        ModulePlacement::Near
+    }
     /// How code reaches percpu symbols and how far.
     fn reach(&self) -> &'static [Reach];
     /// A fresh engine for this arch.

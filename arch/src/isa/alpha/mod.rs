@@ -96,6 +96,11 @@ pub struct Alpha;
 pub const ALPHA: Alpha = Alpha;
 
 impl Isa for Alpha {
+    /// Far: modules live in vmalloc, terabytes from the KSEG percpu area: beyond GP-relative reach.
+    fn default_placement(&self) -> ModulePlacement {
+        ModulePlacement::Far
+    }
+
     fn name(&self) -> &'static str {
         "alpha"
     }

@@ -73,6 +73,11 @@ pub struct S390x;
 pub const S390X: S390x = S390x;
 
 impl Isa for S390x {
+    /// Far: modules sit below 4 TiB, far above the identity-mapped percpu area: beyond larl reach.
+    fn default_placement(&self) -> ModulePlacement {
+        ModulePlacement::Far
+    }
+
     fn name(&self) -> &'static str {
         "s390x"
     }
