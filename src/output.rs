@@ -45,3 +45,14 @@ impl Progress {
         }
     }
 }
+
+/// Write a command's output to stdout.  A reader that went away (`| head`)
+/// ends the output quietly instead of panicking like `print!` does.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use percpu_bed::bench::{self, BenchOptions};
-use percpu_bed::output::{Format, Progress};
+use percpu_bed::output::{emit, Format, Progress};
 
 /// Reproduce seed 002's allocator evaluation (bitmap vs area map vs bump).
 #[derive(clap::Args)]
@@ -36,8 +36,8 @@ pub fn run(args: Args) -> Result<()> {
     let report = bench::run(&opts, |what| progress.step(what));
     progress.finish();
     match args.format {
-        Format::Table => print!("{report}"),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => emit(&report.to_string())?,
+        Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
     }
     Ok(())
 }

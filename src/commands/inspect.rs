@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use percpu_bed::output::Format;
+use percpu_bed::output::{emit, Format};
 
 /// Show an ELF object's percpu sections, symbols and percpu relocations,
 /// with a verdict on its arch's module percpu rules.
@@ -23,13 +23,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<u8> {
     let mut reports = Vec::with_capacity(args.files.len());
     for f in &args.files {
-        let report =
-            percpu_loader::inspect_path(f).with_context(|| format!("cannot inspect {}", f.display()))?;
+        let report = percpu_loader::inspect_path(f).with_context(|| format!("cannot inspect {}", f.display()))?;
         reports.push(report);
     }
     match args.format {
-        Format::Table => reports.iter().for_each(|r| print!("{r}")),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Format::Table => emit(&reports.iter().map(|r| r.to_string()).collect::<String>())?,
+        Format::Json => emit(&(serde_json::to_string_pretty(&reports)? + "\n"))?,
     }
     let broken = reports.iter().filter(|r| r.verdict.applies && !r.verdict.follows).count();
     if args.check && broken > 0 {

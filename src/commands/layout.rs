@@ -1,4 +1,5 @@
 use anyhow::{Context, Result};
+use percpu_bed::output::emit;
 use percpu_bed::scenario::possible_cpus;
 
 /// Print the alloc info, first-chunk layout and __per_cpu_offset[] an arch
@@ -24,9 +25,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<u8> {
     let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-    let isa = percpu_arch::isa::lookup(&args.arch).with_context(|| {
-        format!("unknown arch `{}` (known: {})", args.arch, percpu_arch::isa::names().join(", "))
-    })?;
-    print!("{}", percpu_arch::layout::render(isa, args.variant.as_deref(), &cpus, args.nodes)?);
+    let isa = percpu_arch::isa::lookup(&args.arch)
+        .with_context(|| format!("unknown arch `{}` (known: {})", args.arch, percpu_arch::isa::names().join(", ")))?;
+    emit(&percpu_arch::layout::render(isa, args.variant.as_deref(), &cpus, args.nodes)?)?;
     Ok(0)
 }
