@@ -2,7 +2,7 @@
 //! the engines that run them.  `engine` is the one boundary between the two:
 //! adapters speak [`engine::Engine`], engines speak Unicorn or GDB remote.
 
+pub mod check;
 pub mod engine;
 pub mod isa;
-pub mod check;
 pub mod layout;

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use percpu_loader::inspect::{inspect, RefVerdict};
-use percpu_loader::{
-    load_module, InMemoryPercpu, LinearLayout, LoadOptions, Machine, ResolvedSymbol, SymbolResolver,
-};
+use percpu_loader::{load_module, InMemoryPercpu, LinearLayout, LoadOptions, Machine, ResolvedSymbol, SymbolResolver};
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -58,10 +56,7 @@ impl SymbolResolver for FakeKernel {
         for b in name.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
-        Some(ResolvedSymbol {
-            value: self.0 + ((h % (16 << 20)) & !0xf),
-            percpu: false,
-        })
+        Some(ResolvedSymbol { value: self.0 + ((h % (16 << 20)) & !0xf), percpu: false })
     }
 }
 
@@ -116,31 +111,16 @@ fn main() -> ExitCode {
         *machines.entry(rep.machine.clone()).or_default() += 1;
         if !rep.unsupported_relocations.is_empty() {
             errors += 1;
-            eprintln!(
-                "ERROR {name}: relocation types the loader cannot apply: {:?}",
-                rep.unsupported_relocations
-            );
+            eprintln!("ERROR {name}: relocation types the loader cannot apply: {:?}", rep.unsupported_relocations);
         }
         if rep.verdict.applies {
             with_percpu += 1;
             let mut ok = rep.verdict.follows;
             if expect_weak_got {
-                let weak = rep
-                    .percpu_symbols
-                    .iter()
-                    .filter(|s| s.kind == "object")
-                    .all(|s| s.weak);
-                let got = rep
-                    .percpu_relocations
-                    .iter()
-                    .filter(|g| g.from_code)
-                    .all(|g| {
-                        g.name
-                            .map(|n| {
-                                n.contains("GOT") || n.contains("LITERAL") || n.contains("LITUSE")
-                            })
-                            .unwrap_or(false)
-                    });
+                let weak = rep.percpu_symbols.iter().filter(|s| s.kind == "object").all(|s| s.weak);
+                let got = rep.percpu_relocations.iter().filter(|g| g.from_code).all(|g| {
+                    g.name.map(|n| n.contains("GOT") || n.contains("LITERAL") || n.contains("LITUSE")).unwrap_or(false)
+                });
                 if !(weak && got) {
                     ok = false;
                     eprintln!("WRONG VERDICT {name}: expected weak percpu reached through the GOT");
@@ -155,11 +135,7 @@ fn main() -> ExitCode {
             for g in &rep.percpu_relocations {
                 debug_assert!(g.verdict == RefVerdict::Ok || !rep.verdict.follows);
                 *percpu_types
-                    .entry(format!(
-                        "{} ({})",
-                        g.name.unwrap_or("?"),
-                        if g.from_code { "code" } else { "data" }
-                    ))
+                    .entry(format!("{} ({})", g.name.unwrap_or("?"), if g.from_code { "code" } else { "data" }))
                     .or_default() += g.count;
             }
         }
@@ -174,14 +150,7 @@ fn main() -> ExitCode {
                 layout = LinearLayout::at(0xffff_ffff_c000_0000);
             }
             let fake = FakeKernel(ktext);
-            match load_module(
-                &name,
-                &bytes,
-                &LoadOptions::default(),
-                &mut pcpu,
-                &mut layout,
-                &[&fake],
-            ) {
+            match load_module(&name, &bytes, &LoadOptions::default(), &mut pcpu, &mut layout, &[&fake]) {
                 Ok(_) => loaded += 1,
                 Err(e) => {
                     errors += 1;

@@ -26,10 +26,7 @@ fn main() -> ExitCode {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).expect("serialise")
-        );
+        println!("{}", serde_json::to_string_pretty(&reports).expect("serialise"));
     } else {
         for r in &reports {
             print!("{r}");

@@ -228,42 +228,23 @@ const MAX_STRING: usize = 4096;
 
 /// Parse the ABI note from raw section bytes.
 pub fn parse_abi(object: &str, bytes: &[u8], little: bool) -> Result<AbiNote, LoadError> {
-    let bad = |reason: String| LoadError::BadAbiNote {
-        object: object.to_string(),
-        reason,
-    };
+    let bad = |reason: String| LoadError::BadAbiNote { object: object.to_string(), reason };
     if bytes.len() != ABI_SIZE {
         return Err(bad(format!("size {} (want {ABI_SIZE})", bytes.len())));
     }
     let w = |i: usize| rd(bytes, i * 4, 4, little) as u32;
     if w(0) != ABI_MAGIC {
-        return Err(bad(format!(
-            "magic {:#010x} (want {ABI_MAGIC:#010x} \"PCPB\"; wrong byte order?)",
-            w(0)
-        )));
+        return Err(bad(format!("magic {:#010x} (want {ABI_MAGIC:#010x} \"PCPB\"; wrong byte order?)", w(0))));
     }
     if w(1) != ABI_VERSION {
-        return Err(bad(format!(
-            "version {} (this loader reads version {ABI_VERSION})",
-            w(1)
-        )));
+        return Err(bad(format!("version {} (this loader reads version {ABI_VERSION})", w(1))));
     }
-    let model = PercpuModel::from_u32(w(2))
-        .ok_or_else(|| bad(format!("unknown model {} (1..=6)", w(2))))?;
+    let model = PercpuModel::from_u32(w(2)).ok_or_else(|| bad(format!("unknown model {} (1..=6)", w(2))))?;
     let flags = w(5);
     if flags & !AbiNote::FLAG_WEAK_PERCPU != 0 {
-        return Err(bad(format!(
-            "unknown flag bits {:#x}",
-            flags & !AbiNote::FLAG_WEAK_PERCPU
-        )));
+        return Err(bad(format!("unknown flag bits {:#x}", flags & !AbiNote::FLAG_WEAK_PERCPU)));
     }
-    Ok(AbiNote {
-        version: w(1),
-        model,
-        ti_cpu_offset: w(3),
-        lowcore_percpu_offset: w(4),
-        flags,
-    })
+    Ok(AbiNote { version: w(1), model, ti_cpu_offset: w(3), lowcore_percpu_offset: w(4), flags })
 }
 
 /// Read the ABI note and test descriptors of a loaded object.
@@ -278,10 +259,7 @@ pub(crate) fn parse(
         more => {
             return Err(LoadError::BadAbiNote {
                 object: object.to_string(),
-                reason: format!(
-                    "{} sections named {ABI_SECTION} (want exactly one)",
-                    more.len()
-                ),
+                reason: format!("{} sections named {ABI_SECTION} (want exactly one)", more.len()),
             })
         }
     };
@@ -314,25 +292,18 @@ pub(crate) fn parse(
         let u32f = |off: usize| rd(d, off, 4, little) as u32;
         let ptr = |off: usize| rd(d, off, l.ptr, little);
         let name_ptr = ptr(l.name);
-        let err =
-            |name: Option<String>, field: &'static str, reason: String| LoadError::BadDescriptor {
-                object: object.to_string(),
-                index,
-                name,
-                field,
-                reason,
-            };
+        let err = |name: Option<String>, field: &'static str, reason: String| LoadError::BadDescriptor {
+            object: object.to_string(),
+            index,
+            name,
+            field,
+            reason,
+        };
         if name_ptr == 0 {
             return Err(err(None, "name", "NULL".into()));
         }
         let name = obj.read_cstr(name_ptr, MAX_STRING).ok_or_else(|| {
-            err(
-                None,
-                "name",
-                format!(
-                    "pointer {name_ptr:#x} is outside the loaded image (or the string has no NUL)"
-                ),
-            )
+            err(None, "name", format!("pointer {name_ptr:#x} is outside the loaded image (or the string has no NUL)"))
         })?;
         let nm = Some(name.clone());
         if let Some(prev) = names.insert(name.clone(), index) {
@@ -342,28 +313,20 @@ pub(crate) fn parse(
         if ![1, 2, 4, 8].contains(&width) {
             return Err(err(nm, "width", format!("{width} (want 1, 2, 4 or 8)")));
         }
-        let op = Op::from_u32(u32f(l.op))
-            .ok_or_else(|| err(nm.clone(), "op", format!("{} (want 0..=4)", u32f(l.op))))?;
+        let op =
+            Op::from_u32(u32f(l.op)).ok_or_else(|| err(nm.clone(), "op", format!("{} (want 0..=4)", u32f(l.op))))?;
         let ret = RetKind::from_u32(u32f(l.ret))
             .ok_or_else(|| err(nm.clone(), "ret", format!("{} (want 0..=5)", u32f(l.ret))))?;
         let flags = TestFlags(u32f(l.flags));
         if flags.0 & !TestFlags::ALL != 0 {
-            return Err(err(
-                nm,
-                "flags",
-                format!("unknown bits {:#x}", flags.0 & !TestFlags::ALL),
-            ));
+            return Err(err(nm, "flags", format!("unknown bits {:#x}", flags.0 & !TestFlags::ALL)));
         }
         if flags.far() && !flags.dynamic() {
             return Err(err(nm, "flags", "FAR without DYNAMIC".into()));
         }
         let size = u32f(l.size_f);
         if size < width {
-            return Err(err(
-                nm,
-                "size",
-                format!("{size} is smaller than the width {width}"),
-            ));
+            return Err(err(nm, "size", format!("{size} is smaller than the width {width}")));
         }
         let align = u32f(l.align);
         if flags.dynamic() && !(align.is_power_of_two()) {
@@ -371,28 +334,20 @@ pub(crate) fn parse(
         }
         let fn_addr = ptr(l.func);
         if fn_addr == 0 || obj.section_at(fn_addr).is_none() {
-            return Err(err(
-                nm,
-                "fn",
-                format!("pointer {fn_addr:#x} is outside the loaded image"),
-            ));
+            return Err(err(nm, "fn", format!("pointer {fn_addr:#x} is outside the loaded image")));
         }
         let target = ptr(l.target);
         if target == 0 {
             return Err(err(nm, "target", "NULL".into()));
         }
         if flags.dynamic() {
-            let slot_ok = obj
-                .section_at(target)
-                .map(|s| target - s.addr + l.ptr as u64 <= s.data.len() as u64)
-                .unwrap_or(false);
+            let slot_ok =
+                obj.section_at(target).map(|s| target - s.addr + l.ptr as u64 <= s.data.len() as u64).unwrap_or(false);
             if !slot_ok {
                 return Err(err(
                     nm,
                     "target",
-                    format!(
-                        "DYNAMIC slot {target:#x} is not a pointer-sized place in the loaded image"
-                    ),
+                    format!("DYNAMIC slot {target:#x} is not a pointer-sized place in the loaded image"),
                 ));
             }
         }
@@ -400,10 +355,13 @@ pub(crate) fn parse(
         let bug = if bug_ptr == 0 {
             None
         } else {
-            Some(
-                obj.read_cstr(bug_ptr, MAX_STRING)
-                    .ok_or_else(|| err(nm.clone(), "bug", format!("pointer {bug_ptr:#x} is outside the loaded image (or the string has no NUL)")))?,
-            )
+            Some(obj.read_cstr(bug_ptr, MAX_STRING).ok_or_else(|| {
+                err(
+                    nm.clone(),
+                    "bug",
+                    format!("pointer {bug_ptr:#x} is outside the loaded image (or the string has no NUL)"),
+                )
+            })?)
         };
         tests.push(TestDescriptor {
             index,

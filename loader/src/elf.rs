@@ -196,13 +196,7 @@ pub const ET_EXEC: u16 = 2;
 pub const ET_DYN: u16 = 3;
 
 fn trunc(object: &str, what: impl Into<String>, start: u64, end: u64, len: usize) -> LoadError {
-    LoadError::Truncated {
-        object: object.to_string(),
-        what: what.into(),
-        start,
-        end,
-        len: len as u64,
-    }
+    LoadError::Truncated { object: object.to_string(), what: what.into(), start, end, len: len as u64 }
 }
 
 /// Bounds-check `offset..offset+size` against the file.
@@ -213,13 +207,11 @@ fn file_range(
     size: u64,
     len: usize,
 ) -> Result<std::ops::Range<usize>, LoadError> {
-    let end = offset
-        .checked_add(size)
-        .ok_or_else(|| LoadError::SizeOverflow {
-            object: object.to_string(),
-            what: what.to_string(),
-            detail: format!("offset {offset:#x} + size {size:#x}"),
-        })?;
+    let end = offset.checked_add(size).ok_or_else(|| LoadError::SizeOverflow {
+        object: object.to_string(),
+        what: what.to_string(),
+        detail: format!("offset {offset:#x} + size {size:#x}"),
+    })?;
     if end > len as u64 {
         return Err(trunc(object, what, offset, end, len));
     }
@@ -258,23 +250,12 @@ impl<'a> ElfObject<'a> {
         let header: Header = goblin::elf::Elf::parse_header(bytes)
             .map_err(|e| LoadError::malformed(object, format!("ELF header: {e}")))?;
         let ctx = Ctx::new(
-            if is_64 {
-                Container::Big
-            } else {
-                Container::Little
-            },
-            if little_endian {
-                Endian::Little
-            } else {
-                Endian::Big
-            },
+            if is_64 { Container::Big } else { Container::Little },
+            if little_endian { Endian::Little } else { Endian::Big },
         );
         let e_type = header.e_type;
         if !matches!(e_type, ET_REL | ET_EXEC | ET_DYN) {
-            return Err(LoadError::UnsupportedType {
-                object: object.to_string(),
-                e_type,
-            });
+            return Err(LoadError::UnsupportedType { object: object.to_string(), e_type });
         }
 
         // Section headers.
@@ -288,39 +269,22 @@ impl<'a> ElfObject<'a> {
                 ));
             }
             // The count may live in section 0's sh_size (e_shnum == 0).
-            file_range(
-                object,
-                "section header 0",
-                header.e_shoff,
-                shentsize,
-                bytes.len(),
-            )?;
+            file_range(object, "section header 0", header.e_shoff, shentsize, bytes.len())?;
             let mut count = header.e_shnum as u64;
             let first = SectionHeader::parse(bytes, header.e_shoff as usize, 1, ctx)
                 .map_err(|e| LoadError::malformed(object, format!("section header 0: {e}")))?;
             if count == 0 {
                 count = first.first().map(|s| s.sh_size).unwrap_or(0);
             }
-            let table = count
-                .checked_mul(shentsize)
-                .ok_or_else(|| LoadError::SizeOverflow {
-                    object: object.to_string(),
-                    what: "section header table".into(),
-                    detail: format!("{count} entries"),
-                })?;
-            file_range(
-                object,
-                "section header table",
-                header.e_shoff,
-                table,
-                bytes.len(),
-            )?;
+            let table = count.checked_mul(shentsize).ok_or_else(|| LoadError::SizeOverflow {
+                object: object.to_string(),
+                what: "section header table".into(),
+                detail: format!("{count} entries"),
+            })?;
+            file_range(object, "section header table", header.e_shoff, table, bytes.len())?;
             if count > 0 {
-                sections_raw =
-                    SectionHeader::parse(bytes, header.e_shoff as usize, count as usize, ctx)
-                        .map_err(|e| {
-                            LoadError::malformed(object, format!("section headers: {e}"))
-                        })?;
+                sections_raw = SectionHeader::parse(bytes, header.e_shoff as usize, count as usize, ctx)
+                    .map_err(|e| LoadError::malformed(object, format!("section headers: {e}")))?;
             }
         }
         let nsec = sections_raw.len();
@@ -331,21 +295,13 @@ impl<'a> ElfObject<'a> {
             shstrndx = sections_raw.first().map(|s| s.sh_link).unwrap_or(0);
         }
         let shstr: Option<&[u8]> = if nsec > 0 && shstrndx != 0 {
-            let s = sections_raw
-                .get(shstrndx as usize)
-                .ok_or_else(|| LoadError::SectionIndex {
-                    object: object.to_string(),
-                    what: "e_shstrndx".into(),
-                    index: shstrndx as u64,
-                    count: nsec as u64,
-                })?;
-            let r = file_range(
-                object,
-                "section name string table",
-                s.sh_offset,
-                s.sh_size,
-                bytes.len(),
-            )?;
+            let s = sections_raw.get(shstrndx as usize).ok_or_else(|| LoadError::SectionIndex {
+                object: object.to_string(),
+                what: "e_shstrndx".into(),
+                index: shstrndx as u64,
+                count: nsec as u64,
+            })?;
+            let r = file_range(object, "section name string table", s.sh_offset, s.sh_size, bytes.len())?;
             Some(&bytes[r])
         } else {
             None
@@ -355,21 +311,12 @@ impl<'a> ElfObject<'a> {
         for (i, s) in sections_raw.iter().enumerate() {
             let name = shstr.map(|t| cstr_at(t, s.sh_name)).unwrap_or_default();
             if s.sh_type != gs::SHT_NOBITS && s.sh_type != gs::SHT_NULL {
-                file_range(
-                    object,
-                    &format!("section {name} [{i}]"),
-                    s.sh_offset,
-                    s.sh_size,
-                    bytes.len(),
-                )?;
+                file_range(object, &format!("section {name} [{i}]"), s.sh_offset, s.sh_size, bytes.len())?;
             }
             if s.sh_addralign > 1 && !s.sh_addralign.is_power_of_two() {
                 return Err(LoadError::malformed(
                     object,
-                    format!(
-                        "section {name} [{i}]: alignment {:#x} is not a power of two",
-                        s.sh_addralign
-                    ),
+                    format!("section {name} [{i}]: alignment {:#x} is not a power of two", s.sh_addralign),
                 ));
             }
             sections.push(Section {
@@ -394,27 +341,16 @@ impl<'a> ElfObject<'a> {
             let s = &sections[si];
             let entsize: u64 = if is_64 { 24 } else { 16 };
             let count = s.size / entsize;
-            let strsec = sections
-                .get(s.link as usize)
-                .ok_or_else(|| LoadError::SectionIndex {
-                    object: object.to_string(),
-                    what: format!("symbol table {} sh_link (string table)", s.name),
-                    index: s.link as u64,
-                    count: nsec as u64,
-                })?;
+            let strsec = sections.get(s.link as usize).ok_or_else(|| LoadError::SectionIndex {
+                object: object.to_string(),
+                what: format!("symbol table {} sh_link (string table)", s.name),
+                index: s.link as u64,
+                count: nsec as u64,
+            })?;
             if strsec.sh_type == gs::SHT_NOBITS {
-                return Err(LoadError::malformed(
-                    object,
-                    "symbol string table has no bytes (SHT_NOBITS)",
-                ));
+                return Err(LoadError::malformed(object, "symbol string table has no bytes (SHT_NOBITS)"));
             }
-            let sr = file_range(
-                object,
-                "symbol string table",
-                strsec.offset,
-                strsec.size,
-                bytes.len(),
-            )?;
+            let sr = file_range(object, "symbol string table", strsec.offset, strsec.size, bytes.len())?;
             let strtab = &bytes[sr];
             if count > 0 {
                 let table = Symtab::parse(bytes, s.offset as usize, count as usize, ctx)
@@ -479,10 +415,7 @@ impl<'a> ElfObject<'a> {
                 }
                 return Err(LoadError::malformed(
                     object,
-                    format!(
-                        "relocation section {} links to section {} which is not the symbol table",
-                        s.name, s.link
-                    ),
+                    format!("relocation section {} links to section {} which is not the symbol table", s.name, s.link),
                 ));
             }
             let entsize: u64 = match (is_64, is_rela) {
@@ -494,16 +427,8 @@ impl<'a> ElfObject<'a> {
             let count = s.size / entsize;
             let mut entries = Vec::with_capacity(count as usize);
             if count > 0 {
-                let rs = GRelocSection::parse(
-                    bytes,
-                    s.offset as usize,
-                    (count * entsize) as usize,
-                    is_rela,
-                    ctx,
-                )
-                .map_err(|e| {
-                    LoadError::malformed(object, format!("relocation section {}: {e}", s.name))
-                })?;
+                let rs = GRelocSection::parse(bytes, s.offset as usize, (count * entsize) as usize, is_rela, ctx)
+                    .map_err(|e| LoadError::malformed(object, format!("relocation section {}: {e}", s.name)))?;
                 for (k, r) in rs.iter().enumerate() {
                     if r.r_sym >= symbols.len() {
                         return Err(LoadError::SymbolIndex {
@@ -521,13 +446,7 @@ impl<'a> ElfObject<'a> {
                     });
                 }
             }
-            relocs.push(RelocSection {
-                index: s.index,
-                name: s.name.clone(),
-                target,
-                is_rela,
-                entries,
-            });
+            relocs.push(RelocSection { index: s.index, name: s.name.clone(), target, is_rela, entries });
         }
 
         Ok(ElfObject {
@@ -561,9 +480,7 @@ impl<'a> ElfObject<'a> {
     }
 
     pub fn symbol_by_name(&self, name: &str) -> Option<&Symbol> {
-        self.symbols
-            .iter()
-            .find(|s| s.name == name && !s.is_undefined())
+        self.symbols.iter().find(|s| s.name == name && !s.is_undefined())
     }
 
     pub fn class_bits(&self) -> u32 {
@@ -578,11 +495,7 @@ impl<'a> ElfObject<'a> {
         self.machine.ok_or_else(|| LoadError::UnsupportedMachine {
             object: self.name.clone(),
             machine: self.e_machine,
-            name: format!(
-                "{}, {}-bit",
-                machine_name(self.e_machine),
-                self.class_bits()
-            ),
+            name: format!("{}, {}-bit", machine_name(self.e_machine), self.class_bits()),
         })
     }
 }

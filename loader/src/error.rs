@@ -62,69 +62,32 @@ pub enum LoadError {
     #[error("{object}: not an ELF file (bad magic {magic:02x?})")]
     BadMagic { object: String, magic: Vec<u8> },
 
-    #[error(
-        "{object}: truncated: {what} needs bytes {start:#x}..{end:#x} but the file has {len:#x}"
-    )]
-    Truncated {
-        object: String,
-        what: String,
-        start: u64,
-        end: u64,
-        len: u64,
-    },
+    #[error("{object}: truncated: {what} needs bytes {start:#x}..{end:#x} but the file has {len:#x}")]
+    Truncated { object: String, what: String, start: u64, end: u64, len: u64 },
 
     #[error("{object}: malformed ELF: {reason}")]
     Malformed { object: String, reason: String },
 
     #[error("{object}: unsupported machine {machine} ({name}); supported: x86_64, aarch64, sparc (32-bit), alpha, s390x, riscv64")]
-    UnsupportedMachine {
-        object: String,
-        machine: u16,
-        name: String,
-    },
+    UnsupportedMachine { object: String, machine: u16, name: String },
 
     #[error("{object}: unsupported ELF type {e_type} (want ET_REL, ET_EXEC or ET_DYN)")]
     UnsupportedType { object: String, e_type: u16 },
 
-    #[error(
-        "{object}: {what}: section index {index} out of range (the object has {count} sections)"
-    )]
-    SectionIndex {
-        object: String,
-        what: String,
-        index: u64,
-        count: u64,
-    },
+    #[error("{object}: {what}: section index {index} out of range (the object has {count} sections)")]
+    SectionIndex { object: String, what: String, index: u64, count: u64 },
 
     #[error("{object}: {what}: symbol index {index} out of range (the symbol table has {count} entries)")]
-    SymbolIndex {
-        object: String,
-        what: String,
-        index: u64,
-        count: u64,
-    },
+    SymbolIndex { object: String, what: String, index: u64, count: u64 },
 
     #[error("{object}: relocation section {section} applies to section {target} which {reason}")]
-    BadRelocTarget {
-        object: String,
-        section: String,
-        target: u64,
-        reason: String,
-    },
+    BadRelocTarget { object: String, section: String, target: u64, reason: String },
 
     #[error("{object}: relocation section {section} uses REL entries (implicit addends); only RELA is supported for {machine}")]
-    RelNotSupported {
-        object: String,
-        section: String,
-        machine: String,
-    },
+    RelNotSupported { object: String, section: String, machine: String },
 
     #[error("{object}: {what}: size or address overflows ({detail})")]
-    SizeOverflow {
-        object: String,
-        what: String,
-        detail: String,
-    },
+    SizeOverflow { object: String, what: String, detail: String },
 
     #[error("{object}: symbol `{symbol}` is a common symbol (SHN_COMMON): please compile with -fno-common")]
     CommonSymbol { object: String, symbol: String },
@@ -132,9 +95,7 @@ pub enum LoadError {
     #[error("{object}: symbol `{symbol}` uses extended section index SHN_XINDEX, not supported")]
     ExtendedIndex { object: String, symbol: String },
 
-    #[error(
-        "{object}: Unknown symbol {symbol} (not in the kernel image or the runtime symbol table)"
-    )]
+    #[error("{object}: Unknown symbol {symbol} (not in the kernel image or the runtime symbol table)")]
     UnknownSymbol { object: String, symbol: String },
 
     #[error("{object}: Could not allocate {size} bytes percpu data (alignment {align}): {source}")]
@@ -155,12 +116,7 @@ pub enum LoadError {
     },
 
     #[error("{object}: {place}: unknown relocation {rtype} for {machine}")]
-    UnknownRelocation {
-        object: String,
-        machine: String,
-        rtype: RelocTypeName,
-        place: Place,
-    },
+    UnknownRelocation { object: String, machine: String, rtype: RelocTypeName, place: Place },
 
     #[error("{object}: {place}: relocation {rtype} against `{symbol}` is not supported by the {machine} module loader: {reason}")]
     UnsupportedRelocation {
@@ -172,14 +128,10 @@ pub enum LoadError {
         reason: String,
     },
 
-    #[error("{object}: {place}: relocation {rtype} at offset {offset:#x} runs past the end of the section (size {size:#x})")]
-    RelocOutOfSection {
-        object: String,
-        rtype: RelocTypeName,
-        place: Place,
-        offset: u64,
-        size: u64,
-    },
+    #[error(
+        "{object}: {place}: relocation {rtype} at offset {offset:#x} runs past the end of the section (size {size:#x})"
+    )]
+    RelocOutOfSection { object: String, rtype: RelocTypeName, place: Place, offset: u64, size: u64 },
 
     #[error("{object}: {place}: overflow in relocation {rtype} against `{symbol}`: value {value} does not fit {reach}{}", rule.as_ref().map(|r| format!("; {r}")).unwrap_or_default())]
     Overflow {
@@ -196,25 +148,13 @@ pub enum LoadError {
     },
 
     #[error("{object}: {place}: relocation {rtype} against `{symbol}`: {reason}")]
-    BadRelocation {
-        object: String,
-        place: Place,
-        rtype: RelocTypeName,
-        symbol: String,
-        reason: String,
-    },
+    BadRelocation { object: String, place: Place, rtype: RelocTypeName, symbol: String, reason: String },
 
     #[error("{object}: .percpu_bed.abi: {reason}")]
     BadAbiNote { object: String, reason: String },
 
     #[error("{object}: .percpu_bed.tests: test {index}{}: field `{field}`: {reason}", name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default())]
-    BadDescriptor {
-        object: String,
-        index: usize,
-        name: Option<String>,
-        field: &'static str,
-        reason: String,
-    },
+    BadDescriptor { object: String, index: usize, name: Option<String>, field: &'static str, reason: String },
 
     #[error("{object}: .percpu_bed.tests: {reason}")]
     BadTestsSection { object: String, reason: String },
@@ -222,9 +162,6 @@ pub enum LoadError {
 
 impl LoadError {
     pub(crate) fn malformed(object: &str, reason: impl Into<String>) -> Self {
-        LoadError::Malformed {
-            object: object.to_string(),
-            reason: reason.into(),
-        }
+        LoadError::Malformed { object: object.to_string(), reason: reason.into() }
     }
 }

@@ -15,23 +15,12 @@ struct Any;
 impl SymbolResolver for Any {
     fn resolve(&self, name: &str) -> Option<ResolvedSymbol> {
         // Deterministic, sometimes percpu, sometimes odd (misaligned) values.
-        let h = name
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        let h = name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
         match h % 4 {
             0 => None,
-            1 => Some(ResolvedSymbol {
-                value: 0x40 + (h & 0xff),
-                percpu: true,
-            }),
-            2 => Some(ResolvedSymbol {
-                value: 0xffff_ffff_8100_0000 + (h & 0xffff),
-                percpu: false,
-            }),
-            _ => Some(ResolvedSymbol {
-                value: h,
-                percpu: false,
-            }),
+            1 => Some(ResolvedSymbol { value: 0x40 + (h & 0xff), percpu: true }),
+            2 => Some(ResolvedSymbol { value: 0xffff_ffff_8100_0000 + (h & 0xffff), percpu: false }),
+            _ => Some(ResolvedSymbol { value: h, percpu: false }),
         }
     }
 }
@@ -41,16 +30,12 @@ impl SymbolResolver for Any {
 /// loader bug: every input must give `Ok` or a typed error.
 pub fn load_and_relocate(data: &[u8]) {
     let _ = inspect("fuzz", data);
-    for (base, policy) in [
-        (0xffff_ffff_c000_0000u64, OverflowPolicy::Kernel),
-        (0x0000_7f00_0000_0000, OverflowPolicy::Strict),
-    ] {
+    for (base, policy) in
+        [(0xffff_ffff_c000_0000u64, OverflowPolicy::Kernel), (0x0000_7f00_0000_0000, OverflowPolicy::Strict)]
+    {
         let mut pcpu = InMemoryPercpu::new(2, 0x1000, 8 << 10, 0x1000_0000, 0);
         let mut lay = LinearLayout::at(base);
-        let opts = LoadOptions {
-            overflow: policy,
-            contract: true,
-        };
+        let opts = LoadOptions { overflow: policy, contract: true };
         if let Ok(obj) = load_object("fuzz", data, &opts, &mut pcpu, &mut lay, &[&Any]) {
             let out = write_relocated_elf(&obj);
             if let Err(e) = crate::elf::ElfObject::parse("fuzz-out", &out) {

@@ -22,12 +22,8 @@ use serde::Serialize;
 use crate::contract::{self, AbiNote, ABI_SECTION, TESTS_SECTION};
 use crate::elf::{self, ElfObject, Machine, SHF_EXECINSTR};
 use crate::error::LoadError;
-use crate::load::{
-    linked_static_area, module_percpu_section, role_of, static_percpu_sections, ObjectRole,
-};
-use crate::reloc::{
-    self, aarch64 as a64, alpha, riscv as rv, s390x as s390, sparc, x86_64 as x86, Reach,
-};
+use crate::load::{linked_static_area, module_percpu_section, role_of, static_percpu_sections, ObjectRole};
+use crate::reloc::{self, aarch64 as a64, alpha, riscv as rv, s390x as s390, sparc, x86_64 as x86, Reach};
 
 /// A percpu section of the object.
 #[derive(Clone, Debug, Serialize)]
@@ -147,10 +143,7 @@ impl InspectReport {
 pub fn inspect_path(path: impl AsRef<std::path::Path>) -> Result<InspectReport, LoadError> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
-        object: name.clone(),
-        reason: e.to_string(),
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| LoadError::Io { object: name.clone(), reason: e.to_string() })?;
     inspect(&name, &bytes)
 }
 
@@ -196,31 +189,17 @@ fn judge(m: Machine, t: u32, code: bool) -> (RefVerdict, &'static str) {
     use RefVerdict::*;
     match m {
         Machine::X86_64 => match (t, code) {
-            (x86::R_X86_64_32S, _) => (
-                Ok,
-                "%gs:sym: the percpu pointer must fit a sign-extended 32-bit value",
-            ),
-            (x86::R_X86_64_PC32 | x86::R_X86_64_PLT32, true) => (
-                Ok,
-                "%gs:sym(%rip): the module must be within ±2 GiB of the percpu pointer",
-            ),
-            (x86::R_X86_64_PC32, false) => {
-                (Ok, "place-relative 32-bit offset (e.g. __ksymtab): ±2 GiB")
+            (x86::R_X86_64_32S, _) => (Ok, "%gs:sym: the percpu pointer must fit a sign-extended 32-bit value"),
+            (x86::R_X86_64_PC32 | x86::R_X86_64_PLT32, true) => {
+                (Ok, "%gs:sym(%rip): the module must be within ±2 GiB of the percpu pointer")
             }
+            (x86::R_X86_64_PC32, false) => (Ok, "place-relative 32-bit offset (e.g. __ksymtab): ±2 GiB"),
             (x86::R_X86_64_64 | x86::R_X86_64_PC64, _) => (Ok, "full 64-bit"),
-            (x86::R_X86_64_32, _) => (
-                Ok,
-                "unsigned 32-bit: the percpu pointer must be below 4 GiB",
-            ),
-            _ => (
-                Violation,
-                "not a percpu access form of the x86_64 module ABI",
-            ),
+            (x86::R_X86_64_32, _) => (Ok, "unsigned 32-bit: the percpu pointer must be below 4 GiB"),
+            _ => (Violation, "not a percpu access form of the x86_64 module ABI"),
         },
         Machine::Aarch64 => match t {
-            a64::R_AARCH64_ADR_PREL_PG_HI21 | a64::R_AARCH64_ADR_PREL_PG_HI21_NC => {
-                (Ok, "adrp: ±4 GiB from the code")
-            }
+            a64::R_AARCH64_ADR_PREL_PG_HI21 | a64::R_AARCH64_ADR_PREL_PG_HI21_NC => (Ok, "adrp: ±4 GiB from the code"),
             a64::R_AARCH64_ADD_ABS_LO12_NC
             | a64::R_AARCH64_LDST8_ABS_LO12_NC
             | a64::R_AARCH64_LDST16_ABS_LO12_NC
@@ -230,15 +209,10 @@ fn judge(m: Machine, t: u32, code: bool) -> (RefVerdict, &'static str) {
             a64::R_AARCH64_MOVW_UABS_G0..=a64::R_AARCH64_MOVW_SABS_G2 => (Ok, "movz/movk absolute"),
             a64::R_AARCH64_ABS64 | a64::R_AARCH64_PREL64 => (Ok, "full 64-bit"),
             a64::R_AARCH64_PREL32 => (Ok, "place-relative 32-bit: ±2 GiB"),
-            _ => (
-                Violation,
-                "short reach: cannot be relied on to reach the reserved chunk",
-            ),
+            _ => (Violation, "short reach: cannot be relied on to reach the reserved chunk"),
         },
         Machine::Alpha => match (t, code) {
-            (alpha::R_ALPHA_LITERAL | alpha::R_ALPHA_LITUSE | alpha::R_ALPHA_HINT, _) => {
-                (Ok, "through the GOT")
-            }
+            (alpha::R_ALPHA_LITERAL | alpha::R_ALPHA_LITUSE | alpha::R_ALPHA_HINT, _) => (Ok, "through the GOT"),
             (alpha::R_ALPHA_REFQUAD, false) => (Ok, "full 64-bit pointer in data"),
             _ => (Violation, alpha::WEAK_RULE),
         },
@@ -271,17 +245,13 @@ fn judge(m: Machine, t: u32, code: bool) -> (RefVerdict, &'static str) {
         },
         Machine::Riscv64 => match t {
             rv::R_RISCV_PCREL_HI20 => (Ok, "auipc: ±2 GiB from the code"),
-            rv::R_RISCV_PCREL_LO12_I
-            | rv::R_RISCV_PCREL_LO12_S
-            | rv::R_RISCV_LO12_I
-            | rv::R_RISCV_LO12_S => (Ok, "low 12 bits of a pair"),
+            rv::R_RISCV_PCREL_LO12_I | rv::R_RISCV_PCREL_LO12_S | rv::R_RISCV_LO12_I | rv::R_RISCV_LO12_S => {
+                (Ok, "low 12 bits of a pair")
+            }
             rv::R_RISCV_GOT_HI20 => (Ok, "through the GOT"),
             rv::R_RISCV_HI20 => (Ok, "lui: the percpu pointer must be within ±2 GiB of 0"),
             rv::R_RISCV_64 | rv::R_RISCV_32_PCREL => (Ok, "data reference"),
-            _ => (
-                Violation,
-                "short reach: cannot be relied on to reach the percpu area",
-            ),
+            _ => (Violation, "short reach: cannot be relied on to reach the percpu area"),
         },
     }
 }
@@ -298,27 +268,16 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
     };
 
     // Percpu sections.
-    let module_pcpu = if role == ObjectRole::Module {
-        module_percpu_section(&obj)
-    } else {
-        None
-    };
+    let module_pcpu = if role == ObjectRole::Module { module_percpu_section(&obj) } else { None };
     let pcpu_indices: Vec<usize> = match role {
         ObjectRole::Module => module_pcpu.into_iter().collect(),
         ObjectRole::KernelImage => static_percpu_sections(&obj),
-        ObjectRole::LinkedImage => linked_static_area(&obj)
-            .and_then(|a| a.3)
-            .into_iter()
-            .collect(),
+        ObjectRole::LinkedImage => linked_static_area(&obj).and_then(|a| a.3).into_iter().collect(),
     };
     // Percpu-looking sections the module loader would not treat as percpu.
     let mut percpu_sections: Vec<PercpuSection> = Vec::new();
     let mut problems = Vec::new();
-    for s in obj
-        .sections
-        .iter()
-        .filter(|s| s.name.starts_with(".data..percpu") || s.name.starts_with(".data.percpu"))
-    {
+    for s in obj.sections.iter().filter(|s| s.name.starts_with(".data..percpu") || s.name.starts_with(".data.percpu")) {
         if s.name.starts_with(".rela") {
             continue;
         }
@@ -338,26 +297,17 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
     }
 
     // Percpu symbols and __pcpu_unique_ markers.
-    let markers: Vec<String> = obj
-        .symbols
-        .iter()
-        .filter_map(|s| s.name.strip_prefix("__pcpu_unique_").map(str::to_string))
-        .collect();
+    let markers: Vec<String> =
+        obj.symbols.iter().filter_map(|s| s.name.strip_prefix("__pcpu_unique_").map(str::to_string)).collect();
     let mut percpu_symbols = Vec::new();
     for s in &obj.symbols {
         let Some(sec) = s.section() else { continue };
-        if !pcpu_indices.contains(&sec)
-            || s.is_section()
-            || s.name.is_empty()
-            || s.name.starts_with('$')
-        {
+        if !pcpu_indices.contains(&sec) || s.is_section() || s.name.is_empty() || s.name.starts_with('$') {
             continue;
         }
         // A linked image's section symbols outside the section (`__per_cpu_load`) are not percpu.
         let ps = &obj.sections[sec];
-        if role == ObjectRole::LinkedImage
-            && (s.value < ps.addr || s.value > ps.addr.wrapping_add(ps.size))
-        {
+        if role == ObjectRole::LinkedImage && (s.value < ps.addr || s.value > ps.addr.wrapping_add(ps.size)) {
             continue;
         }
         percpu_symbols.push(PercpuSymbol {
@@ -387,19 +337,12 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
             relocation_count += 1;
             let Some(m) = machine else { continue };
             let arch = reloc::arch_for(m);
-            let r_type = if m == Machine::Sparc || m == Machine::Alpha {
-                r.r_type & 0xff
-            } else {
-                r.r_type
-            };
+            let r_type = if m == Machine::Sparc || m == Machine::Alpha { r.r_type & 0xff } else { r.r_type };
             if arch.reach(r_type).is_none() {
                 *unsupported.entry(r.r_type).or_default() += 1;
             }
             let sym = &obj.symbols[r.sym];
-            let refs_percpu = sym
-                .section()
-                .map(|s| pcpu_indices.contains(&s))
-                .unwrap_or(false);
+            let refs_percpu = sym.section().map(|s| pcpu_indices.contains(&s)).unwrap_or(false);
             if !refs_percpu {
                 continue;
             }
@@ -416,9 +359,7 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
                     from_code: code,
                     count: 0,
                     reach,
-                    reach_text: reach
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "unsupported by the loader".into()),
+                    reach_text: reach.map(|r| r.to_string()).unwrap_or_else(|| "unsupported by the loader".into()),
                     sections: BTreeMap::new(),
                     verdict,
                     note: note.to_string(),
@@ -434,10 +375,7 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
     let applies = role == ObjectRole::Module && module_pcpu.is_some() && machine.is_some();
     if applies {
         let m = machine.unwrap();
-        for g in percpu_relocations
-            .iter()
-            .filter(|g| g.verdict == RefVerdict::Violation)
-        {
+        for g in percpu_relocations.iter().filter(|g| g.verdict == RefVerdict::Violation) {
             problems.push(format!(
                 "{} {} from {} ({}): {}",
                 g.count,
@@ -448,23 +386,11 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
             ));
         }
         if matches!(m, Machine::Alpha | Machine::S390x) {
-            for s in percpu_symbols
-                .iter()
-                .filter(|s| !s.weak && s.kind == "object")
-            {
-                problems.push(format!(
-                    "percpu variable `{}` is not weak ({}): {}",
-                    s.name,
-                    s.bind,
-                    rule_of(m)
-                ));
+            for s in percpu_symbols.iter().filter(|s| !s.weak && s.kind == "object") {
+                problems.push(format!("percpu variable `{}` is not weak ({}): {}", s.name, s.bind, rule_of(m)));
             }
         }
-        if let Some(rs) = obj
-            .relocs
-            .iter()
-            .find(|rs| Some(rs.target) == module_pcpu && !rs.entries.is_empty())
-        {
+        if let Some(rs) = obj.relocs.iter().find(|rs| Some(rs.target) == module_pcpu && !rs.entries.is_empty()) {
             problems.push(format!(
                 "{} relocations in {} would not be applied: the module loader clears SHF_ALLOC on the percpu section",
                 rs.entries.len(),
@@ -485,16 +411,14 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
 
     // Static area.
     let static_area = match role {
-        ObjectRole::LinkedImage => {
-            linked_static_area(&obj).map(|(start, end, load, _)| StaticArea {
-                start,
-                end,
-                load,
-                size: end.saturating_sub(start),
-                from_symbols: obj.symbol_by_name("__per_cpu_start").is_some()
-                    && obj.symbol_by_name("__per_cpu_end").is_some(),
-            })
-        }
+        ObjectRole::LinkedImage => linked_static_area(&obj).map(|(start, end, load, _)| StaticArea {
+            start,
+            end,
+            load,
+            size: end.saturating_sub(start),
+            from_symbols: obj.symbol_by_name("__per_cpu_start").is_some()
+                && obj.symbol_by_name("__per_cpu_end").is_some(),
+        }),
         ObjectRole::KernelImage => {
             let secs = static_percpu_sections(&obj);
             let mut off = 0u64;
@@ -503,24 +427,14 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
                 off = off.saturating_add(s.align - 1) & !(s.align - 1);
                 off = off.saturating_add(s.size);
             }
-            (!secs.is_empty()).then_some(StaticArea {
-                start: 0,
-                end: off,
-                load: 0,
-                size: off,
-                from_symbols: false,
-            })
+            (!secs.is_empty()).then_some(StaticArea { start: 0, end: off, load: 0, size: off, from_symbols: false })
         }
         ObjectRole::Module => None,
     };
 
     // Contract sections (raw: descriptors need relocation to be read in full).
     let abi = match obj.sections.iter().find(|s| s.name == ABI_SECTION) {
-        Some(s) if !s.is_nobits() => Some(contract::parse_abi(
-            name,
-            obj.section_data(s.index),
-            obj.little_endian,
-        )?),
+        Some(s) if !s.is_nobits() => Some(contract::parse_abi(name, obj.section_data(s.index), obj.little_endian)?),
         _ => None,
     };
     let test_descriptors = obj
@@ -531,9 +445,7 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
 
     Ok(InspectReport {
         file: name.to_string(),
-        machine: machine
-            .map(|m| m.name().to_string())
-            .unwrap_or_else(|| elf::machine_name(obj.e_machine)),
+        machine: machine.map(|m| m.name().to_string()).unwrap_or_else(|| elf::machine_name(obj.e_machine)),
         e_machine: obj.e_machine,
         class: obj.class_bits(),
         endianness: if obj.little_endian { "little" } else { "big" },
@@ -547,11 +459,7 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
         relocation_count,
         unsupported_relocations: unsupported
             .into_iter()
-            .map(|(t, count)| UnsupportedReloc {
-                r_type: t,
-                name: machine.and_then(|m| reloc::type_name(m, t)),
-                count,
-            })
+            .map(|(t, count)| UnsupportedReloc { r_type: t, name: machine.and_then(|m| reloc::type_name(m, t)), count })
             .collect(),
         verdict,
         static_area,
@@ -594,11 +502,7 @@ impl fmt::Display for InspectReport {
             writeln!(f, "  no percpu section")?;
         } else {
             writeln!(f, "  percpu sections:")?;
-            writeln!(
-                f,
-                "    {:>4}  {:<32} {:>10} {:>6}  notes",
-                "idx", "name", "size", "align"
-            )?;
+            writeln!(f, "    {:>4}  {:<32} {:>10} {:>6}  notes", "idx", "name", "size", "align")?;
             for s in &self.percpu_sections {
                 let mut notes = Vec::new();
                 if s.module_percpu {
@@ -612,24 +516,12 @@ impl fmt::Display for InspectReport {
                 if s.nobits {
                     notes.push("NOBITS");
                 }
-                writeln!(
-                    f,
-                    "    {:>4}  {:<32} {:>10} {:>6}  {}",
-                    s.index,
-                    s.name,
-                    s.size,
-                    s.align,
-                    notes.join(", ")
-                )?;
+                writeln!(f, "    {:>4}  {:<32} {:>10} {:>6}  {}", s.index, s.name, s.size, s.align, notes.join(", "))?;
             }
         }
         if !self.percpu_symbols.is_empty() {
             writeln!(f, "  percpu symbols:")?;
-            writeln!(
-                f,
-                "    {:<40} {:>10} {:>6}  {:<7} {:<7} markers",
-                "name", "offset", "size", "bind", "type"
-            )?;
+            writeln!(f, "    {:<40} {:>10} {:>6}  {:<7} {:<7} markers", "name", "offset", "size", "bind", "type")?;
             for s in &self.percpu_symbols {
                 let mut m = Vec::new();
                 if s.weak {
@@ -651,19 +543,11 @@ impl fmt::Display for InspectReport {
             }
         }
         if !self.pcpu_unique_markers.is_empty() {
-            writeln!(
-                f,
-                "  __pcpu_unique_ markers: {}",
-                self.pcpu_unique_markers.join(", ")
-            )?;
+            writeln!(f, "  __pcpu_unique_ markers: {}", self.pcpu_unique_markers.join(", "))?;
         }
         if !self.percpu_relocations.is_empty() {
             writeln!(f, "  relocations referencing percpu data:")?;
-            writeln!(
-                f,
-                "    {:<32} {:<5} {:>6}  {:<48} verdict",
-                "type", "from", "count", "reach"
-            )?;
+            writeln!(f, "    {:<32} {:<5} {:>6}  {:<48} verdict", "type", "from", "count", "reach")?;
             for g in &self.percpu_relocations {
                 let ty = match g.name {
                     Some(n) => n.to_string(),
@@ -680,27 +564,13 @@ impl fmt::Display for InspectReport {
                         RefVerdict::Ok => "ok",
                         RefVerdict::Violation => "VIOLATION",
                     },
-                    if g.note.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", g.note)
-                    }
+                    if g.note.is_empty() { String::new() } else { format!(" ({})", g.note) }
                 )?;
             }
         }
-        writeln!(
-            f,
-            "  relocations in loaded sections: {}",
-            self.relocation_count
-        )?;
+        writeln!(f, "  relocations in loaded sections: {}", self.relocation_count)?;
         for u in &self.unsupported_relocations {
-            writeln!(
-                f,
-                "  UNSUPPORTED relocation {} ({}): {} times",
-                u.name.unwrap_or("unknown"),
-                u.r_type,
-                u.count
-            )?;
+            writeln!(f, "  UNSUPPORTED relocation {} ({}): {} times", u.name.unwrap_or("unknown"), u.r_type, u.count)?;
         }
         if let Some(a) = &self.abi {
             writeln!(
@@ -723,21 +593,13 @@ impl fmt::Display for InspectReport {
             writeln!(
                 f,
                 "  verdict: {}",
-                if v.follows {
-                    "follows the module percpu rules"
-                } else {
-                    "BREAKS the module percpu rules"
-                }
+                if v.follows { "follows the module percpu rules" } else { "BREAKS the module percpu rules" }
             )?;
         } else {
             writeln!(
                 f,
                 "  verdict: n/a ({})",
-                if self.role == ObjectRole::Module {
-                    "no module percpu data"
-                } else {
-                    v.rule.as_str()
-                }
+                if self.role == ObjectRole::Module { "no module percpu data" } else { v.rule.as_str() }
             )?;
         }
         for p in &v.problems {

@@ -42,12 +42,10 @@ pub use elf::{ElfObject, Machine};
 pub use error::{LoadError, PlaceError, ReservedExhausted};
 pub use inspect::{inspect, inspect_path, InspectReport};
 pub use load::{
-    load_kernel_image, load_module, load_object, LoadOptions, LoadedObject, LoadedSection,
-    LoadedSymbol, ModulePercpu, ObjectRole, StaticPercpu,
+    load_kernel_image, load_module, load_object, LoadOptions, LoadedObject, LoadedSection, LoadedSymbol, ModulePercpu,
+    ObjectRole, StaticPercpu,
 };
-pub use placement::{
-    InMemoryPercpu, LinearLayout, PercpuPlacer, PlaceRequest, SectionKind, SectionPlacer,
-};
+pub use placement::{InMemoryPercpu, LinearLayout, PercpuPlacer, PlaceRequest, SectionKind, SectionPlacer};
 pub use reloc::{OverflowPolicy, Reach, ReachBase, Truncation};
 pub use symbols::{ResolvedSymbol, SymbolResolver, SymbolTable};
 pub use write::write_relocated_elf;

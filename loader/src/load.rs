@@ -12,9 +12,7 @@ use crate::contract::{self, AbiNote, TestDescriptor, ABI_SECTION, TESTS_SECTION}
 use crate::elf::{self, ElfObject, Machine, Section, Symbol, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE};
 use crate::error::{LoadError, Place, RelocTypeName};
 use crate::placement::{PercpuPlacer, PlaceRequest, SectionKind, SectionPlacer};
-use crate::reloc::{
-    self, arch_for, Anchor, Arch, Cx, Fault, Input, OverflowPolicy, TableUse, Truncation,
-};
+use crate::reloc::{self, arch_for, Anchor, Arch, Cx, Fault, Input, OverflowPolicy, TableUse, Truncation};
 use crate::symbols::{ResolvedSymbol, SymbolResolver, SymbolTable};
 
 /// The largest number of bytes one object may ask us to materialise
@@ -31,10 +29,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            overflow: OverflowPolicy::Kernel,
-            contract: true,
-        }
+        LoadOptions { overflow: OverflowPolicy::Kernel, contract: true }
     }
 }
 
@@ -178,11 +173,7 @@ impl LoadedObject {
         let b = self.read(addr, w)?;
         let mut v = 0u64;
         for i in 0..w {
-            let byte = if self.little_endian {
-                b[w - 1 - i]
-            } else {
-                b[i]
-            };
+            let byte = if self.little_endian { b[w - 1 - i] } else { b[i] };
             v = (v << 8) | byte as u64;
         }
         Some(v)
@@ -191,18 +182,8 @@ impl LoadedObject {
     /// next object's undefined symbols.
     pub fn exports(&self) -> SymbolTable {
         let mut t = SymbolTable::new();
-        for s in self
-            .symbols
-            .iter()
-            .filter(|s| s.defined && s.is_global() && !s.name.is_empty())
-        {
-            t.insert(
-                s.name.clone(),
-                ResolvedSymbol {
-                    value: s.value,
-                    percpu: s.percpu,
-                },
-            );
+        for s in self.symbols.iter().filter(|s| s.defined && s.is_global() && !s.name.is_empty()) {
+            t.insert(s.name.clone(), ResolvedSymbol { value: s.value, percpu: s.percpu });
         }
         t
     }
@@ -221,9 +202,7 @@ fn is_percpu_name(name: &str) -> bool {
 
 /// A kernel image's static percpu input sections, in the linker script's order.
 fn static_percpu_rank(name: &str) -> Option<u32> {
-    let rest = name
-        .strip_prefix(".data..percpu")
-        .or_else(|| name.strip_prefix(".data.percpu"))?;
+    let rest = name.strip_prefix(".data..percpu").or_else(|| name.strip_prefix(".data.percpu"))?;
     Some(match rest {
         "..first" | ".first" => 0,
         "..page_aligned" | ".page_aligned" => 1,
@@ -253,10 +232,7 @@ fn kind_of(s: &Section) -> SectionKind {
 }
 
 fn rtype(arch: &dyn Arch, r_type: u32) -> RelocTypeName {
-    RelocTypeName {
-        number: r_type,
-        name: arch.type_name(r_type),
-    }
+    RelocTypeName { number: r_type, name: arch.type_name(r_type) }
 }
 
 fn fmt_value(v: i128) -> String {
@@ -280,19 +256,9 @@ pub fn load_module(
 ) -> Result<LoadedObject, LoadError> {
     let obj = ElfObject::parse(name, bytes)?;
     if obj.e_type != elf::ET_REL {
-        return Err(LoadError::malformed(
-            name,
-            format!("a module must be ET_REL (e_type {})", obj.e_type),
-        ));
+        return Err(LoadError::malformed(name, format!("a module must be ET_REL (e_type {})", obj.e_type)));
     }
-    load_rel(
-        &obj,
-        ObjectRole::Module,
-        opts,
-        Some(percpu),
-        placer,
-        resolvers,
-    )
+    load_rel(&obj, ObjectRole::Module, opts, Some(percpu), placer, resolvers)
 }
 
 /// Load a kernel image object: an ET_REL image is laid out by `placer` (its
@@ -326,17 +292,8 @@ pub fn load_object(
     let obj = ElfObject::parse(name, bytes)?;
     match role_of(&obj) {
         ObjectRole::LinkedImage => load_linked(&obj, opts),
-        ObjectRole::KernelImage => {
-            load_rel(&obj, ObjectRole::KernelImage, opts, None, placer, resolvers)
-        }
-        ObjectRole::Module => load_rel(
-            &obj,
-            ObjectRole::Module,
-            opts,
-            Some(percpu),
-            placer,
-            resolvers,
-        ),
+        ObjectRole::KernelImage => load_rel(&obj, ObjectRole::KernelImage, opts, None, placer, resolvers),
+        ObjectRole::Module => load_rel(&obj, ObjectRole::Module, opts, Some(percpu), placer, resolvers),
     }
 }
 
@@ -354,11 +311,7 @@ pub fn role_of(obj: &ElfObject<'_>) -> ObjectRole {
 /// The module loader's percpu section (`find_pcpusec`): SHF_ALLOC and named
 /// `.data..percpu` (or the pre-2010 `.data.percpu`).
 pub fn module_percpu_section(obj: &ElfObject<'_>) -> Option<usize> {
-    let find = |n: &str| {
-        obj.sections
-            .iter()
-            .position(|s| s.is_alloc() && s.name == n)
-    };
+    let find = |n: &str| obj.sections.iter().position(|s| s.is_alloc() && s.name == n);
     find(".data..percpu").or_else(|| find(".data.percpu"))
 }
 
@@ -386,10 +339,7 @@ impl Budget<'_> {
             return Err(LoadError::SizeOverflow {
                 object: self.object.to_string(),
                 what: what.to_string(),
-                detail: format!(
-                    "the object needs more than {} MiB of memory",
-                    MAX_LOAD_BYTES >> 20
-                ),
+                detail: format!("the object needs more than {} MiB of memory", MAX_LOAD_BYTES >> 20),
             });
         }
         Ok(())
@@ -402,10 +352,7 @@ fn check_addr(obj: &ElfObject<'_>, what: &str, addr: u64, size: u64) -> Result<(
         return Err(LoadError::SizeOverflow {
             object: obj.name.clone(),
             what: what.to_string(),
-            detail: format!(
-                "{addr:#x} + {size:#x} leaves the {}-bit address space",
-                obj.class_bits()
-            ),
+            detail: format!("{addr:#x} + {size:#x} leaves the {}-bit address space", obj.class_bits()),
         });
     }
     Ok(())
@@ -434,24 +381,13 @@ fn load_rel(
     let name = obj.name.as_str();
     let machine = obj.require_machine()?;
     let arch = arch_for(machine);
-    let mut budget = Budget {
-        object: name,
-        used: 0,
-    };
+    let mut budget = Budget { object: name, used: 0 };
     let mut warnings = Vec::new();
     let mut homes = vec![Home::NotLoaded; obj.sections.len()];
 
     // Percpu sections.
-    let pcpu_index = if role == ObjectRole::Module {
-        module_percpu_section(obj)
-    } else {
-        None
-    };
-    let static_secs = if role == ObjectRole::KernelImage {
-        static_percpu_sections(obj)
-    } else {
-        Vec::new()
-    };
+    let pcpu_index = if role == ObjectRole::Module { module_percpu_section(obj) } else { None };
+    let static_secs = if role == ObjectRole::KernelImage { static_percpu_sections(obj) } else { Vec::new() };
 
     // The GOT and PLT the arch needs, sized from every RELA section like
     // module_frob_arch_sections does.
@@ -505,29 +441,14 @@ fn load_rel(
     }
     order.sort();
     let mut sections: Vec<LoadedSection> = Vec::new();
-    let place =
-        |placer: &mut dyn SectionPlacer, sname: &str, kind: SectionKind, size: u64, align: u64| {
-            placer
-                .place(&PlaceRequest {
-                    object: name,
-                    section: sname,
-                    kind,
-                    size,
-                    align,
-                })
-                .map_err(|source| LoadError::Place {
-                    object: name.to_string(),
-                    section: sname.to_string(),
-                    source,
-                })
-        };
+    let place = |placer: &mut dyn SectionPlacer, sname: &str, kind: SectionKind, size: u64, align: u64| {
+        placer
+            .place(&PlaceRequest { object: name, section: sname, kind, size, align })
+            .map_err(|source| LoadError::Place { object: name.to_string(), section: sname.to_string(), source })
+    };
     let mut got_index = None;
     let mut plt_index = None;
-    let core: Vec<_> = order
-        .iter()
-        .filter(|(k, _)| !k.is_init())
-        .copied()
-        .collect();
+    let core: Vec<_> = order.iter().filter(|(k, _)| !k.is_init()).copied().collect();
     let init: Vec<_> = order.iter().filter(|(k, _)| k.is_init()).copied().collect();
     for (kind, i) in core {
         load_section(obj, i, kind, placer, &mut sections, &mut homes, &mut budget)?;
@@ -574,14 +495,9 @@ fn load_rel(
 
     // alpha: GP sits 0x8000 below the end of the core (the GOT is last).
     let gp = if arch.uses_gp() {
-        let end = got_index.map(|g| sections[g].end()).unwrap_or_else(|| {
-            sections
-                .iter()
-                .filter(|s| !s.kind.is_init())
-                .map(|s| s.end())
-                .max()
-                .unwrap_or(0)
-        });
+        let end = got_index
+            .map(|g| sections[g].end())
+            .unwrap_or_else(|| sections.iter().filter(|s| !s.kind.is_init()).map(|s| s.end()).max().unwrap_or(0));
         Some(end.wrapping_sub(0x8000))
     } else {
         None
@@ -597,20 +513,13 @@ fn load_rel(
             let mut align = s.align.max(1);
             if align > page {
                 tracing::warn!("{}: per-cpu alignment {} > {}", name, align, page);
-                warnings.push(format!(
-                    "per-cpu alignment {align} > {page}: clamped to {page}"
-                ));
+                warnings.push(format!("per-cpu alignment {align} > {page}: clamped to {page}"));
                 align = page;
             }
             budget.take("percpu section", s.size)?;
             let ptr = pl.alloc_reserved(s.size, align).map_err(|source| {
                 tracing::warn!("{}: Could not allocate {} bytes percpu data", name, s.size);
-                LoadError::PercpuAlloc {
-                    object: name.to_string(),
-                    size: s.size,
-                    align,
-                    source,
-                }
+                LoadError::PercpuAlloc { object: name.to_string(), size: s.size, align, source }
             })?;
             check_addr(obj, "percpu allocation", ptr, s.size)?;
             let mut data = vec![0u8; s.size as usize];
@@ -640,50 +549,30 @@ fn load_rel(
         for &i in &static_secs {
             let s = &obj.sections[i];
             max_align = max_align.max(s.align);
-            off = off
-                .checked_add(s.align - 1)
-                .map(|x| x & !(s.align - 1))
-                .ok_or_else(|| LoadError::SizeOverflow {
-                    object: name.to_string(),
-                    what: "static percpu area".into(),
-                    detail: "alignment".into(),
-                })?;
+            off = off.checked_add(s.align - 1).map(|x| x & !(s.align - 1)).ok_or_else(|| LoadError::SizeOverflow {
+                object: name.to_string(),
+                what: "static percpu area".into(),
+                detail: "alignment".into(),
+            })?;
             offsets.push(off);
-            off = off
-                .checked_add(s.size)
-                .ok_or_else(|| LoadError::SizeOverflow {
-                    object: name.to_string(),
-                    what: "static percpu area".into(),
-                    detail: format!("section {} size {:#x}", s.name, s.size),
-                })?;
+            off = off.checked_add(s.size).ok_or_else(|| LoadError::SizeOverflow {
+                object: name.to_string(),
+                what: "static percpu area".into(),
+                detail: format!("section {} size {:#x}", s.name, s.size),
+            })?;
         }
         budget.take("static percpu area", off)?;
-        let start = place(
-            placer,
-            ".data..percpu",
-            SectionKind::StaticPercpu,
-            off,
-            max_align,
-        )?;
+        let start = place(placer, ".data..percpu", SectionKind::StaticPercpu, off, max_align)?;
         check_addr(obj, "static percpu area", start, off)?;
         let mut data = vec![0u8; off as usize];
         for (&i, &o) in static_secs.iter().zip(&offsets) {
             let s = &obj.sections[i];
             if !s.is_nobits() {
-                fill(
-                    &mut data[o as usize..(o + s.size) as usize],
-                    obj.section_data(i),
-                );
+                fill(&mut data[o as usize..(o + s.size) as usize], obj.section_data(i));
             }
             homes[i] = Home::StaticPercpu(o);
         }
-        static_percpu = Some(StaticPercpu {
-            start,
-            end: start.wrapping_add(off),
-            load: start,
-            align: max_align,
-            data,
-        });
+        static_percpu = Some(StaticPercpu { start, end: start.wrapping_add(off), load: start, align: max_align, data });
     }
 
     // simplify_symbols.
@@ -721,11 +610,7 @@ fn load_rel(
             let at = sections[g].addr + n as u64 * esz;
             got_map.insert(*key, at);
             let v = values[key.0].wrapping_add(key.1 as u64);
-            let bytes = if obj.little_endian {
-                v.to_le_bytes()
-            } else {
-                v.to_be_bytes()
-            };
+            let bytes = if obj.little_endian { v.to_le_bytes() } else { v.to_be_bytes() };
             let o = (n as u64 * esz) as usize;
             sections[g].data[o..o + 8].copy_from_slice(&bytes);
         }
@@ -808,14 +693,10 @@ fn load_rel(
         };
         for r in &rs.entries {
             let sym = &obj.symbols[r.sym];
-            let place = || Place {
-                section: target.name.clone(),
-                offset: r.offset,
-            };
+            let place = || Place { section: target.name.clone(), offset: r.offset };
             let sec_len = cx.data.len() as u64;
             if r.offset >= sec_len
-                && !(sec_len == 0
-                    && arch.reach(r.r_type).map(|x| x.base) == Some(reloc::ReachBase::None))
+                && !(sec_len == 0 && arch.reach(r.r_type).map(|x| x.base) == Some(reloc::ReachBase::None))
             {
                 return Err(LoadError::RelocOutOfSection {
                     object: name.to_string(),
@@ -838,26 +719,10 @@ fn load_rel(
             let sym_percpu = symbols[r.sym].percpu;
             match arch.apply(&mut cx, &input) {
                 Ok(()) => {}
-                Err(f) => {
-                    return Err(fault_to_error(
-                        name,
-                        arch,
-                        r.r_type,
-                        place(),
-                        &sym.name,
-                        sym_percpu,
-                        f,
-                        sec_len,
-                    ))
-                }
+                Err(f) => return Err(fault_to_error(name, arch, r.r_type, place(), &sym.name, sym_percpu, f, sec_len)),
             }
             if let Some((value, reach)) = cx.truncated.take() {
-                tracing::debug!(
-                    "{name}: {}: {} against {} truncated",
-                    place(),
-                    rtype(arch, r.r_type),
-                    sym.name
-                );
+                tracing::debug!("{name}: {}: {} against {} truncated", place(), rtype(arch, r.r_type), sym.name);
                 truncations.push(Truncation {
                     section: target.name.clone(),
                     offset: r.offset,
@@ -922,18 +787,8 @@ fn load_section(
     let s = &obj.sections[i];
     budget.take(&format!("section {}", s.name), s.size)?;
     let addr = placer
-        .place(&PlaceRequest {
-            object: &obj.name,
-            section: &s.name,
-            kind,
-            size: s.size,
-            align: s.align,
-        })
-        .map_err(|source| LoadError::Place {
-            object: obj.name.clone(),
-            section: s.name.clone(),
-            source,
-        })?;
+        .place(&PlaceRequest { object: &obj.name, section: &s.name, kind, size: s.size, align: s.align })
+        .map_err(|source| LoadError::Place { object: obj.name.clone(), section: s.name.clone(), source })?;
     check_addr(obj, &format!("section {}", s.name), addr, s.size)?;
     let mut data = vec![0u8; s.size as usize];
     if !s.is_nobits() {
@@ -958,13 +813,11 @@ fn abi_sections(obj: &ElfObject<'_>, loaded: &LoadedObject) -> Vec<Vec<u8>> {
     obj.sections
         .iter()
         .filter(|s| s.name == ABI_SECTION)
-        .map(
-            |s| match loaded.sections.iter().find(|l| l.index == Some(s.index)) {
-                Some(l) => l.data.clone(),
-                None if s.is_nobits() => vec![0; (s.size as usize).min(4096)],
-                None => obj.section_data(s.index).to_vec(),
-            },
-        )
+        .map(|s| match loaded.sections.iter().find(|l| l.index == Some(s.index)) {
+            Some(l) => l.data.clone(),
+            None if s.is_nobits() => vec![0; (s.size as usize).min(4096)],
+            None => obj.section_data(s.index).to_vec(),
+        })
         .collect()
 }
 
@@ -983,18 +836,8 @@ fn resolve_symbol(
         return Ok((0, false, false, None));
     }
     match sym.shndx {
-        elf::SHN_COMMON => {
-            return Err(LoadError::CommonSymbol {
-                object: name.to_string(),
-                symbol: sym.name.clone(),
-            })
-        }
-        elf::SHN_XINDEX => {
-            return Err(LoadError::ExtendedIndex {
-                object: name.to_string(),
-                symbol: sym.name.clone(),
-            })
-        }
+        elf::SHN_COMMON => return Err(LoadError::CommonSymbol { object: name.to_string(), symbol: sym.name.clone() }),
+        elf::SHN_XINDEX => return Err(LoadError::ExtendedIndex { object: name.to_string(), symbol: sym.name.clone() }),
         elf::SHN_ABS => return Ok((sym.value, true, false, None)),
         elf::SHN_UNDEF => {
             if sym.name.is_empty() {
@@ -1013,10 +856,7 @@ fn resolve_symbol(
             if sym.is_weak() {
                 return Ok((0, false, false, None));
             }
-            return Err(LoadError::UnknownSymbol {
-                object: name.to_string(),
-                symbol: sym.name.clone(),
-            });
+            return Err(LoadError::UnknownSymbol { object: name.to_string(), symbol: sym.name.clone() });
         }
         _ => {}
     }
@@ -1026,23 +866,11 @@ fn resolve_symbol(
     };
     let sname = Some(obj.sections[sec].name.clone());
     Ok(match homes[sec] {
-        Home::Loaded(li) => (
-            sections[li].addr.wrapping_add(sym.value),
-            true,
-            false,
-            sname,
-        ),
+        Home::Loaded(li) => (sections[li].addr.wrapping_add(sym.value), true, false, sname),
         Home::ModulePercpu(ptr) => (ptr.wrapping_add(sym.value), true, true, sname),
-        Home::StaticPercpu(o) => (
-            static_percpu
-                .map(|s| s.start)
-                .unwrap_or(0)
-                .wrapping_add(o)
-                .wrapping_add(sym.value),
-            true,
-            true,
-            sname,
-        ),
+        Home::StaticPercpu(o) => {
+            (static_percpu.map(|s| s.start).unwrap_or(0).wrapping_add(o).wrapping_add(sym.value), true, true, sname)
+        }
         Home::NotLoaded => (sym.value, true, false, sname),
     })
 }
@@ -1061,12 +889,7 @@ fn fault_to_error(
     let machine = arch.machine().to_string();
     let rt = rtype(arch, r_type);
     match f {
-        Fault::Unknown => LoadError::UnknownRelocation {
-            object: object.to_string(),
-            machine,
-            rtype: rt,
-            place,
-        },
+        Fault::Unknown => LoadError::UnknownRelocation { object: object.to_string(), machine, rtype: rt, place },
         Fault::Unsupported(reason) => LoadError::UnsupportedRelocation {
             object: object.to_string(),
             machine,
@@ -1089,11 +912,7 @@ fn fault_to_error(
             symbol: symbol.to_string(),
             value: fmt_value(value),
             reach: reach.to_string(),
-            rule: if percpu {
-                arch.percpu_rule(r_type).map(str::to_string)
-            } else {
-                None
-            },
+            rule: if percpu { arch.percpu_rule(r_type).map(str::to_string) } else { None },
         },
         Fault::Bad(reason) => LoadError::BadRelocation {
             object: object.to_string(),
@@ -1109,27 +928,15 @@ fn fault_to_error(
 /// a fallback.
 pub(crate) fn linked_static_area(obj: &ElfObject<'_>) -> Option<(u64, u64, u64, Option<usize>)> {
     let sym = |n: &str| obj.symbol_by_name(n).map(|s| s.value);
-    let sec = obj
-        .sections
-        .iter()
-        .position(|s| s.is_alloc() && is_percpu_name(&s.name))
-        .or_else(|| {
-            sym("__per_cpu_start").and_then(|a| {
-                obj.sections
-                    .iter()
-                    .position(|s| s.is_alloc() && s.addr == a && s.size > 0)
-            })
-        });
+    let sec = obj.sections.iter().position(|s| s.is_alloc() && is_percpu_name(&s.name)).or_else(|| {
+        sym("__per_cpu_start").and_then(|a| obj.sections.iter().position(|s| s.is_alloc() && s.addr == a && s.size > 0))
+    });
     match (sym("__per_cpu_start"), sym("__per_cpu_end")) {
-        (Some(start), Some(end)) if end >= start => {
-            Some((start, end, sym("__per_cpu_load").unwrap_or(start), sec))
-        }
+        (Some(start), Some(end)) if end >= start => Some((start, end, sym("__per_cpu_load").unwrap_or(start), sec)),
         _ => sec.and_then(|i| {
             let s = &obj.sections[i];
             // A section running past the top of the address space has no bounds.
-            s.addr
-                .checked_add(s.size)
-                .map(|end| (s.addr, end, s.addr, Some(i)))
+            s.addr.checked_add(s.size).map(|end| (s.addr, end, s.addr, Some(i)))
         }),
     }
 }
@@ -1137,18 +944,11 @@ pub(crate) fn linked_static_area(obj: &ElfObject<'_>) -> Option<(u64, u64, u64, 
 fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, LoadError> {
     let name = obj.name.as_str();
     let machine = obj.require_machine()?;
-    let mut budget = Budget {
-        object: name,
-        used: 0,
-    };
+    let mut budget = Budget { object: name, used: 0 };
     let area = linked_static_area(obj);
     let pcpu_sec = area.and_then(|a| a.3);
     let mut sections = Vec::new();
-    for s in obj
-        .sections
-        .iter()
-        .filter(|s| s.is_alloc() || s.name == TESTS_SECTION)
-    {
+    for s in obj.sections.iter().filter(|s| s.is_alloc() || s.name == TESTS_SECTION) {
         if Some(s.index) == pcpu_sec || s.sh_type == goblin::elf::section_header::SHT_NULL {
             continue;
         }
@@ -1185,13 +985,7 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
                     data[..n].copy_from_slice(&src[skip.min(src.len())..skip.min(src.len()) + n]);
                 }
             }
-            Some(StaticPercpu {
-                start,
-                end,
-                load,
-                align: sec.map(|i| obj.sections[i].align).unwrap_or(1),
-                data,
-            })
+            Some(StaticPercpu { start, end, load, align: sec.map(|i| obj.sections[i].align).unwrap_or(1), data })
         }
         None => None,
     };
@@ -1200,11 +994,8 @@ fn load_linked(obj: &ElfObject<'_>, opts: &LoadOptions) -> Result<LoadedObject, 
         .iter()
         .map(|s| {
             let sec = s.section();
-            let percpu = sec.is_some()
-                && sec == pcpu_sec
-                && area
-                    .map(|a| s.value >= a.0 && s.value <= a.1)
-                    .unwrap_or(false);
+            let percpu =
+                sec.is_some() && sec == pcpu_sec && area.map(|a| s.value >= a.0 && s.value <= a.1).unwrap_or(false);
             LoadedSymbol {
                 name: s.name.clone(),
                 value: s.value,

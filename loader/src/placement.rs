@@ -47,16 +47,10 @@ pub enum SectionKind {
 
 impl SectionKind {
     pub fn is_init(self) -> bool {
-        matches!(
-            self,
-            SectionKind::InitText | SectionKind::InitReadOnly | SectionKind::InitData
-        )
+        matches!(self, SectionKind::InitText | SectionKind::InitReadOnly | SectionKind::InitData)
     }
     pub fn is_exec(self) -> bool {
-        matches!(
-            self,
-            SectionKind::Text | SectionKind::InitText | SectionKind::Plt
-        )
+        matches!(self, SectionKind::Text | SectionKind::InitText | SectionKind::Plt)
     }
 }
 
@@ -147,9 +141,7 @@ impl LinearLayout {
         self.next
     }
     pub fn find(&self, object: &str, section: &str) -> Option<&Placement> {
-        self.placements
-            .iter()
-            .find(|p| p.object == object && p.section == section)
+        self.placements.iter().find(|p| p.object == object && p.section == section)
     }
 }
 
@@ -160,11 +152,7 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
 
 impl SectionPlacer for LinearLayout {
     fn place(&mut self, req: &PlaceRequest<'_>) -> Result<u64, PlaceError> {
-        let err = |reason: String| PlaceError {
-            size: req.size,
-            align: req.align,
-            reason,
-        };
+        let err = |reason: String| PlaceError { size: req.size, align: req.align, reason };
         if !req.align.max(1).is_power_of_two() {
             return Err(err("alignment is not a power of two".into()));
         }
@@ -182,19 +170,12 @@ impl SectionPlacer for LinearLayout {
         }
         let mut start = self.next;
         if self.last_kind.is_some() && self.last_kind != Some(req.kind) {
-            start =
-                align_up(start, self.page).ok_or_else(|| err("address space exhausted".into()))?;
+            start = align_up(start, self.page).ok_or_else(|| err("address space exhausted".into()))?;
         }
-        let start =
-            align_up(start, req.align).ok_or_else(|| err("address space exhausted".into()))?;
-        let end = start
-            .checked_add(req.size)
-            .ok_or_else(|| err("address space exhausted".into()))?;
+        let start = align_up(start, req.align).ok_or_else(|| err("address space exhausted".into()))?;
+        let end = start.checked_add(req.size).ok_or_else(|| err("address space exhausted".into()))?;
         if end > self.end {
-            return Err(err(format!(
-                "window {:#x}..{:#x} is full",
-                self.base, self.end
-            )));
+            return Err(err(format!("window {:#x}..{:#x} is full", self.base, self.end)));
         }
         self.next = end;
         self.last_kind = Some(req.kind);
@@ -228,13 +209,7 @@ pub struct InMemoryPercpu {
 }
 
 impl InMemoryPercpu {
-    pub fn new(
-        nr_units: usize,
-        static_size: u64,
-        reserved_size: u64,
-        base_addr: u64,
-        per_cpu_start: u64,
-    ) -> Self {
+    pub fn new(nr_units: usize, static_size: u64, reserved_size: u64, base_addr: u64, per_cpu_start: u64) -> Self {
         let unit_size = (static_size + reserved_size + 4095) & !4095;
         InMemoryPercpu {
             page_size: 4096,
@@ -278,11 +253,7 @@ impl PercpuPlacer for InMemoryPercpu {
         self.page_size
     }
     fn alloc_reserved(&mut self, size: u64, align: u64) -> Result<u64, ReservedExhausted> {
-        let fail = || ReservedExhausted {
-            size,
-            align,
-            free: self.reserved_free(),
-        };
+        let fail = || ReservedExhausted { size, align, free: self.reserved_free() };
         let align = align.max(4);
         let size4 = size.checked_add(3).ok_or_else(fail)? & !3;
         let start = align_up(self.next, align).ok_or_else(fail)?;
@@ -298,10 +269,7 @@ impl PercpuPlacer for InMemoryPercpu {
     fn copy_to_all_units(&mut self, ptr: u64, data: &[u8]) {
         let off = self.offset_of_ptr(ptr) as usize;
         for u in &mut self.units {
-            if let Some(dst) = off
-                .checked_add(data.len())
-                .and_then(|end| u.get_mut(off..end))
-            {
+            if let Some(dst) = off.checked_add(data.len()).and_then(|end| u.get_mut(off..end)) {
                 dst.copy_from_slice(data);
             }
         }

@@ -31,24 +31,12 @@ impl SymbolTable {
     }
     /// Define an ordinary symbol.
     pub fn define(&mut self, name: impl Into<String>, value: u64) -> &mut Self {
-        self.map.insert(
-            name.into(),
-            ResolvedSymbol {
-                value,
-                percpu: false,
-            },
-        );
+        self.map.insert(name.into(), ResolvedSymbol { value, percpu: false });
         self
     }
     /// Define a percpu symbol (its value is a percpu pointer).
     pub fn define_percpu(&mut self, name: impl Into<String>, value: u64) -> &mut Self {
-        self.map.insert(
-            name.into(),
-            ResolvedSymbol {
-                value,
-                percpu: true,
-            },
-        );
+        self.map.insert(name.into(), ResolvedSymbol { value, percpu: true });
         self
     }
     pub fn insert(&mut self, name: impl Into<String>, sym: ResolvedSymbol) {

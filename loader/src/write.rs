@@ -34,27 +34,15 @@ struct OutSection<'a> {
 /// already validated by the loader.
 pub fn write_relocated_elf(obj: &LoadedObject) -> Vec<u8> {
     let mut buf = Vec::new();
-    let endian = if obj.little_endian {
-        Endianness::Little
-    } else {
-        Endianness::Big
-    };
+    let endian = if obj.little_endian { Endianness::Little } else { Endianness::Big };
     let mut w = Writer::new(endian, obj.is_64, &mut buf);
 
     // Sections: the loaded ones, then the percpu data.
     let percpu_name: &[u8] = b".data..percpu";
     let mut outs: Vec<OutSection<'_>> = Vec::new();
     w.reserve_file_header();
-    let nload = obj
-        .sections
-        .iter()
-        .filter(|s| s.size > 0 && !s.nobits)
-        .count()
-        + obj
-            .sections
-            .iter()
-            .filter(|s| s.size > 0 && s.nobits)
-            .count();
+    let nload = obj.sections.iter().filter(|s| s.size > 0 && !s.nobits).count()
+        + obj.sections.iter().filter(|s| s.size > 0 && s.nobits).count();
     w.reserve_program_headers(nload as u32);
     w.reserve_null_section_index();
     for s in &obj.sections {
@@ -63,11 +51,7 @@ pub fn write_relocated_elf(obj: &LoadedObject) -> Vec<u8> {
         outs.push(OutSection {
             name,
             index,
-            sh_type: if s.nobits {
-                e::SHT_NOBITS
-            } else {
-                e::SHT_PROGBITS
-            },
+            sh_type: if s.nobits { e::SHT_NOBITS } else { e::SHT_PROGBITS },
             flags: s.flags | SHF_ALLOC,
             addr: s.addr,
             align: s.align.max(1),
@@ -109,28 +93,17 @@ pub fn write_relocated_elf(obj: &LoadedObject) -> Vec<u8> {
             return percpu_index;
         }
         let n = name.as_ref()?;
-        obj.sections
-            .iter()
-            .position(|s| &s.name == n)
-            .map(|i| outs[i].index)
+        obj.sections.iter().position(|s| &s.name == n).map(|i| outs[i].index)
     };
     let mut syms: Vec<(StringId, Option<SectionIndex>, u8, u64, u64)> = Vec::new();
     let mut num_local = 1u32;
     for pass in [true, false] {
-        for s in obj
-            .symbols
-            .iter()
-            .filter(|s| !s.name.is_empty() && s.kind != 3 && s.kind != 4)
-        {
+        for s in obj.symbols.iter().filter(|s| !s.name.is_empty() && s.kind != 3 && s.kind != 4) {
             let local = s.bind == crate::elf::STB_LOCAL;
             if local != pass {
                 continue;
             }
-            let sec = if s.defined {
-                section_of(&s.section, s.percpu)
-            } else {
-                None
-            };
+            let sec = if s.defined { section_of(&s.section, s.percpu) } else { None };
             let info = (s.bind << 4) | (s.kind & 0xf);
             let name = w.add_string(s.name.as_bytes());
             syms.push((name, sec, info, s.value, s.size));
@@ -155,12 +128,7 @@ pub fn write_relocated_elf(obj: &LoadedObject) -> Vec<u8> {
     w.reserve_section_headers();
 
     // Write.
-    let entry = obj
-        .sections
-        .iter()
-        .find(|s| s.flags & SHF_EXECINSTR != 0)
-        .map(|s| s.addr)
-        .unwrap_or(0);
+    let entry = obj.sections.iter().find(|s| s.flags & SHF_EXECINSTR != 0).map(|s| s.addr).unwrap_or(0);
     w.write_file_header(&FileHeader {
         os_abi: e::ELFOSABI_NONE,
         abi_version: 0,

@@ -13,11 +13,7 @@ fn corpus() -> Vec<Vec<u8>> {
         let Ok(rd) = std::fs::read_dir(format!("{dir}/{sub}")) else {
             continue;
         };
-        let mut paths: Vec<_> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
+        let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
         paths.sort();
         for p in paths {
             let n = p.file_name().unwrap().to_string_lossy().to_string();

@@ -8,9 +8,8 @@ mod common;
 
 use common::*;
 use percpu_loader::{
-    load_kernel_image, load_module, write_relocated_elf, InMemoryPercpu, LinearLayout, LoadError,
-    LoadOptions, Machine, ObjectRole, Op, OverflowPolicy, PercpuModel, RetKind, SymbolResolver,
-    SymbolTable,
+    load_kernel_image, load_module, write_relocated_elf, InMemoryPercpu, LinearLayout, LoadError, LoadOptions, Machine,
+    ObjectRole, Op, OverflowPolicy, PercpuModel, RetKind, SymbolResolver, SymbolTable,
 };
 
 fn module_of(p: &Plan) -> String {
@@ -21,48 +20,24 @@ fn module_of(p: &Plan) -> String {
 fn every_arch_loads_near_and_relocates_correctly() {
     for p in PLANS {
         let file = module_of(&p);
-        let l = load_pair(&p, &file, p.near, OverflowPolicy::Strict)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.prefix));
+        let l = load_pair(&p, &file, p.near, OverflowPolicy::Strict).unwrap_or_else(|e| panic!("{}: {e}", p.prefix));
         let m = &l.module;
         assert_eq!(m.machine, p.machine);
         assert_eq!(m.role, ObjectRole::Module);
-        assert!(
-            m.truncations.is_empty(),
-            "{}: {:?}",
-            p.prefix,
-            m.truncations
-        );
+        assert!(m.truncations.is_empty(), "{}: {:?}", p.prefix, m.truncations);
         // The percpu section went to the reserved chunk, right after the static area.
         let pc = m.percpu.as_ref().expect("module percpu");
-        assert_eq!(
-            pc.ptr, l.percpu.allocations[0].0,
-            "{}: {:?}",
-            p.prefix, l.percpu.allocations
-        );
-        assert!(
-            pc.ptr >= p.pstart && pc.ptr < p.pstart + 0x1_0000,
-            "{}: {:#x}",
-            p.prefix,
-            pc.ptr
-        );
+        assert_eq!(pc.ptr, l.percpu.allocations[0].0, "{}: {:?}", p.prefix, l.percpu.allocations);
+        assert!(pc.ptr >= p.pstart && pc.ptr < p.pstart + 0x1_0000, "{}: {:#x}", p.prefix, pc.ptr);
         // Symbols in it were rebased onto the allocation.
         let counter = m.symbol("pcpu_counter").unwrap();
         assert!(counter.percpu);
-        assert!(
-            counter.value >= pc.ptr && counter.value + 4 <= pc.ptr + pc.size,
-            "{}",
-            p.prefix
-        );
+        assert!(counter.value >= pc.ptr && counter.value + 4 <= pc.ptr + pc.size, "{}", p.prefix);
         // Every possible CPU got the initial value 5.
         let width = if m.is_64 { 8 } else { 4 };
         for cpu in 0..l.percpu.nr_units() {
             let b = l.percpu.read(cpu, counter.value, width).unwrap();
-            assert_eq!(
-                get(b, 0, width, m.little_endian),
-                5,
-                "{} cpu {cpu}",
-                p.prefix
-            );
+            assert_eq!(get(b, 0, width, m.little_endian), 5, "{} cpu {cpu}", p.prefix);
         }
         // The kernel's exported percpu variable resolved as percpu.
         assert!(l.kernel.symbol("kernel_pcpu_var").unwrap().percpu);
@@ -78,27 +53,13 @@ fn every_arch_loads_near_and_relocates_correctly() {
             _ => PercpuModel::ThreadInfo,
         };
         assert_eq!(abi.model, model, "{}", p.prefix);
-        assert_eq!(
-            abi.weak_percpu(),
-            matches!(p.machine, Machine::Alpha | Machine::S390x),
-            "{}",
-            p.prefix
-        );
+        assert_eq!(abi.weak_percpu(), matches!(p.machine, Machine::Alpha | Machine::S390x), "{}", p.prefix);
         let t = &m.tests;
-        assert_eq!(
-            t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-            ["read", "add", "small", "dynamic"]
-        );
+        assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["read", "add", "small", "dynamic"]);
         assert_eq!(t[0].target, counter.value);
         assert_eq!(t[0].fn_addr, m.symbol("test_read").unwrap().value);
-        assert_eq!(
-            (t[0].op, t[0].ret, t[0].init, t[0].expect_ret, t[0].width),
-            (Op::Read, RetKind::Old, 5, 5, 8)
-        );
-        assert_eq!(
-            (t[1].op, t[1].ret, t[1].operand),
-            (Op::Add, RetKind::New, 3)
-        );
+        assert_eq!((t[0].op, t[0].ret, t[0].init, t[0].expect_ret, t[0].width), (Op::Read, RetKind::Old, 5, 5, 8));
+        assert_eq!((t[1].op, t[1].ret, t[1].operand), (Op::Add, RetKind::New, 3));
         assert_eq!(t[2].target, m.symbol("pcpu_small").unwrap().value);
         assert!(t[3].flags.dynamic() && t[3].flags.expect_caught() && !t[3].flags.once());
         assert_eq!(t[3].target, m.symbol("percpu_slot").unwrap().value);
@@ -111,53 +72,29 @@ fn every_arch_loads_near_and_relocates_correctly() {
 fn x86_64_far_module_truncates_pc32_like_the_kernel_and_strict_refuses() {
     let p = plan(Machine::X86_64);
     let l = load_pair(&p, "x86_64-module.o", p.far, OverflowPolicy::Kernel).unwrap();
-    let t = l
-        .module
-        .truncations
-        .iter()
-        .find(|t| t.percpu)
-        .expect("a truncated percpu reference");
+    let t = l.module.truncations.iter().find(|t| t.percpu).expect("a truncated percpu reference");
     assert_eq!(t.type_name, Some("R_X86_64_PC32"));
-    let e = load_pair(&p, "x86_64-module.o", p.far, OverflowPolicy::Strict)
-        .err()
-        .unwrap();
+    let e = load_pair(&p, "x86_64-module.o", p.far, OverflowPolicy::Strict).err().unwrap();
     let s = e.to_string();
     assert!(matches!(e, LoadError::Overflow { .. }), "{s}");
-    assert!(
-        s.contains("R_X86_64_PC32 (2)")
-            && s.contains("x86_64 relative percpu")
-            && s.contains("±2 GiB"),
-        "{s}"
-    );
+    assert!(s.contains("R_X86_64_PC32 (2)") && s.contains("x86_64 relative percpu") && s.contains("±2 GiB"), "{s}");
 }
 
 #[test]
 fn x86_64_zero_based_percpu_above_2g_overflows_32s() {
     let mut p = plan(Machine::X86_64);
     p.pstart = 0x1_0000_0000;
-    let e = load_pair(&p, "x86_64-module.o", p.near, OverflowPolicy::Kernel)
-        .err()
-        .unwrap();
+    let e = load_pair(&p, "x86_64-module.o", p.near, OverflowPolicy::Kernel).err().unwrap();
     let s = e.to_string();
-    assert!(
-        s.contains("R_X86_64_32S (11)")
-            && s.contains("zero-based")
-            && s.contains("sign-extended 32-bit"),
-        "{s}"
-    );
+    assert!(s.contains("R_X86_64_32S (11)") && s.contains("zero-based") && s.contains("sign-extended 32-bit"), "{s}");
 }
 
 #[test]
 fn aarch64_far_module_overflows_adrp_with_the_arm64_rule() {
     let p = plan(Machine::Aarch64);
-    let e = load_pair(&p, "aarch64-module.o", p.far, OverflowPolicy::Kernel)
-        .err()
-        .unwrap();
+    let e = load_pair(&p, "aarch64-module.o", p.far, OverflowPolicy::Kernel).err().unwrap();
     let s = e.to_string();
-    assert!(
-        s.contains("R_AARCH64_ADR_PREL_PG_HI21 (275)") && s.contains("adrp reach is ±4 GiB"),
-        "{s}"
-    );
+    assert!(s.contains("R_AARCH64_ADR_PREL_PG_HI21 (275)") && s.contains("adrp reach is ±4 GiB"), "{s}");
     assert!(s.contains(".text.test_read+0x"), "{s}");
 }
 
@@ -190,15 +127,10 @@ fn alpha_weak_percpu_goes_through_the_got_and_survives_far() {
 fn alpha_strong_percpu_far_breaks_the_weak_rule() {
     let p = plan(Machine::Alpha);
     load_pair(&p, "alpha-module-strong.o", p.near, OverflowPolicy::Strict).unwrap();
-    let e = load_pair(&p, "alpha-module-strong.o", p.far, OverflowPolicy::Kernel)
-        .err()
-        .unwrap();
+    let e = load_pair(&p, "alpha-module-strong.o", p.far, OverflowPolicy::Kernel).err().unwrap();
     let s = e.to_string();
     assert!(s.contains("R_ALPHA_GPRELHIGH (17)"), "{s}");
-    assert!(
-        s.contains("alpha modules must define percpu variables weak: GP-relative reach is +-2 GiB"),
-        "{s}"
-    );
+    assert!(s.contains("alpha modules must define percpu variables weak: GP-relative reach is +-2 GiB"), "{s}");
 }
 
 #[test]
@@ -218,28 +150,18 @@ fn s390x_weak_percpu_gotent_survives_far_and_uses_the_plt() {
 fn s390x_strong_percpu_far_breaks_the_larl_rule() {
     let p = plan(Machine::S390x);
     load_pair(&p, "s390x-module-strong.o", p.near, OverflowPolicy::Strict).unwrap();
-    let e = load_pair(&p, "s390x-module-strong.o", p.far, OverflowPolicy::Kernel)
-        .err()
-        .unwrap();
+    let e = load_pair(&p, "s390x-module-strong.o", p.far, OverflowPolicy::Kernel).err().unwrap();
     let s = e.to_string();
     assert!(s.contains("R_390_PC32DBL (19)"), "{s}");
-    assert!(
-        s.contains("s390x modules must define percpu variables weak: larl reach is +-4 GiB"),
-        "{s}"
-    );
+    assert!(s.contains("s390x modules must define percpu variables weak: larl reach is +-4 GiB"), "{s}");
 }
 
 #[test]
 fn riscv_far_module_overflows_auipc() {
     let p = plan(Machine::Riscv64);
-    let e = load_pair(&p, "riscv64-module.o", p.far, OverflowPolicy::Kernel)
-        .err()
-        .unwrap();
+    let e = load_pair(&p, "riscv64-module.o", p.far, OverflowPolicy::Kernel).err().unwrap();
     let s = e.to_string();
-    assert!(
-        s.contains("R_RISCV_PCREL_HI20 (23)") && s.contains("auipc"),
-        "{s}"
-    );
+    assert!(s.contains("R_RISCV_PCREL_HI20 (23)") && s.contains("auipc"), "{s}");
 }
 
 #[test]
@@ -272,11 +194,7 @@ fn percpu_larger_than_the_reserved_chunk_is_the_kernels_error() {
     .err()
     .unwrap();
     assert!(matches!(e, LoadError::PercpuAlloc { .. }));
-    assert!(
-        e.to_string()
-            .contains("Could not allocate 16 bytes percpu data"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("Could not allocate 16 bytes percpu data"), "{e}");
 }
 
 #[test]
@@ -289,33 +207,15 @@ fn percpu_alignment_above_page_size_is_clamped_with_a_warning() {
     let mut lay = LinearLayout::at(0xffff_ffff_c000_0000);
     let any = |n: &str| {
         Some(percpu_loader::ResolvedSymbol {
-            value: if n == "kernel_pcpu_var" {
-                0x40
-            } else {
-                0xffff_ffff_8100_0000
-            },
+            value: if n == "kernel_pcpu_var" { 0x40 } else { 0xffff_ffff_8100_0000 },
             percpu: false,
         })
     };
-    let m = load_module(
-        "x",
-        &bytes,
-        &LoadOptions::default(),
-        &mut pcpu,
-        &mut lay,
-        &[&any],
-    )
-    .unwrap();
+    let m = load_module("x", &bytes, &LoadOptions::default(), &mut pcpu, &mut lay, &[&any]).unwrap();
     assert_eq!(m.percpu.as_ref().unwrap().align, 4096);
     assert_eq!(m.percpu.as_ref().unwrap().requested_align, 0x10000);
     assert_eq!(m.percpu.as_ref().unwrap().ptr % 4096, 0);
-    assert!(
-        m.warnings
-            .iter()
-            .any(|w| w.contains("per-cpu alignment 65536 > 4096")),
-        "{:?}",
-        m.warnings
-    );
+    assert!(m.warnings.iter().any(|w| w.contains("per-cpu alignment 65536 > 4096")), "{:?}", m.warnings);
 }
 
 #[test]
@@ -323,16 +223,7 @@ fn unknown_symbols_are_refused_and_weak_ones_resolve_to_zero() {
     let bytes = data("x86_64-module.o");
     let mut pcpu = InMemoryPercpu::new(2, 0x1000, 8192, 0x1000_0000, 0);
     let mut lay = LinearLayout::at(0xffff_ffff_c000_0000);
-    let e = load_module(
-        "m.o",
-        &bytes,
-        &LoadOptions::default(),
-        &mut pcpu,
-        &mut lay,
-        &[],
-    )
-    .err()
-    .unwrap();
+    let e = load_module("m.o", &bytes, &LoadOptions::default(), &mut pcpu, &mut lay, &[]).err().unwrap();
     assert!(matches!(e, LoadError::UnknownSymbol { .. }), "{e}");
     assert!(e.to_string().starts_with("m.o: Unknown symbol "), "{e}");
 }
@@ -341,14 +232,7 @@ fn unknown_symbols_are_refused_and_weak_ones_resolve_to_zero() {
 fn linked_image_reports_the_static_area_and_serves_a_module() {
     let bytes = data("x86_64-vmlinux");
     let mut lay = LinearLayout::at(0);
-    let k = load_kernel_image(
-        "x86_64-vmlinux",
-        &bytes,
-        &LoadOptions::default(),
-        &mut lay,
-        &[],
-    )
-    .unwrap();
+    let k = load_kernel_image("x86_64-vmlinux", &bytes, &LoadOptions::default(), &mut lay, &[]).unwrap();
     assert_eq!(k.role, ObjectRole::LinkedImage);
     let sp = k.static_percpu.as_ref().unwrap();
     assert_eq!(sp.start, 0);
@@ -358,14 +242,7 @@ fn linked_image_reports_the_static_area_and_serves_a_module() {
     let var = k.symbol("kernel_pcpu_var").unwrap();
     assert!(var.percpu && var.value < sp.end);
     // Its initial value (42) is in the static area's data.
-    assert_eq!(
-        u64::from_le_bytes(
-            sp.data[var.value as usize..var.value as usize + 8]
-                .try_into()
-                .unwrap()
-        ),
-        42
-    );
+    assert_eq!(u64::from_le_bytes(sp.data[var.value as usize..var.value as usize + 8].try_into().unwrap()), 42);
     // A module resolves against it.
     let mut pcpu = InMemoryPercpu::new(2, (sp.end + 7) & !7, 8192, 0x1000_0000, 0);
     let mut ml = LinearLayout::at(0xffff_ffff_c000_0000);
@@ -390,31 +267,14 @@ fn relocations_inside_module_percpu_are_skipped_like_the_kernel() {
     let l = load_pair(&p, "x86_64-module.o", p.near, OverflowPolicy::Strict).unwrap();
     let sp = l.kernel.static_percpu.as_ref().unwrap();
     let selfp = l.kernel.symbol("kernel_pcpu_self").unwrap();
-    let v = u64::from_le_bytes(
-        sp.data[(selfp.value - sp.start) as usize..][..8]
-            .try_into()
-            .unwrap(),
-    );
+    let v = u64::from_le_bytes(sp.data[(selfp.value - sp.start) as usize..][..8].try_into().unwrap());
     assert_eq!(v, l.kernel.symbol("kernel_pcpu_var").unwrap().value);
     // ...but a kernel object loaded as a module gets the kernel's warning.
     let mut pcpu = InMemoryPercpu::new(2, 0x1000, 8192, 0x1000_0000, 0);
     let mut lay = LinearLayout::at(0xffff_ffff_c000_0000);
-    let m = load_module(
-        "x86_64-kernel.o",
-        &data("x86_64-kernel.o"),
-        &LoadOptions::default(),
-        &mut pcpu,
-        &mut lay,
-        &[],
-    )
-    .unwrap();
-    assert!(
-        m.warnings
-            .iter()
-            .any(|w| w.contains("relocations in .data..percpu are not applied")),
-        "{:?}",
-        m.warnings
-    );
+    let m = load_module("x86_64-kernel.o", &data("x86_64-kernel.o"), &LoadOptions::default(), &mut pcpu, &mut lay, &[])
+        .unwrap();
+    assert!(m.warnings.iter().any(|w| w.contains("relocations in .data..percpu are not applied")), "{:?}", m.warnings);
 }
 
 #[test]
@@ -422,23 +282,14 @@ fn write_relocated_elf_round_trips_through_a_parser() {
     for p in PLANS {
         let l = load_pair(&p, &module_of(&p), p.near, OverflowPolicy::Strict).unwrap();
         let out = write_relocated_elf(&l.module);
-        let obj = percpu_loader::ElfObject::parse("out", &out)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.prefix));
+        let obj = percpu_loader::ElfObject::parse("out", &out).unwrap_or_else(|e| panic!("{}: {e}", p.prefix));
         assert_eq!(obj.e_machine, l.module.e_machine);
         assert_eq!(obj.little_endian, l.module.little_endian);
         for s in &l.module.sections {
-            let o = obj
-                .section_by_name(&s.name)
-                .unwrap_or_else(|| panic!("{}: {}", p.prefix, s.name));
+            let o = obj.section_by_name(&s.name).unwrap_or_else(|| panic!("{}: {}", p.prefix, s.name));
             assert_eq!(o.addr, s.addr, "{} {}", p.prefix, s.name);
             if !s.nobits {
-                assert_eq!(
-                    obj.section_data(o.index),
-                    &s.data[..],
-                    "{} {}",
-                    p.prefix,
-                    s.name
-                );
+                assert_eq!(obj.section_data(o.index), &s.data[..], "{} {}", p.prefix, s.name);
             }
         }
         let pc = obj.section_by_name(".data..percpu").unwrap();
@@ -448,17 +299,9 @@ fn write_relocated_elf_round_trips_through_a_parser() {
         assert_eq!(sym.section(), Some(pc.index));
         // objdump can disassemble it at the real addresses (when binutils-multiarch is there).
         if p.machine == Machine::X86_64 {
-            let path = std::env::temp_dir().join(format!(
-                "percpu-loader-{}-{}.elf",
-                p.prefix,
-                std::process::id()
-            ));
+            let path = std::env::temp_dir().join(format!("percpu-loader-{}-{}.elf", p.prefix, std::process::id()));
             std::fs::write(&path, &out).unwrap();
-            if let Ok(o) = std::process::Command::new("objdump")
-                .arg("-d")
-                .arg(&path)
-                .output()
-            {
+            if let Ok(o) = std::process::Command::new("objdump").arg("-d").arg(&path).output() {
                 let text = String::from_utf8_lossy(&o.stdout);
                 assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
                 assert!(text.contains("ffffffffc0000000 <test_read>:"), "{text}");
@@ -477,23 +320,11 @@ fn the_pre_2010_section_name_is_module_percpu_too() {
     let mut lay = LinearLayout::at(0xffff_ffff_c000_0000);
     let any = |n: &str| {
         Some(percpu_loader::ResolvedSymbol {
-            value: if n == "kernel_pcpu_var" {
-                0x40
-            } else {
-                0xffff_ffff_8100_0000
-            },
+            value: if n == "kernel_pcpu_var" { 0x40 } else { 0xffff_ffff_8100_0000 },
             percpu: false,
         })
     };
-    let m = load_module(
-        "old.o",
-        &b,
-        &LoadOptions::default(),
-        &mut pcpu,
-        &mut lay,
-        &[&any],
-    )
-    .unwrap();
+    let m = load_module("old.o", &b, &LoadOptions::default(), &mut pcpu, &mut lay, &[&any]).unwrap();
     let pc = m.percpu.as_ref().unwrap();
     assert_eq!(pc.section, ".data.percpu");
     assert_eq!(m.symbol("pcpu_counter").map(|s| s.percpu), Some(true));

@@ -8,32 +8,16 @@ mod common;
 use common::*;
 use percpu_loader::elf::ElfObject;
 use percpu_loader::inspect::inspect;
-use percpu_loader::{
-    load_object, InMemoryPercpu, LinearLayout, LoadError, LoadOptions, LoadedObject, ResolvedSymbol,
-};
+use percpu_loader::{load_object, InMemoryPercpu, LinearLayout, LoadError, LoadOptions, LoadedObject, ResolvedSymbol};
 
 fn resolver(name: &str) -> Option<ResolvedSymbol> {
-    Some(ResolvedSymbol {
-        value: if name == "kernel_pcpu_var" {
-            0x40
-        } else {
-            0xffff_ffff_8100_0000
-        },
-        percpu: false,
-    })
+    Some(ResolvedSymbol { value: if name == "kernel_pcpu_var" { 0x40 } else { 0xffff_ffff_8100_0000 }, percpu: false })
 }
 
 fn load(bytes: &[u8]) -> Result<LoadedObject, LoadError> {
     let mut pcpu = InMemoryPercpu::new(2, 0x1000, 8192, 0x1000_0000, 0);
     let mut lay = LinearLayout::at(0xffff_ffff_c000_0000);
-    load_object(
-        "bad.o",
-        bytes,
-        &LoadOptions::default(),
-        &mut pcpu,
-        &mut lay,
-        &[&resolver],
-    )
+    load_object("bad.o", bytes, &LoadOptions::default(), &mut pcpu, &mut lay, &[&resolver])
 }
 
 fn x86() -> Vec<u8> {
@@ -52,26 +36,16 @@ fn rela_entry(bytes: &[u8], target: &str, k: usize) -> usize {
 fn wrong_magic_and_tiny_files() {
     for b in [&b""[..], b"\x7fEL", b"MZ\x90\x00 not elf", b"\x7fELF"] {
         let e = load(b).err().unwrap();
-        assert!(
-            matches!(e, LoadError::BadMagic { .. } | LoadError::Truncated { .. }),
-            "{e}"
-        );
+        assert!(matches!(e, LoadError::BadMagic { .. } | LoadError::Truncated { .. }), "{e}");
         assert!(inspect("bad.o", b).is_err());
     }
-    let e = load(b"\x7fELF\x03\x01\x01\0\0\0\0\0\0\0\0\0")
-        .err()
-        .unwrap();
+    let e = load(b"\x7fELF\x03\x01\x01\0\0\0\0\0\0\0\0\0").err().unwrap();
     assert!(e.to_string().contains("bad EI_CLASS 3"), "{e}");
 }
 
 #[test]
 fn every_truncation_is_an_error_not_a_panic() {
-    for file in [
-        "x86_64-module.o",
-        "s390x-module.o",
-        "sparc-module.o",
-        "x86_64-vmlinux",
-    ] {
+    for file in ["x86_64-module.o", "s390x-module.o", "sparc-module.o", "x86_64-vmlinux"] {
         let full = data(file);
         for len in 0..full.len() {
             let b = &full[..len];
@@ -89,17 +63,12 @@ fn symbol_section_index_out_of_range() {
     let mut b = x86();
     let o = ElfObject::parse("x", &b).unwrap();
     let symtab = &o.sections[o.symtab.unwrap()];
-    let k = o
-        .symbols
-        .iter()
-        .position(|s| s.name == "pcpu_counter")
-        .unwrap();
+    let k = o.symbols.iter().position(|s| s.name == "pcpu_counter").unwrap();
     put(&mut b, symtab.offset as usize + k * 24 + 6, 2, 0x500, true);
     let e = load(&b).err().unwrap();
     assert!(matches!(e, LoadError::SectionIndex { .. }), "{e}");
     assert!(
-        e.to_string().contains("symbol `pcpu_counter`")
-            && e.to_string().contains("section index 1280 out of range"),
+        e.to_string().contains("symbol `pcpu_counter`") && e.to_string().contains("section index 1280 out of range"),
         "{e}"
     );
 }
@@ -112,11 +81,7 @@ fn relocation_section_pointing_nowhere() {
     put(&mut b, off, 4, 999, true);
     let e = load(&b).err().unwrap();
     assert!(matches!(e, LoadError::BadRelocTarget { .. }), "{e}");
-    assert!(
-        e.to_string()
-            .contains("applies to section 999 which does not exist"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("applies to section 999 which does not exist"), "{e}");
 }
 
 #[test]
@@ -138,12 +103,7 @@ fn sizes_that_overflow() {
     assert!(matches!(e, LoadError::SizeOverflow { .. }), "{e}");
     // A huge NOBITS section is refused before anything is allocated.
     let mut b = x86();
-    let i = ElfObject::parse("x", &b)
-        .unwrap()
-        .sections
-        .iter()
-        .position(|s| s.is_nobits() && s.is_alloc())
-        .unwrap();
+    let i = ElfObject::parse("x", &b).unwrap().sections.iter().position(|s| s.is_nobits() && s.is_alloc()).unwrap();
     let at = shdr_field(&b, i, 32, 20);
     put(&mut b, at, 8, 1 << 60, true);
     let e = load(&b).err().unwrap();
@@ -160,10 +120,7 @@ fn unsupported_machine() {
     let mut b = x86();
     put(&mut b, 18, 2, 8, true); // EM_MIPS
     let e = load(&b).err().unwrap();
-    assert!(
-        matches!(e, LoadError::UnsupportedMachine { machine: 8, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, LoadError::UnsupportedMachine { machine: 8, .. }), "{e}");
     assert!(e.to_string().contains("MIPS"), "{e}");
     assert!(!inspect("x", &b).unwrap().supported);
 }
@@ -177,9 +134,7 @@ fn unknown_and_unsupported_relocation_types() {
     let s = e.to_string();
     assert!(matches!(e, LoadError::UnknownRelocation { .. }), "{s}");
     assert!(
-        s.contains("type 200 (unknown name)")
-            && s.contains(".percpu_bed.tests+0x18")
-            && s.contains("x86_64"),
+        s.contains("type 200 (unknown name)") && s.contains(".percpu_bed.tests+0x18") && s.contains("x86_64"),
         "{s}"
     );
     put(&mut b, off + 8, 4, 9, true); // R_X86_64_GOTPCREL
@@ -195,11 +150,7 @@ fn relocation_past_the_end_of_its_section() {
     let e = load(&b).err().unwrap();
     assert!(matches!(e, LoadError::RelocOutOfSection { .. }), "{e}");
     // Straddling the end is caught by the field write.
-    let size = ElfObject::parse("x", &b)
-        .unwrap()
-        .section_by_name(".percpu_bed.tests")
-        .unwrap()
-        .size;
+    let size = ElfObject::parse("x", &b).unwrap().section_by_name(".percpu_bed.tests").unwrap().size;
     put(&mut b, off, 8, size - 4, true);
     let e = load(&b).err().unwrap();
     assert!(matches!(e, LoadError::RelocOutOfSection { .. }), "{e}");
@@ -220,25 +171,14 @@ fn common_symbols_are_refused() {
     let mut b = x86();
     let o = ElfObject::parse("x", &b).unwrap();
     let symtab = &o.sections[o.symtab.unwrap()];
-    let k = o
-        .symbols
-        .iter()
-        .position(|s| s.name == "percpu_slot")
-        .unwrap();
+    let k = o.symbols.iter().position(|s| s.name == "percpu_slot").unwrap();
     put(&mut b, symtab.offset as usize + k * 24 + 6, 2, 0xfff2, true);
     let e = load(&b).err().unwrap();
-    assert!(
-        e.to_string().contains("please compile with -fno-common"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("please compile with -fno-common"), "{e}");
 }
 
 fn tests_data_offset(b: &[u8]) -> usize {
-    ElfObject::parse("x", b)
-        .unwrap()
-        .section_by_name(".percpu_bed.tests")
-        .unwrap()
-        .offset as usize
+    ElfObject::parse("x", b).unwrap().section_by_name(".percpu_bed.tests").unwrap().offset as usize
 }
 
 #[test]
@@ -257,42 +197,23 @@ fn bad_descriptor_fields_name_object_test_and_field() {
         put(&mut b, off + field_off, 4, v, true);
         let e = load(&b).err().unwrap();
         let s = e.to_string();
+        assert!(matches!(e, LoadError::BadDescriptor { index: 0, .. }), "{s}");
         assert!(
-            matches!(e, LoadError::BadDescriptor { index: 0, .. }),
-            "{s}"
-        );
-        assert!(
-            s.starts_with("bad.o: .percpu_bed.tests: test 0 (read): field `")
-                && s.contains(field)
-                && s.contains(why),
+            s.starts_with("bad.o: .percpu_bed.tests: test 0 (read): field `") && s.contains(field) && s.contains(why),
             "{s}"
         );
     }
     // A name pointer outside the image (its relocation's addend moved away).
     let mut b = base.clone();
     let o = ElfObject::parse("x", &b).unwrap();
-    let t = o
-        .sections
-        .iter()
-        .position(|s| s.name == ".percpu_bed.tests")
-        .unwrap();
+    let t = o.sections.iter().position(|s| s.name == ".percpu_bed.tests").unwrap();
     let rs = o.relocs.iter().find(|r| r.target == t).unwrap();
     let k = rs.entries.iter().position(|r| r.offset == 80 + 24).unwrap();
     let off = rela_entry(&b, ".percpu_bed.tests", k);
     put(&mut b, off + 16, 8, 0x7fff_0000, true);
     let e = load(&b).err().unwrap();
     let s = e.to_string();
-    assert!(
-        matches!(
-            e,
-            LoadError::BadDescriptor {
-                index: 1,
-                field: "name",
-                ..
-            }
-        ),
-        "{s}"
-    );
+    assert!(matches!(e, LoadError::BadDescriptor { index: 1, field: "name", .. }), "{s}");
     assert!(s.contains("outside the loaded image"), "{s}");
     // A section that is not a whole number of descriptors.
     let mut b = base.clone();
@@ -301,29 +222,16 @@ fn bad_descriptor_fields_name_object_test_and_field() {
     let at = shdr_field(&b, i, 32, 20);
     put(&mut b, at, 8, size - 8, true);
     let e = load(&b).err().unwrap();
-    assert!(
-        matches!(
-            e,
-            LoadError::BadTestsSection { .. } | LoadError::RelocOutOfSection { .. }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, LoadError::BadTestsSection { .. } | LoadError::RelocOutOfSection { .. }), "{e}");
 }
 
 #[test]
 fn bad_abi_note() {
     let mut b = x86();
-    let off = ElfObject::parse("x", &b)
-        .unwrap()
-        .section_by_name(".percpu_bed.abi")
-        .unwrap()
-        .offset as usize;
+    let off = ElfObject::parse("x", &b).unwrap().section_by_name(".percpu_bed.abi").unwrap().offset as usize;
     put(&mut b, off + 8, 4, 77, true);
     let e = load(&b).err().unwrap();
-    assert!(
-        e.to_string().contains(".percpu_bed.abi: unknown model 77"),
-        "{e}"
-    );
+    assert!(e.to_string().contains(".percpu_bed.abi: unknown model 77"), "{e}");
     put(&mut b, off, 4, 0x4250_4350, true);
     let e = inspect("x", &b).err().unwrap();
     assert!(e.to_string().contains("wrong byte order?"), "{e}");

@@ -162,16 +162,7 @@ fn insn_write(cx: &mut Cx<'_>, insn: u32) -> Result<(), Fault> {
 /// Patch an immediate field: `lsb` low bits dropped, `len` bits kept; the
 /// value fits when the bits above are a sign extension.
 #[allow(clippy::too_many_arguments)]
-fn insn_imm(
-    cx: &mut Cx<'_>,
-    op: Op,
-    p: u64,
-    v: u64,
-    lsb: u32,
-    len: u32,
-    kind: Imm,
-    check: bool,
-) -> Result<(), Fault> {
+fn insn_imm(cx: &mut Cx<'_>, op: Op, p: u64, v: u64, lsb: u32, len: u32, kind: Imm, check: bool) -> Result<(), Fault> {
     let sval = (do_reloc(op, p, v) as i64) >> lsb;
     let insn = insn_read(cx)?;
     insn_write(cx, encode(kind, insn, sval as u64 & ((1u64 << len) - 1)))?;
@@ -182,24 +173,13 @@ fn insn_imm(
     };
     let fits = sval >= -(1i64 << (len - 1)) && sval < (1i64 << (len - 1));
     if !fits && check {
-        return Err(Fault::Overflow {
-            value: sx(do_reloc(op, p, v)),
-            reach,
-        });
+        return Err(Fault::Overflow { value: sx(do_reloc(op, p, v)), reach });
     }
     Ok(())
 }
 
 /// MOVZ/MOVK/MOVN 16-bit immediate; `signed` selects MOVZ or MOVN by sign.
-fn insn_movw(
-    cx: &mut Cx<'_>,
-    op: Op,
-    p: u64,
-    v: u64,
-    lsb: u32,
-    signed: bool,
-    check: bool,
-) -> Result<(), Fault> {
+fn insn_movw(cx: &mut Cx<'_>, op: Op, p: u64, v: u64, lsb: u32, signed: bool, check: bool) -> Result<(), Fault> {
     let sval = do_reloc(op, p, v) as i64;
     let mut imm = (sval >> lsb) as u64;
     let mut insn = insn_read(cx)?;
@@ -213,15 +193,8 @@ fn insn_movw(
     }
     insn_write(cx, encode(Imm::I16, insn, imm))?;
     if check && imm > 0xffff {
-        let base = if op == Op::Abs {
-            ReachBase::Absolute
-        } else {
-            ReachBase::Pc
-        };
-        return Err(Fault::Overflow {
-            value: sval as i128,
-            reach: Reach::new(base, 16 + lsb as u8, signed, 0),
-        });
+        let base = if op == Op::Abs { ReachBase::Absolute } else { ReachBase::Pc };
+        return Err(Fault::Overflow { value: sval as i128, reach: Reach::new(base, 16 + lsb as u8, signed, 0) });
     }
     Ok(())
 }
@@ -234,20 +207,11 @@ fn data(cx: &mut Cx<'_>, op: Op, p: u64, v: u64, bits: u32) -> Result<(), Fault>
         return Ok(());
     }
     let (fits, reach) = match op {
-        Op::Abs => (
-            sval >= 0 && (sval as u64) < (1u64 << bits),
-            Reach::abs(bits as u8, false),
-        ),
-        _ => (
-            sval >= -(1i64 << (bits - 1)) && sval < (1i64 << (bits - 1)),
-            Reach::pc(bits as u8, 0),
-        ),
+        Op::Abs => (sval >= 0 && (sval as u64) < (1u64 << bits), Reach::abs(bits as u8, false)),
+        _ => (sval >= -(1i64 << (bits - 1)) && sval < (1i64 << (bits - 1)), Reach::pc(bits as u8, 0)),
     };
     if !fits {
-        return Err(Fault::Overflow {
-            value: sval as i128,
-            reach,
-        });
+        return Err(Fault::Overflow { value: sval as i128, reach });
     }
     Ok(())
 }
@@ -290,9 +254,7 @@ impl Arch for Aarch64 {
             R_AARCH64_LD_PREL_LO19 | R_AARCH64_CONDBR19 => Reach::pc(19, 2),
             R_AARCH64_TSTBR14 => Reach::pc(14, 2),
             R_AARCH64_ADR_PREL_LO21 => Reach::pc(21, 0),
-            R_AARCH64_ADR_PREL_PG_HI21 | R_AARCH64_ADR_PREL_PG_HI21_NC => {
-                Reach::new(ReachBase::Page, 21, true, 12)
-            }
+            R_AARCH64_ADR_PREL_PG_HI21 | R_AARCH64_ADR_PREL_PG_HI21_NC => Reach::new(ReachBase::Page, 21, true, 12),
             R_AARCH64_ADD_ABS_LO12_NC
             | R_AARCH64_LDST8_ABS_LO12_NC
             | R_AARCH64_LDST16_ABS_LO12_NC
@@ -359,9 +321,7 @@ impl Arch for Aarch64 {
             R_AARCH64_MOVW_PREL_G2_NC => insn_movw(cx, Op::Prel, p, v, 32, false, false),
             R_AARCH64_MOVW_PREL_G2 => insn_movw(cx, Op::Prel, p, v, 32, true, true),
             R_AARCH64_MOVW_PREL_G3 => insn_movw(cx, Op::Prel, p, v, 48, true, false),
-            R_AARCH64_LD_PREL_LO19 | R_AARCH64_CONDBR19 => {
-                insn_imm(cx, Op::Prel, p, v, 2, 19, Imm::I19, true)
-            }
+            R_AARCH64_LD_PREL_LO19 | R_AARCH64_CONDBR19 => insn_imm(cx, Op::Prel, p, v, 2, 19, Imm::I19, true),
             R_AARCH64_ADR_PREL_LO21 => insn_imm(cx, Op::Prel, p, v, 0, 21, Imm::Adr, true),
             R_AARCH64_ADR_PREL_PG_HI21_NC => insn_imm(cx, Op::Page, p, v, 12, 21, Imm::Adr, false),
             R_AARCH64_ADR_PREL_PG_HI21 => insn_imm(cx, Op::Page, p, v, 12, 21, Imm::Adr, true),
@@ -384,9 +344,7 @@ impl Arch for Aarch64 {
             }
             t => {
                 if lookup(NAMES, t).is_some() {
-                    Err(Fault::Unsupported(
-                        "not handled by the arm64 module loader".into(),
-                    ))
+                    Err(Fault::Unsupported("not handled by the arm64 module loader".into()))
                 } else {
                     Err(Fault::Unknown)
                 }

@@ -64,8 +64,7 @@ const NAMES: &[(u32, &str)] = &[
     (41, "R_ALPHA_TPREL16"),
 ];
 
-pub(crate) const WEAK_RULE: &str =
-    "alpha modules must define percpu variables weak: GP-relative reach is +-2 GiB";
+pub(crate) const WEAK_RULE: &str = "alpha modules must define percpu variables weak: GP-relative reach is +-2 GiB";
 
 pub(crate) struct Alpha;
 
@@ -96,7 +95,9 @@ impl Arch for Alpha {
         match r_type {
             R_ALPHA_GPREL32 | R_ALPHA_GPRELHIGH | R_ALPHA_GPRELLOW | R_ALPHA_GPREL16 => Some(WEAK_RULE),
             R_ALPHA_SREL32 => Some("alpha: an SREL32 reference to percpu data reaches ±2 GiB from the place"),
-            R_ALPHA_REFLONG => Some("alpha: a REFLONG reference to percpu data needs the percpu pointer within ±2 GiB of 0"),
+            R_ALPHA_REFLONG => {
+                Some("alpha: a REFLONG reference to percpu data needs the percpu pointer within ±2 GiB of 0")
+            }
             _ => None,
         }
     }
@@ -137,14 +138,11 @@ impl Arch for Alpha {
                 let lo = value as i16 as i64 as u64;
                 let hi = value.wrapping_sub(lo) as i32 as i64 as u64;
                 if hi.wrapping_add(lo) != value {
-                    return Err(Fault::Overflow {
-                        value: sx(value),
-                        reach: Reach::pc(32, 0),
-                    });
+                    return Err(Fault::Overflow { value: sx(value), reach: Reach::pc(32, 0) });
                 }
                 cx.w16(hi >> 16)?;
-                let delta = usize::try_from(r.a)
-                    .map_err(|_| Fault::Bad(format!("GPDISP addend {} is negative", r.a)))?;
+                let delta =
+                    usize::try_from(r.a).map_err(|_| Fault::Bad(format!("GPDISP addend {} is negative", r.a)))?;
                 cx.write(delta, 2, lo)
             }
             R_ALPHA_BRSGP | R_ALPHA_BRADDR => {
@@ -159,10 +157,7 @@ impl Arch for Alpha {
                 }
                 let d = v.wrapping_sub(p.wrapping_add(4));
                 if d & 3 != 0 {
-                    return Err(Fault::Bad(format!(
-                        "branch displacement {:#x} is not a multiple of 4",
-                        d
-                    )));
+                    return Err(Fault::Bad(format!("branch displacement {:#x} is not a multiple of 4", d)));
                 }
                 cx.check(sx(d), Reach::pc(21, 2), true)?;
                 cx.patch32(0x1f_ffff, (d as i64 >> 2) as u64)
@@ -191,9 +186,7 @@ impl Arch for Alpha {
             }
             t => {
                 if lookup(NAMES, t).is_some() {
-                    Err(Fault::Unsupported(
-                        "not handled by the alpha module loader".into(),
-                    ))
+                    Err(Fault::Unsupported("not handled by the alpha module loader".into()))
                 } else {
                     Err(Fault::Unknown)
                 }

@@ -53,12 +53,7 @@ pub struct Reach {
 
 impl Reach {
     pub const fn new(base: ReachBase, bits: u8, signed: bool, shift: u8) -> Self {
-        Reach {
-            base,
-            bits,
-            signed,
-            shift,
-        }
+        Reach { base, bits, signed, shift }
     }
     pub const fn abs(bits: u8, signed: bool) -> Self {
         Reach::new(ReachBase::Absolute, bits, signed, 0)
@@ -118,14 +113,7 @@ impl Reach {
 }
 
 fn human_bytes(v: u128) -> String {
-    const UNITS: [(&str, u32); 6] = [
-        ("EiB", 60),
-        ("PiB", 50),
-        ("TiB", 40),
-        ("GiB", 30),
-        ("MiB", 20),
-        ("KiB", 10),
-    ];
+    const UNITS: [(&str, u32); 6] = [("EiB", 60), ("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (name, shift) in UNITS {
         if v >= 1u128 << shift && v % (1u128 << shift) == 0 {
             return format!("{} {}", v >> shift, name);
@@ -149,12 +137,9 @@ impl fmt::Display for Reach {
                 };
                 write!(f, "{what} {}-bit (any address)", self.bits)
             }
-            ReachBase::Absolute if self.signed => write!(
-                f,
-                "absolute sign-extended {}-bit ({} around 0)",
-                self.bits,
-                self.span_text()
-            ),
+            ReachBase::Absolute if self.signed => {
+                write!(f, "absolute sign-extended {}-bit ({} around 0)", self.bits, self.span_text())
+            }
             ReachBase::Absolute => write!(f, "absolute {}-bit ({})", self.bits, self.span_text()),
             ReachBase::Pc => write!(f, "pc-relative {}", self.span_text()),
             ReachBase::Page => write!(f, "page-relative {} (adrp)", self.span_text()),
@@ -260,16 +245,9 @@ pub(crate) struct Cx<'a> {
 
 impl Cx<'_> {
     fn slice(&mut self, delta: usize, width: usize) -> Result<&mut [u8], Fault> {
-        let start = self
-            .off
-            .checked_add(delta)
-            .ok_or(Fault::OutOfSection { width })?;
-        let end = start
-            .checked_add(width)
-            .ok_or(Fault::OutOfSection { width })?;
-        self.data.get_mut(start..end).ok_or(Fault::OutOfSection {
-            width: delta + width,
-        })
+        let start = self.off.checked_add(delta).ok_or(Fault::OutOfSection { width })?;
+        let end = start.checked_add(width).ok_or(Fault::OutOfSection { width })?;
+        self.data.get_mut(start..end).ok_or(Fault::OutOfSection { width: delta + width })
     }
     pub fn read(&mut self, delta: usize, width: usize) -> Result<u64, Fault> {
         let little = self.little;
@@ -342,16 +320,10 @@ impl Cx<'_> {
     }
 
     pub fn got_slot(&self, key: (usize, i64)) -> Result<u64, Fault> {
-        self.got
-            .get(&key)
-            .copied()
-            .ok_or_else(|| Fault::Bad("no GOT slot was reserved".into()))
+        self.got.get(&key).copied().ok_or_else(|| Fault::Bad("no GOT slot was reserved".into()))
     }
     pub fn plt_entry(&self, key: (usize, i64)) -> Result<u64, Fault> {
-        self.plt
-            .get(&key)
-            .copied()
-            .ok_or_else(|| Fault::Bad("no PLT entry was reserved".into()))
+        self.plt.get(&key).copied().ok_or_else(|| Fault::Bad("no PLT entry was reserved".into()))
     }
 }
 
@@ -449,15 +421,7 @@ mod tests {
             anchors: &HashMap::new(),
             truncated: None,
         };
-        let input = Input {
-            r_type,
-            s,
-            a,
-            p,
-            sym: 1,
-            sym_undefined: false,
-            sym_other: 0,
-        };
+        let input = Input { r_type, s, a, p, sym: 1, sym_undefined: false, sym_other: 0 };
         arch_for(m).apply(&mut cx, &input)?;
         Ok(data)
     }
@@ -473,14 +437,8 @@ mod tests {
     #[test]
     fn reach_ranges_and_text() {
         assert_eq!(Reach::pc(32, 1).span_text(), "±4 GiB");
-        assert_eq!(
-            Reach::abs(32, false).to_string(),
-            "absolute 32-bit (0..4 GiB)"
-        );
-        assert_eq!(
-            Reach::new(ReachBase::Gp, 16, true, 0).to_string(),
-            "gp-relative ±32 KiB"
-        );
+        assert_eq!(Reach::abs(32, false).to_string(), "absolute 32-bit (0..4 GiB)");
+        assert_eq!(Reach::new(ReachBase::Gp, 16, true, 0).to_string(), "gp-relative ±32 KiB");
         assert_eq!(Reach::pc(26, 2).to_string(), "pc-relative ±128 MiB");
         assert!(Reach::pc(32, 0).fits(-(1 << 31)) && !Reach::pc(32, 0).fits(1 << 31));
         assert!(Reach::got().fits(i64::MIN as i128) && !Reach::got().is_limited());
@@ -502,57 +460,20 @@ mod tests {
             assert_eq!(le32(&out), 0xd280_0000 | (imm << 5), "type {t}");
         }
         assert!(matches!(
-            run(
-                Machine::Aarch64,
-                R_AARCH64_MOVW_UABS_G0,
-                &movz,
-                0x1_0000,
-                0,
-                0,
-                K
-            ),
+            run(Machine::Aarch64, R_AARCH64_MOVW_UABS_G0, &movz, 0x1_0000, 0, 0, K),
             Err(Fault::Overflow { .. })
         ));
         // Signed: a negative value turns the instruction into MOVN of the inverted immediate.
-        let out = run(
-            Machine::Aarch64,
-            R_AARCH64_MOVW_SABS_G0,
-            &movz,
-            (-2i64) as u64,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Aarch64, R_AARCH64_MOVW_SABS_G0, &movz, (-2i64) as u64, 0, 0, K).unwrap();
         assert_eq!(le32(&out), 0x9280_0000 | (1 << 5));
         let ldr_q = 0x3dc0_0000u32.to_le_bytes();
-        let out = run(
-            Machine::Aarch64,
-            R_AARCH64_LDST128_ABS_LO12_NC,
-            &ldr_q,
-            0xffff_0000_0000_0ab0,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Aarch64, R_AARCH64_LDST128_ABS_LO12_NC, &ldr_q, 0xffff_0000_0000_0ab0, 0, 0, K).unwrap();
         assert_eq!((le32(&out) >> 10) & 0xfff, 0xab);
         let b = 0x1400_0000u32.to_le_bytes();
         let out = run(Machine::Aarch64, R_AARCH64_JUMP26, &b, 0x1000, 0, 0x2000, K).unwrap();
-        assert_eq!(
-            le32(&out),
-            0x1400_0000 | ((-0x1000i32 >> 2) as u32 & 0x3ff_ffff)
-        );
-        let e = run(
-            Machine::Aarch64,
-            R_AARCH64_PREL32,
-            &[0; 4],
-            0xffff_0001_0000_0000,
-            0,
-            0xffff_0000_0000_0000,
-            K,
-        )
-        .unwrap_err();
+        assert_eq!(le32(&out), 0x1400_0000 | ((-0x1000i32 >> 2) as u32 & 0x3ff_ffff));
+        let e = run(Machine::Aarch64, R_AARCH64_PREL32, &[0; 4], 0xffff_0001_0000_0000, 0, 0xffff_0000_0000_0000, K)
+            .unwrap_err();
         assert!(matches!(e, Fault::Overflow { value, .. } if value == 1 << 32));
     }
 
@@ -560,154 +481,49 @@ mod tests {
     fn riscv_branch_encodings_match_the_assembler() {
         use riscv::*;
         // beq zero,zero,-4
-        let out = run(
-            Machine::Riscv64,
-            R_RISCV_BRANCH,
-            &0x63u32.to_le_bytes(),
-            0x1000 - 4,
-            0,
-            0x1000,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Riscv64, R_RISCV_BRANCH, &0x63u32.to_le_bytes(), 0x1000 - 4, 0, 0x1000, K).unwrap();
         assert_eq!(le32(&out), 0xfe00_0ee3);
         // jal zero,+2048
-        let out = run(
-            Machine::Riscv64,
-            R_RISCV_JAL,
-            &0x6fu32.to_le_bytes(),
-            0x1800,
-            0,
-            0x1000,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Riscv64, R_RISCV_JAL, &0x6fu32.to_le_bytes(), 0x1800, 0, 0x1000, K).unwrap();
         assert_eq!(le32(&out), 0x0010_006f);
         // c.j -2
-        let out = run(
-            Machine::Riscv64,
-            R_RISCV_RVC_JUMP,
-            &0xa001u16.to_le_bytes(),
-            0xffe,
-            0,
-            0x1000,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Riscv64, R_RISCV_RVC_JUMP, &0xa001u16.to_le_bytes(), 0xffe, 0, 0x1000, K).unwrap();
         assert_eq!(u16::from_le_bytes([out[0], out[1]]), 0xbffd);
         // A branch out of reach is truncated like the kernel (recorded), refused when strict.
-        assert!(run(
-            Machine::Riscv64,
-            R_RISCV_BRANCH,
-            &[0; 4],
-            0x10_0000,
-            0,
-            0,
-            K
-        )
-        .is_ok());
+        assert!(run(Machine::Riscv64, R_RISCV_BRANCH, &[0; 4], 0x10_0000, 0, 0, K).is_ok());
         assert!(matches!(
-            run(
-                Machine::Riscv64,
-                R_RISCV_BRANCH,
-                &[0; 4],
-                0x10_0000,
-                0,
-                0,
-                OverflowPolicy::Strict
-            ),
+            run(Machine::Riscv64, R_RISCV_BRANCH, &[0; 4], 0x10_0000, 0, 0, OverflowPolicy::Strict),
             Err(Fault::Overflow { .. })
         ));
         // lui+addi of 0x12345fff: hi 0x12346000, lo -1.
-        let out = run(
-            Machine::Riscv64,
-            R_RISCV_HI20,
-            &0x37u32.to_le_bytes(),
-            0x1234_5fff,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Riscv64, R_RISCV_HI20, &0x37u32.to_le_bytes(), 0x1234_5fff, 0, 0, K).unwrap();
         assert_eq!(le32(&out), 0x1234_6037);
-        let out = run(
-            Machine::Riscv64,
-            R_RISCV_LO12_I,
-            &0x13u32.to_le_bytes(),
-            0x1234_5fff,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Riscv64, R_RISCV_LO12_I, &0x13u32.to_le_bytes(), 0x1234_5fff, 0, 0, K).unwrap();
         assert_eq!(le32(&out) >> 20, 0xfff);
-        let out = run(
-            Machine::Riscv64,
-            R_RISCV_ADD32,
-            &5u32.to_le_bytes(),
-            7,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Riscv64, R_RISCV_ADD32, &5u32.to_le_bytes(), 7, 0, 0, K).unwrap();
         assert_eq!(le32(&out), 12);
         let out = run(Machine::Riscv64, R_RISCV_SUB6, &[0xc5], 7, 0, 0, K).unwrap();
         assert_eq!(out[0], 0xc0 | ((5u8.wrapping_sub(7)) & 0x3f));
-        assert!(matches!(
-            run(Machine::Riscv64, R_RISCV_ALIGN, &[0; 4], 0, 0, 0, K),
-            Err(Fault::Unsupported(_))
-        ));
+        assert!(matches!(run(Machine::Riscv64, R_RISCV_ALIGN, &[0; 4], 0, 0, 0, K), Err(Fault::Unsupported(_))));
         assert!(run(Machine::Riscv64, R_RISCV_RELAX, &[0; 4], 0, 0, 0, K).is_ok());
     }
 
     #[test]
     fn s390x_fields() {
         use s390x::*;
-        let out = run(
-            Machine::S390x,
-            R_390_20,
-            &[0xe3, 0x00, 0x00, 0x00, 0x00, 0x04],
-            (-1i64) as u64,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out =
+            run(Machine::S390x, R_390_20, &[0xe3, 0x00, 0x00, 0x00, 0x00, 0x04], (-1i64) as u64, 0, 0, K).unwrap();
         // B2 nibble kept, DL = 0xfff, DH = 0xff, the opcode byte kept.
         assert_eq!(be32(&out), 0xefff_ff00);
-        assert!(matches!(
-            run(Machine::S390x, R_390_20, &[0; 4], 0x8_0000, 0, 0, K),
-            Err(Fault::Overflow { .. })
-        ));
+        assert!(matches!(run(Machine::S390x, R_390_20, &[0; 4], 0x8_0000, 0, 0, K), Err(Fault::Overflow { .. })));
         let out = run(Machine::S390x, R_390_12, &[0xa0, 0x00], 0x123, 0, 0, K).unwrap();
         assert_eq!(out, [0xa1, 0x23]);
+        assert!(matches!(run(Machine::S390x, R_390_PC32DBL, &[0; 4], 0x1001, 0, 0, K), Err(Fault::Bad(_))));
         assert!(matches!(
-            run(Machine::S390x, R_390_PC32DBL, &[0; 4], 0x1001, 0, 0, K),
-            Err(Fault::Bad(_))
-        ));
-        assert!(matches!(
-            run(
-                Machine::S390x,
-                R_390_PC32DBL,
-                &[0; 4],
-                0x2_0000_0000,
-                0,
-                0,
-                K
-            ),
+            run(Machine::S390x, R_390_PC32DBL, &[0; 4], 0x2_0000_0000, 0, 0, K),
             Err(Fault::Overflow { .. })
         ));
-        let out = run(
-            Machine::S390x,
-            R_390_PC32DBL,
-            &[0; 4],
-            0x1_0000_0000 - 2,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::S390x, R_390_PC32DBL, &[0; 4], 0x1_0000_0000 - 2, 0, 0, K).unwrap();
         assert_eq!(be32(&out), 0x7fff_ffff);
     }
 
@@ -717,123 +533,35 @@ mod tests {
             run(Machine::Sparc, sparc::R_SPARC_13, &[0; 4], 0x1000, 0, 0, K),
             Err(Fault::Overflow { .. })
         ));
-        let out = run(
-            Machine::Sparc,
-            sparc::R_SPARC_13,
-            &[0x82, 0x10, 0x20, 0x00],
-            (-1i64) as u64,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Sparc, sparc::R_SPARC_13, &[0x82, 0x10, 0x20, 0x00], (-1i64) as u64, 0, 0, K).unwrap();
         assert_eq!(be32(&out), 0x8210_3fff);
         // WDISP22 masks like the kernel; its truncation is recorded only.
-        assert!(run(
-            Machine::Sparc,
-            sparc::R_SPARC_WDISP22,
-            &[0x10, 0x80, 0, 0],
-            0x4000_0000,
-            0,
-            0,
-            K
-        )
-        .is_ok());
-        let out = run(
-            Machine::Alpha,
-            alpha::R_ALPHA_GPREL16,
-            &[0; 2],
-            0x1000_0000 - 8,
-            0,
-            0,
-            K,
-        )
-        .unwrap();
+        assert!(run(Machine::Sparc, sparc::R_SPARC_WDISP22, &[0x10, 0x80, 0, 0], 0x4000_0000, 0, 0, K).is_ok());
+        let out = run(Machine::Alpha, alpha::R_ALPHA_GPREL16, &[0; 2], 0x1000_0000 - 8, 0, 0, K).unwrap();
         assert_eq!(out, [0xf8, 0xff]);
         assert!(matches!(
-            run(
-                Machine::Alpha,
-                alpha::R_ALPHA_GPREL16,
-                &[0; 2],
-                0x1001_0000,
-                0,
-                0,
-                K
-            ),
+            run(Machine::Alpha, alpha::R_ALPHA_GPREL16, &[0; 2], 0x1001_0000, 0, 0, K),
             Err(Fault::Overflow { .. })
         ));
         assert!(matches!(
-            run(
-                Machine::Alpha,
-                alpha::R_ALPHA_BRADDR,
-                &[0; 4],
-                0x1002,
-                0,
-                0x1000,
-                K
-            ),
+            run(Machine::Alpha, alpha::R_ALPHA_BRADDR, &[0; 4], 0x1002, 0, 0x1000, K),
             Err(Fault::Bad(_))
         ));
         assert!(matches!(
-            run(
-                Machine::Alpha,
-                alpha::R_ALPHA_BRADDR,
-                &[0; 4],
-                0x100_0000,
-                0,
-                0,
-                K
-            ),
+            run(Machine::Alpha, alpha::R_ALPHA_BRADDR, &[0; 4], 0x100_0000, 0, 0, K),
             Err(Fault::Overflow { .. })
         ));
-        let out = run(
-            Machine::Alpha,
-            alpha::R_ALPHA_BRADDR,
-            &0xc3e0_0000u32.to_le_bytes(),
-            0x1000,
-            0,
-            0x1000 - 8,
-            K,
-        )
-        .unwrap();
+        let out = run(Machine::Alpha, alpha::R_ALPHA_BRADDR, &0xc3e0_0000u32.to_le_bytes(), 0x1000, 0, 0x1000 - 8, K)
+            .unwrap();
         assert_eq!(le32(&out), 0xc3e0_0001);
         assert!(matches!(
-            run(
-                Machine::X86_64,
-                x86_64::R_X86_64_32,
-                &[0; 4],
-                0x1_0000_0000,
-                0,
-                0,
-                K
-            ),
+            run(Machine::X86_64, x86_64::R_X86_64_32, &[0; 4], 0x1_0000_0000, 0, 0, K),
             Err(Fault::Overflow { .. })
         ));
-        let out = run(
-            Machine::X86_64,
-            x86_64::R_X86_64_PC64,
-            &[0; 8],
-            0x10,
-            0,
-            0x20,
-            K,
-        )
-        .unwrap();
-        assert_eq!(
-            u64::from_le_bytes(out[..8].try_into().unwrap()),
-            (-0x10i64) as u64
-        );
-        assert!(matches!(
-            run(Machine::X86_64, 200, &[0; 8], 0, 0, 0, K),
-            Err(Fault::Unknown)
-        ));
-        assert!(matches!(
-            run(Machine::X86_64, 9, &[0; 8], 0, 0, 0, K),
-            Err(Fault::Unsupported(_))
-        ));
-        assert!(matches!(
-            run(Machine::X86_64, 1, &[0; 4], 0, 0, 0, K),
-            Err(Fault::OutOfSection { .. })
-        ));
+        let out = run(Machine::X86_64, x86_64::R_X86_64_PC64, &[0; 8], 0x10, 0, 0x20, K).unwrap();
+        assert_eq!(u64::from_le_bytes(out[..8].try_into().unwrap()), (-0x10i64) as u64);
+        assert!(matches!(run(Machine::X86_64, 200, &[0; 8], 0, 0, 0, K), Err(Fault::Unknown)));
+        assert!(matches!(run(Machine::X86_64, 9, &[0; 8], 0, 0, 0, K), Err(Fault::Unsupported(_))));
+        assert!(matches!(run(Machine::X86_64, 1, &[0; 4], 0, 0, 0, K), Err(Fault::OutOfSection { .. })));
     }
 }

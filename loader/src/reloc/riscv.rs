@@ -142,12 +142,10 @@ impl Arch for Riscv64 {
             R_RISCV_CALL_PLT => Reach::plt(),
             R_RISCV_GOT_HI20 => Reach::got(),
             R_RISCV_HI20 => Reach::abs(32, true),
-            R_RISCV_PCREL_LO12_I | R_RISCV_PCREL_LO12_S | R_RISCV_LO12_I | R_RISCV_LO12_S => {
-                Reach::low()
-            }
-            R_RISCV_ADD8 | R_RISCV_ADD16 | R_RISCV_ADD32 | R_RISCV_ADD64 | R_RISCV_SUB6
-            | R_RISCV_SUB8 | R_RISCV_SUB16 | R_RISCV_SUB32 | R_RISCV_SUB64 | R_RISCV_SET6
-            | R_RISCV_SET8 | R_RISCV_SET16 | R_RISCV_SET32 => Reach::low(),
+            R_RISCV_PCREL_LO12_I | R_RISCV_PCREL_LO12_S | R_RISCV_LO12_I | R_RISCV_LO12_S => Reach::low(),
+            R_RISCV_ADD8 | R_RISCV_ADD16 | R_RISCV_ADD32 | R_RISCV_ADD64 | R_RISCV_SUB6 | R_RISCV_SUB8
+            | R_RISCV_SUB16 | R_RISCV_SUB32 | R_RISCV_SUB64 | R_RISCV_SET6 | R_RISCV_SET8 | R_RISCV_SET16
+            | R_RISCV_SET32 => Reach::low(),
             R_RISCV_32_PCREL => Reach::pc(32, 0),
             _ => return None,
         })

@@ -114,41 +114,24 @@ const NAMES: &[(u32, &str)] = &[
     (65, "R_390_PLT24DBL"),
 ];
 
-pub(crate) const WEAK_RULE: &str =
-    "s390x modules must define percpu variables weak: larl reach is +-4 GiB";
+pub(crate) const WEAK_RULE: &str = "s390x modules must define percpu variables weak: larl reach is +-4 GiB";
 
 /// `apply_rela_bits`: check and store `bits` bits of `val` (after `shift`).
-fn bits(
-    cx: &mut Cx<'_>,
-    val: u64,
-    signed: bool,
-    nbits: u32,
-    shift: u32,
-    base: ReachBase,
-) -> Result<(), Fault> {
+fn bits(cx: &mut Cx<'_>, val: u64, signed: bool, nbits: u32, shift: u32, base: ReachBase) -> Result<(), Fault> {
     let reach = Reach::new(base, nbits as u8, signed, shift as u8);
     if shift > 0 && val & ((1u64 << shift) - 1) != 0 {
-        return Err(Fault::Bad(format!(
-            "value {val:#x} is not a multiple of {}",
-            1u64 << shift
-        )));
+        return Err(Fault::Bad(format!("value {val:#x} is not a multiple of {}", 1u64 << shift)));
     }
     let v = if signed {
         let s = (val as i64) >> shift;
         if nbits < 64 && (s < -(1i64 << (nbits - 1)) || s > (1i64 << (nbits - 1)) - 1) {
-            return Err(Fault::Overflow {
-                value: sx(val),
-                reach,
-            });
+            return Err(Fault::Overflow { value: sx(val), reach });
         }
         s as u64
     } else {
         let u = val >> shift;
         if nbits < 64 && u > (1u64 << nbits) - 1 {
-            return Err(Fault::Overflow {
-                value: val as i128,
-                reach,
-            });
+            return Err(Fault::Overflow { value: val as i128, reach });
         }
         u
     };
@@ -189,9 +172,8 @@ impl Arch for S390x {
             R_390_PC32 => Reach::pc(32, 0),
             R_390_PC32DBL => Reach::pc(32, 1),
             R_390_PC64 => Reach::pc(64, 0),
-            R_390_GOT12 | R_390_GOT16 | R_390_GOT20 | R_390_GOT32 | R_390_GOT64 | R_390_GOTENT
-            | R_390_GOTPLT12 | R_390_GOTPLT16 | R_390_GOTPLT20 | R_390_GOTPLT32
-            | R_390_GOTPLT64 | R_390_GOTPLTENT => Reach::got(),
+            R_390_GOT12 | R_390_GOT16 | R_390_GOT20 | R_390_GOT32 | R_390_GOT64 | R_390_GOTENT | R_390_GOTPLT12
+            | R_390_GOTPLT16 | R_390_GOTPLT20 | R_390_GOTPLT32 | R_390_GOTPLT64 | R_390_GOTPLTENT => Reach::got(),
             R_390_PLT16DBL | R_390_PLT32DBL | R_390_PLT32 | R_390_PLT64 => Reach::plt(),
             R_390_PLTOFF16 | R_390_GOTOFF16 => Reach::new(ReachBase::GotOffset, 16, false, 0),
             R_390_PLTOFF32 | R_390_GOTOFF32 => Reach::new(ReachBase::GotOffset, 32, false, 0),
@@ -212,11 +194,12 @@ impl Arch for S390x {
     }
     fn table_use(&self, r: &Rela) -> TableUse {
         match r.r_type {
-            R_390_GOT12 | R_390_GOT16 | R_390_GOT20 | R_390_GOT32 | R_390_GOT64 | R_390_GOTENT
-            | R_390_GOTPLT12 | R_390_GOTPLT16 | R_390_GOTPLT20 | R_390_GOTPLT32
-            | R_390_GOTPLT64 | R_390_GOTPLTENT => TableUse::GotPerSymbol,
-            R_390_PLT16DBL | R_390_PLT32DBL | R_390_PLT32 | R_390_PLT64 | R_390_PLTOFF16
-            | R_390_PLTOFF32 | R_390_PLTOFF64 => TableUse::PltPerSymbol,
+            R_390_GOT12 | R_390_GOT16 | R_390_GOT20 | R_390_GOT32 | R_390_GOT64 | R_390_GOTENT | R_390_GOTPLT12
+            | R_390_GOTPLT16 | R_390_GOTPLT20 | R_390_GOTPLT32 | R_390_GOTPLT64 | R_390_GOTPLTENT => {
+                TableUse::GotPerSymbol
+            }
+            R_390_PLT16DBL | R_390_PLT32DBL | R_390_PLT32 | R_390_PLT64 | R_390_PLTOFF16 | R_390_PLTOFF32
+            | R_390_PLTOFF64 => TableUse::PltPerSymbol,
             _ => TableUse::None,
         }
     }
@@ -225,9 +208,7 @@ impl Arch for S390x {
     }
     fn plt_entry(&self, _at: u64, target: u64) -> Vec<u8> {
         // basr %r1,0 ; lg %r1,10(%r1) ; br %r1 ; (pad) ; .quad target
-        let mut e = vec![
-            0x0d, 0x10, 0xe3, 0x10, 0x10, 0x0a, 0x00, 0x04, 0x07, 0xf1, 0x00, 0x00,
-        ];
+        let mut e = vec![0x0d, 0x10, 0xe3, 0x10, 0x10, 0x0a, 0x00, 0x04, 0x07, 0xf1, 0x00, 0x00];
         e.extend_from_slice(&target.to_be_bytes());
         e
     }
@@ -248,9 +229,8 @@ impl Arch for S390x {
             R_390_PC32DBL => bits(cx, r.sa().wrapping_sub(p), true, 32, 1, Pc),
             R_390_PC32 => bits(cx, r.sa().wrapping_sub(p), true, 32, 0, Pc),
             R_390_PC64 => bits(cx, r.sa().wrapping_sub(p), true, 64, 0, Pc),
-            R_390_GOT12 | R_390_GOT16 | R_390_GOT20 | R_390_GOT32 | R_390_GOT64 | R_390_GOTENT
-            | R_390_GOTPLT12 | R_390_GOTPLT16 | R_390_GOTPLT20 | R_390_GOTPLT32
-            | R_390_GOTPLT64 | R_390_GOTPLTENT => {
+            R_390_GOT12 | R_390_GOT16 | R_390_GOT20 | R_390_GOT32 | R_390_GOT64 | R_390_GOTENT | R_390_GOTPLT12
+            | R_390_GOTPLT16 | R_390_GOTPLT20 | R_390_GOTPLT32 | R_390_GOTPLT64 | R_390_GOTPLTENT => {
                 let slot = cx.got_slot((r.sym, 0))?;
                 let off = slot.wrapping_sub(cx.got_base).wrapping_add(a);
                 match r.r_type {
@@ -266,8 +246,7 @@ impl Arch for S390x {
                 let entry = cx.plt_entry((r.sym, 0))?;
                 let direct = r.s.wrapping_sub(p);
                 let near = (r.r_type == R_390_PLT16DBL && direct.wrapping_add(0xffff) < 0x1fffe)
-                    || (r.r_type == R_390_PLT32DBL
-                        && direct.wrapping_add(0xffff_ffff) < 0x1_ffff_fffe);
+                    || (r.r_type == R_390_PLT32DBL && direct.wrapping_add(0xffff_ffff) < 0x1_ffff_fffe);
                 let target = if near { r.s } else { entry };
                 let val = target.wrapping_add(a).wrapping_sub(p);
                 match r.r_type {
@@ -296,27 +275,11 @@ impl Arch for S390x {
                 };
                 bits(cx, val, false, n, 0, GotOffset)
             }
-            R_390_GOTPC => bits(
-                cx,
-                cx.got_base.wrapping_add(a).wrapping_sub(p),
-                true,
-                32,
-                0,
-                Pc,
-            ),
-            R_390_GOTPCDBL => bits(
-                cx,
-                cx.got_base.wrapping_add(a).wrapping_sub(p),
-                true,
-                32,
-                1,
-                Pc,
-            ),
+            R_390_GOTPC => bits(cx, cx.got_base.wrapping_add(a).wrapping_sub(p), true, 32, 0, Pc),
+            R_390_GOTPCDBL => bits(cx, cx.got_base.wrapping_add(a).wrapping_sub(p), true, 32, 1, Pc),
             t => {
                 if lookup(NAMES, t).is_some() {
-                    Err(Fault::Unsupported(
-                        "not handled by the s390 module loader".into(),
-                    ))
+                    Err(Fault::Unsupported("not handled by the s390 module loader".into()))
                 } else {
                     Err(Fault::Unknown)
                 }

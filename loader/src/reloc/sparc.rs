@@ -77,9 +77,7 @@ impl Arch for Sparc {
     }
     fn percpu_rule(&self, r_type: u32) -> Option<&'static str> {
         match r_type {
-            R_SPARC_13 => {
-                Some("sparc32: a simm13 reference to percpu data reaches only ±4 KiB around 0")
-            }
+            R_SPARC_13 => Some("sparc32: a simm13 reference to percpu data reaches only ±4 KiB around 0"),
             R_SPARC_WDISP22 => Some("sparc32: a WDISP22 branch reaches ±8 MiB from the place"),
             _ => None,
         }

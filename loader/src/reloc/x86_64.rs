@@ -114,8 +114,7 @@ impl Arch for X86_64 {
             t => {
                 if lookup(NAMES, t).is_some() {
                     Err(Fault::Unsupported(
-                        "the x86_64 module loader handles only 64, 32, 32S, PC32, PLT32 and PC64"
-                            .into(),
+                        "the x86_64 module loader handles only 64, 32, 32S, PC32, PLT32 and PC64".into(),
                     ))
                 } else {
                     Err(Fault::Unknown)
