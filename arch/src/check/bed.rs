@@ -216,7 +216,7 @@ fn em_name(e_machine: u16) -> String {
 
 /// Parse `bytes` and check it is an object of `isa`'s machine.
 pub(crate) fn check_machine<'a>(isa: &dyn Isa, name: &str, bytes: &'a [u8]) -> Result<ElfObject<'a>, CheckError> {
-    let obj = ElfObject::parse(name, bytes).map_err(|source| CheckError::Load { object: name.to_string(), source })?;
+    let obj = ElfObject::parse(name, bytes).map_err(|source| CheckError::Load { object: name.to_string(), source: Box::new(source) })?;
     let want = Machine::from_elf(isa.elf_machine(), isa.ptr_bits() == 64);
     let got = Machine::from_elf(obj.e_machine, obj.is_64);
     if got.is_none() || got != want {
@@ -394,11 +394,11 @@ impl<'s> Bed<'s> {
             let mut layout = LinearLayout::window(kbase + runtime.size, limit).with_page_size(page);
             layout.static_percpu_at = Some(cfg.per_cpu_start + first_pad);
             let k = load_kernel_image(kname, kbytes, &opts, &mut layout, &[&rt_table])
-                .map_err(|source| CheckError::Load { object: kname.to_string(), source })?;
+                .map_err(|source| CheckError::Load { object: kname.to_string(), source: Box::new(source) })?;
             (k, cfg, layout.cursor())
         } else {
             let k = load_kernel_image(kname, kbytes, &opts, &mut LinearLayout::at(kbase), &[&rt_table])
-                .map_err(|source| CheckError::Load { object: kname.to_string(), source })?;
+                .map_err(|source| CheckError::Load { object: kname.to_string(), source: Box::new(source) })?;
             let sp = k.static_percpu.as_ref().ok_or_else(|| CheckError::NotKernelImage {
                 object: kname.into(),
                 reason: "no static percpu area (__per_cpu_start/__per_cpu_end or .data..percpu)".into(),
@@ -599,7 +599,7 @@ impl<'s> Bed<'s> {
                     LoadError::PercpuAlloc { source, .. } => {
                         Err(CheckError::ReservedExhausted { object: name.to_string(), reason: source.to_string() })
                     }
-                    source => Err(CheckError::Load { object: name.to_string(), source }),
+                    source => Err(CheckError::Load { object: name.to_string(), source: Box::new(source) }),
                 }
             }
         }

@@ -356,7 +356,7 @@ pub enum CheckError {
     Load {
         object: String,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     #[error("cannot load {object}: the reserved chunk is exhausted: {reason}")]
     ReservedExhausted { object: String, reason: String },
