@@ -37,6 +37,10 @@ pub struct Args {
     trace: bool,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Also print the full diagnostic of every caught planted bug (the
+    /// table shows diagnostics of failures only).
+    #[arg(long)]
+    explain: bool,
     /// The kernel-image object (default: the shipped one for the arch, or
     /// the given object that defines the static percpu area).
     #[arg(long)]
@@ -99,7 +103,16 @@ pub fn run(args: Args) -> Result<u8> {
 
     let report = check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?;
     match args.format {
-        Format::Table => emit(&report.to_string())?,
+        Format::Table => {
+            emit(&report.to_string())?;
+            if args.explain {
+                for t in report.tests.iter().filter(|t| t.status == check::Status::Caught) {
+                    if let Some(d) = &t.diagnostic {
+                        emit(&format!("\n{}:{} (planted bug, caught):\n{d}\n", t.object, t.test))?;
+                    }
+                }
+            }
+        }
         Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
     }
     Ok(if report.unexpected().is_empty() { 0 } else { 1 })
