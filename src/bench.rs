@@ -120,11 +120,30 @@ pub struct Target {
     pub met: bool,
 }
 
+/// Emulated checks: one arch's shipped fixtures on one CPU configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmulationRow {
+    pub arch: &'static str,
+    pub variant: &'static str,
+    pub objects: String,
+    pub cpus: usize,
+    /// Test runs (one test on one CPU), each a full emulated check.
+    pub runs: usize,
+    pub setup_ms: f64,
+    pub run_ms: f64,
+    pub checks_per_sec: f64,
+    /// Whole scenario time divided by the number of CPUs.
+    pub us_per_cpu: f64,
+    /// Why the scenario could not run (e.g. qemu-alpha missing).
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub objects: usize,
     pub rows: Vec<BenchRow>,
     pub utilisation: Vec<UtilisationRow>,
+    pub emulation: Vec<EmulationRow>,
     pub targets: Vec<Target>,
 }
 
@@ -298,8 +317,60 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> BenchReport {
         progress(&format!("{name} utilisation"));
         util.extend(utilisation(name, opts));
     }
+    progress("emulated checks");
+    let emulation = emulation();
     let targets = targets(&rows, &util);
-    BenchReport { objects: opts.objects, rows, utilisation: util, targets }
+    BenchReport { objects: opts.objects, rows, utilisation: util, emulation, targets }
+}
+
+/// One scenario as a benchmark row.
+fn emulation_row(arch: &'static str, cpus: u32, only: Option<&str>) -> EmulationRow {
+    use percpu_arch::check::{self, Scenario};
+    let mut row = EmulationRow {
+        arch,
+        variant: "",
+        objects: only.unwrap_or("all shipped").to_string(),
+        cpus: cpus as usize,
+        runs: 0,
+        setup_ms: 0.0,
+        run_ms: 0.0,
+        checks_per_sec: 0.0,
+        us_per_cpu: 0.0,
+        error: None,
+    };
+    let result = (|| -> anyhow::Result<check::ScenarioReport> {
+        let mut sc = Scenario::new(arch, None, percpu_core::CpuSet::first_n(cpus))?;
+        row.variant = sc.variant.name;
+        if let Some(o) = only {
+            sc = sc.only(&[o]);
+        }
+        let paths = crate::scenario::shipped_objects(sc.variant.fixture_dir)?;
+        let objs = paths.iter().map(|p| crate::scenario::read_object(p)).collect::<anyhow::Result<Vec<_>>>()?;
+        let modules: Vec<(&str, &[u8])> = objs[1..].iter().map(|o| (o.name.as_str(), o.bytes.as_slice())).collect();
+        Ok(check::run(&sc, (&objs[0].name, &objs[0].bytes), &modules)?)
+    })();
+    match result {
+        Ok(r) => {
+            row.runs = r.runs;
+            row.setup_ms = r.setup_micros as f64 / 1e3;
+            row.run_ms = r.run_micros as f64 / 1e3;
+            row.checks_per_sec = r.runs as f64 / (r.run_micros.max(1) as f64 / 1e6);
+            row.us_per_cpu = r.total_micros as f64 / cpus as f64;
+        }
+        Err(e) => row.error = Some(format!("{e:#}")),
+    }
+    row
+}
+
+/// Emulated checks per second per arch (shipped fixtures at 4 CPUs), and
+/// how the cost grows with CPUs (x86_64 `percpu_test.o` at 4, 64, 4096).
+fn emulation() -> Vec<EmulationRow> {
+    let mut rows: Vec<EmulationRow> =
+        percpu_arch::isa::all().iter().map(|isa| emulation_row(isa.name(), 4, None)).collect();
+    for cpus in [4, 64, 4096] {
+        rows.push(emulation_row("x86_64", cpus, Some("percpu_test.o")));
+    }
+    rows
 }
 
 /// Worst case over the free orders seed 002 used (not second-half-filled).
@@ -429,6 +500,17 @@ impl std::fmt::Display for BenchReport {
                 u.utilisation * 100.0,
                 u.metadata_per_allocated_byte
             )?;
+        }
+        writeln!(f, "\nEmulated checks (one test run on one CPU, memory of every unit checked):")?;
+        for e in &self.emulation {
+            match &e.error {
+                Some(err) => writeln!(f, "  {:<8} {:<10} {:>5} cpus  could not run: {err}", e.arch, e.variant, e.cpus)?,
+                None => writeln!(
+                    f,
+                    "  {:<8} {:<10} {:>5} cpus  {:<16} {:>6} runs  setup {:>7.1} ms  runs {:>8.1} ms  {:>9.0} checks/s  {:>8.1} us/cpu",
+                    e.arch, e.variant, e.cpus, e.objects, e.runs, e.setup_ms, e.run_ms, e.checks_per_sec, e.us_per_cpu
+                )?,
+            }
         }
         writeln!(f, "\nTargets (ratios measured side by side in this run):")?;
         for t in &self.targets {

@@ -92,6 +92,13 @@ fn bench_json_rows_carry_the_required_fields() {
         }
     }
     assert!(v["targets"].as_array().is_some_and(|t| !t.is_empty()));
+    let emulation = v["emulation"].as_array().unwrap();
+    for arch in ["x86_64", "arm64", "sparc32", "alpha", "s390x", "km"] {
+        let row = emulation.iter().find(|e| e["arch"] == arch).unwrap_or_else(|| panic!("no {arch} row"));
+        assert!(row["error"].is_null(), "{arch}: {}", row["error"]);
+        assert!(row["checks_per_sec"].as_f64().unwrap() > 0.0);
+    }
+    assert!(emulation.iter().any(|e| e["cpus"] == 4096 && e["error"].is_null()));
     assert!(Path::new(env!("CARGO_BIN_EXE_percpu-bed")).exists());
 }
 

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::ensure!(b > 0.0 && b.is_finite(), "--budget must be a positive number of seconds");
         opts.budget = Duration::from_secs_f64(b);
     }
-    let runs = (opts.sizes.len() * 4 + 2) * bench::ALLOCATORS.len();
+    let runs = (opts.sizes.len() * 4 + 2) * bench::ALLOCATORS.len() + 1;
     let progress = Progress::new(Some(runs as u64));
     let report = bench::run(&opts, |what| progress.step(what));
     progress.finish();
