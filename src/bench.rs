@@ -159,21 +159,9 @@ fn make(name: &str) -> Box<dyn PercpuAllocator> {
     let bitmap = Percpu::new(bench_config()).expect("bench geometry is valid");
     match name {
         "bitmap" => Box::new(bitmap),
-        "areamap" => {
-            let fc = bitmap.first_chunk_layout();
-            Box::new(
-                AreaMapAllocator::new(AreaMapConfig {
-                    space: bitmap.space().clone(),
-                    unit_size: fc.unit_size,
-                    nr_units: fc.nr_units,
-                    static_size: fc.static_size,
-                    reserved_size: fc.reserved_size,
-                    first_chunk_base: fc.base_addr,
-                    per_cpu_start: bitmap.addr_to_pcpu_ptr(fc.base_addr).0,
-                })
-                .expect("bench geometry is valid for the area map"),
-            )
-        }
+        "areamap" => Box::new(
+            AreaMapAllocator::new(AreaMapConfig::matching(&bitmap)).expect("bench geometry is valid for the area map"),
+        ),
         "bump" => Box::new(BumpAllocator::new(0x10_0000, 4096)),
         other => unreachable!("unknown allocator {other}"),
     }

@@ -19,21 +19,7 @@ fn make(name: &str) -> Box<dyn PercpuAllocator> {
     let bitmap = Percpu::new(cfg).unwrap();
     match name {
         "bitmap" => Box::new(bitmap),
-        "areamap" => {
-            let fc = bitmap.first_chunk_layout();
-            Box::new(
-                AreaMapAllocator::new(AreaMapConfig {
-                    space: bitmap.space().clone(),
-                    unit_size: fc.unit_size,
-                    nr_units: fc.nr_units,
-                    static_size: fc.static_size,
-                    reserved_size: fc.reserved_size,
-                    first_chunk_base: fc.base_addr,
-                    per_cpu_start: bitmap.addr_to_pcpu_ptr(fc.base_addr).0,
-                })
-                .unwrap(),
-            )
-        }
+        "areamap" => Box::new(AreaMapAllocator::new(AreaMapConfig::matching(&bitmap)).unwrap()),
         _ => Box::new(BumpAllocator::new(0x10_0000, 4096)),
     }
 }

@@ -142,6 +142,23 @@ pub struct AreaMapConfig {
     pub per_cpu_start: u64,
 }
 
+impl AreaMapConfig {
+    /// The geometry of an already set-up bitmap allocator, so the two
+    /// allocators can be compared on the same units and addresses.
+    pub fn matching(p: &crate::percpu::Percpu) -> Self {
+        let fc = p.first_chunk_layout();
+        AreaMapConfig {
+            space: p.space().clone(),
+            unit_size: fc.unit_size,
+            nr_units: fc.nr_units,
+            static_size: fc.static_size,
+            reserved_size: fc.reserved_size,
+            first_chunk_base: fc.base_addr,
+            per_cpu_start: p.addr_to_pcpu_ptr(fc.base_addr).0,
+        }
+    }
+}
+
 /// A geometry `AreaMapAllocator::new` refuses (the kernel's
 /// `pcpu_setup_first_chunk` BUGs on these).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -109,16 +109,8 @@ impl Harness {
         let space = cfg.space.clone();
         let bitmap = Percpu::new(cfg).expect("geometry sets up");
         let fc = bitmap.first_chunk_layout();
-        let areamap = AreaMapAllocator::new(AreaMapConfig {
-            space: space.clone(),
-            unit_size: fc.unit_size,
-            nr_units: fc.nr_units,
-            static_size: fc.static_size,
-            reserved_size: fc.reserved_size,
-            first_chunk_base: fc.base_addr,
-            per_cpu_start: bitmap.addr_to_pcpu_ptr(fc.base_addr).0,
-        })
-        .expect("area map accepts the same geometry");
+        let areamap =
+            AreaMapAllocator::new(AreaMapConfig::matching(&bitmap)).expect("area map accepts the same geometry");
         let reserved_size = fc.reserved_size;
         Harness {
             bitmap,
