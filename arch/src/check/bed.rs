@@ -216,7 +216,8 @@ fn em_name(e_machine: u16) -> String {
 
 /// Parse `bytes` and check it is an object of `isa`'s machine.
 pub(crate) fn check_machine<'a>(isa: &dyn Isa, name: &str, bytes: &'a [u8]) -> Result<ElfObject<'a>, CheckError> {
-    let obj = ElfObject::parse(name, bytes).map_err(|source| CheckError::Load { object: name.to_string(), source: Box::new(source) })?;
+    let obj = ElfObject::parse(name, bytes)
+        .map_err(|source| CheckError::Load { object: name.to_string(), source: Box::new(source) })?;
     let want = Machine::from_elf(isa.elf_machine(), isa.ptr_bits() == 64);
     let got = Machine::from_elf(obj.e_machine, obj.is_64);
     if got.is_none() || got != want {
