@@ -120,8 +120,9 @@ pub(crate) fn next_aligned_zero(map: &[u64], start: usize, end: usize, align_mas
         }
         return end;
     }
-    // Bit i of the pattern is set where i is a multiple of `align`.
-    let pattern = (0..WORD_BITS).step_by(align).fold(0u64, |m, i| m | 1 << i);
+    // Bit i of the pattern is set where i is a multiple of `align`:
+    // all-ones divided by 2^align - 1 repeats a 1 every `align` bits.
+    let pattern = u64::MAX / ((1u64 << align) - 1);
     while p < end {
         let word = p / WORD_BITS;
         let mut candidates = !map[word] & pattern & (!0u64 << (p % WORD_BITS));
