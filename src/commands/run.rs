@@ -29,6 +29,11 @@ pub struct Args {
     /// arch's realistic placement: far for alpha and s390x, near elsewhere).
     #[arg(long, value_enum)]
     modules: Option<Placement>,
+    /// Run each test on at most N of the possible CPUs (the first and last,
+    /// each node's first, then evenly spread) instead of all; every unit is
+    /// still mapped and checked.  For thousands of CPUs.
+    #[arg(long, value_name = "N")]
+    sample_cpus: Option<u32>,
     /// Instructions per test call before it counts as runaway.
     #[arg(long, default_value_t = check::DEFAULT_BUDGET)]
     budget: u64,
@@ -63,6 +68,10 @@ pub fn run(args: Args) -> Result<u8> {
         .nodes(args.nodes)
         .budget(args.budget)
         .trace(args.trace);
+    if let Some(n) = args.sample_cpus {
+        anyhow::ensure!(n > 0, "--sample-cpus must be at least 1");
+        scenario = scenario.run_on(check::RunOn::Sample(n));
+    }
     if let Some(p) = args.modules {
         scenario = scenario.placement(match p {
             Placement::Near => ModulePlacement::Near,

@@ -203,7 +203,11 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         bed.write_uint(ctx.copy(c), test.init, width, "init")?;
     }
     let full = bed.possible.len() <= FULL_CHECK_CPUS;
-    let run_cpus: Vec<u32> = if test.flags.once() { vec![first_cpu] } else { bed.possible.clone() };
+    let run_cpus: Vec<u32> = if test.flags.once() {
+        vec![first_cpu]
+    } else {
+        super::sample_cpus(&bed.possible, bed.sc.nodes, bed.sc.run_on)
+    };
     let mut diagnosed = 0usize;
     for cpu in run_cpus {
         let snapshot = if full { Some(snapshot(bed, &ctx)?) } else { None };

@@ -84,6 +84,67 @@ pub struct Scenario {
     /// Run only the tests of these objects (by name); `None`: every
     /// object's tests.  All objects are loaded either way.
     pub only: Option<Vec<String>>,
+    /// Which possible CPUs each test runs on.
+    pub run_on: RunOn,
+}
+
+/// Which of the possible CPUs a test (without `ONCE`) runs on.  Every
+/// possible CPU's unit is mapped, initialised and checked either way; only
+/// the set of CPUs whose code runs changes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOn {
+    /// Every possible CPU, as the contract says.
+    All,
+    /// At most this many CPUs chosen by [`sample_cpus`]: the first and last
+    /// possible CPU, the first of every NUMA node, then evenly spread.  With
+    /// thousands of CPUs, tests that sum over all CPUs on every CPU cost
+    /// O(CPUs²) guest instructions; a sample keeps the run linear while
+    /// still entering CPUs in every group and at both ends of the mask.
+    Sample(u32),
+}
+
+impl fmt::Display for RunOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunOn::All => f.write_str("all"),
+            RunOn::Sample(n) => write!(f, "sample:{n}"),
+        }
+    }
+}
+
+/// The CPUs a test runs on under `run_on`, in ascending order.  `possible`
+/// is ascending; `nodes` blocks as [`percpu_core::Topology::blocked`] makes them.
+pub fn sample_cpus(possible: &[u32], nodes: u32, run_on: RunOn) -> Vec<u32> {
+    let n = match run_on {
+        RunOn::All => return possible.to_vec(),
+        RunOn::Sample(n) => (n.max(1) as usize).min(possible.len()),
+    };
+    if n == possible.len() {
+        return possible.to_vec();
+    }
+    let topology = percpu_core::Topology::blocked(CpuSet::from_cpus(possible.iter().copied()), nodes.max(1));
+    let mut picked = std::collections::BTreeSet::new();
+    let want = |cpu: u32, picked: &mut std::collections::BTreeSet<u32>| {
+        if picked.len() < n {
+            picked.insert(cpu);
+        }
+    };
+    want(possible[0], &mut picked);
+    want(possible[possible.len() - 1], &mut picked);
+    let mut seen_node = std::collections::BTreeSet::new();
+    for &c in possible {
+        if seen_node.insert(topology.node_of(c)) {
+            want(c, &mut picked);
+        }
+    }
+    // Evenly spread over the mask for the rest, then in order if the
+    // spread collided with CPUs already taken.
+    let spread = (0..n).map(|k| possible[k * (possible.len() - 1) / (n - 1).max(1)]);
+    for c in spread.chain(possible.iter().copied()) {
+        want(c, &mut picked);
+    }
+    picked.into_iter().collect()
 }
 
 impl fmt::Debug for Scenario {
@@ -97,6 +158,7 @@ impl fmt::Debug for Scenario {
             .field("budget", &self.budget)
             .field("trace", &self.trace)
             .field("only", &self.only)
+            .field("run_on", &self.run_on)
             .finish()
     }
 }
@@ -124,6 +186,7 @@ impl Scenario {
             budget: DEFAULT_BUDGET,
             trace: false,
             only: None,
+            run_on: RunOn::All,
         })
     }
     pub fn nodes(mut self, nodes: u32) -> Self {
@@ -140,6 +203,10 @@ impl Scenario {
     }
     pub fn trace(mut self, trace: bool) -> Self {
         self.trace = trace;
+        self
+    }
+    pub fn run_on(mut self, run_on: RunOn) -> Self {
+        self.run_on = run_on;
         self
     }
     /// Run only the tests of the named objects.
@@ -263,6 +330,7 @@ pub struct ScenarioReport {
     pub nodes: u32,
     pub placement: ModulePlacement,
     pub budget: u64,
+    pub run_on: RunOn,
     pub objects: Vec<ObjectReport>,
     pub tests: Vec<TestReport>,
     pub counts: Counts,
@@ -294,8 +362,17 @@ impl fmt::Display for ScenarioReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}",
-            self.arch, self.variant, self.cpus, self.nr_possible, self.nodes, self.placement
+            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}{}",
+            self.arch,
+            self.variant,
+            self.cpus,
+            self.nr_possible,
+            self.nodes,
+            self.placement,
+            match self.run_on {
+                RunOn::All => String::new(),
+                r @ RunOn::Sample(_) => format!(", tests run on {r} cpus"),
+            }
         )?;
         for o in &self.objects {
             if let Some(r) = &o.rejected {
@@ -439,6 +516,7 @@ pub fn run(
         nodes: scenario.nodes,
         placement: scenario.placement,
         budget: scenario.budget,
+        run_on: scenario.run_on,
         objects,
         tests,
         counts,
@@ -448,4 +526,36 @@ pub fn run(
         instructions,
         runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_keeps_ends_and_one_cpu_per_node() {
+        let possible: Vec<u32> = (0..4096).collect();
+        let s = sample_cpus(&possible, 4, RunOn::Sample(8));
+        assert_eq!(s.len(), 8);
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "ascending, no duplicates: {s:?}");
+        for must in [0, 1024, 2048, 3072, 4095] {
+            assert!(s.contains(&must), "{must} missing from {s:?}");
+        }
+    }
+
+    #[test]
+    fn sample_of_a_sparse_mask_stays_in_the_mask() {
+        let possible: Vec<u32> = [0, 1, 2, 3, 8, 9, 10, 11].into();
+        let s = sample_cpus(&possible, 2, RunOn::Sample(3));
+        assert_eq!(s, vec![0, 8, 11]);
+        assert_eq!(sample_cpus(&possible, 1, RunOn::Sample(100)), possible);
+        assert_eq!(sample_cpus(&possible, 1, RunOn::All), possible);
+        assert_eq!(sample_cpus(&possible, 1, RunOn::Sample(0)), vec![0]);
+    }
+
+    #[test]
+    fn sample_fills_up_when_the_spread_collides() {
+        let possible: Vec<u32> = (0..5).collect();
+        assert_eq!(sample_cpus(&possible, 1, RunOn::Sample(4)).len(), 4);
+    }
 }
