@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Benchmark the bitmap allocator against the 2009 area map and a bump allocator (seed 002).
     Bench(commands::bench::Args),
+    /// Run the cross-arch matrix of ci/matrix.toml (or yours) and report it as a table, JSON, JUnit or KTAP.
+    Matrix(commands::matrix::Args),
     /// Run fixture tests on every CPU of an emulated arch and check every unit's memory.
     Run(commands::run::Args),
     /// Print the alloc info, first-chunk layout and __per_cpu_offset[] of an arch.
@@ -48,14 +50,31 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Matrix(args) => commands::matrix::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Layout(args) => commands::layout::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("percpu-bed: error: {e:#}");
+            eprintln!("percpu-bed: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text
+/// the message already carries (the library errors embed their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
 }
