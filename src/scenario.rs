@@ -46,9 +46,14 @@ pub fn read_object(path: &Path) -> Result<Object> {
 /// The shipped objects of one fixture directory: `kernel.o` first, then
 /// every other object in name order.
 pub fn shipped_objects(fixture_dir: &str) -> Result<Vec<PathBuf>> {
-    let dir = fixtures_dir().join(fixture_dir);
-    let mut objects: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list the shipped fixtures in {} (set PERCPU_BED_FIXTURES)", dir.display()))?
+    objects_in(&fixtures_dir().join(fixture_dir)).context("set PERCPU_BED_FIXTURES to the shipped fixtures/obj")
+}
+
+/// The objects (`*.o`) of a directory: `kernel.o` first, then every other
+/// object in name order.
+pub fn objects_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut objects: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list the fixtures in {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "o"))
         .collect();

@@ -1,0 +1,103 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use percpu_bed::matrix::{self, spec, Plan};
+use percpu_bed::output::emit;
+use percpu_bed::scenario::fixtures_dir;
+
+/// Run every arch x fixture set x configuration of a matrix file across
+/// the machine's cores and report it as a table, JSON, JUnit XML or KTAP.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The matrix file (default: the shipped ci/matrix.toml).
+    #[arg(long, value_name = "FILE")]
+    matrix: Option<PathBuf>,
+    /// Only these arches (`x86_64`, or `arm64/el2` for one variant); repeatable.
+    #[arg(long)]
+    arch: Vec<String>,
+    /// Only jobs whose id (`arch/variant:config`) contains this; repeatable.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Run shard I of N (1-based): a deterministic split for CI runners.
+    #[arg(long, value_name = "I/N", value_parser = spec::parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: MatrixFormat,
+    /// Write the report there instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Also write JUnit XML there (for CI result pages).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write KTAP there.
+    #[arg(long, value_name = "FILE")]
+    ktap: Option<PathBuf>,
+    /// List the selected jobs and exit without running them.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, clap::ValueEnum)]
+enum MatrixFormat {
+    Table,
+    Json,
+    Junit,
+    Ktap,
+}
+
+/// Exit status: 0 every result as expected, 1 some result unexpected or a
+/// job could not run, 2 bad input.
+pub fn run(args: Args) -> Result<u8> {
+    let path = args.matrix.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/matrix.toml"));
+    let mut plan = Plan::load(&path, &fixtures_dir())?;
+    plan.select(&args.arch, &args.filter);
+    if let Some((i, n)) = args.shard {
+        plan.shard(i, n);
+    }
+    if plan.jobs.is_empty() {
+        anyhow::bail!("no job of {} matches --arch {:?} --filter {:?}", path.display(), args.arch, args.filter);
+    }
+    if args.list {
+        let mut out = String::new();
+        for j in &plan.jobs {
+            out += &format!(
+                "{:<36} cpus {:<10} nodes {} modules {:<4} tests on {:<9} {} objects{}\n",
+                j.id,
+                j.cpus,
+                j.nodes,
+                j.placement.to_string(),
+                j.run_on.to_string(),
+                j.objects.len(),
+                j.skipped.as_ref().map(|s| format!("  (skipped: {s})")).unwrap_or_default()
+            );
+        }
+        emit(&out)?;
+        return Ok(0);
+    }
+    let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    anyhow::ensure!(threads > 0, "--jobs must be at least 1");
+    let report = matrix::run(&plan, threads, args.shard.map(|(i, n)| format!("{i}/{n}")));
+    let text = match args.format {
+        MatrixFormat::Table => matrix::table::render(&report),
+        MatrixFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        MatrixFormat::Junit => matrix::junit::render(&report),
+        MatrixFormat::Ktap => matrix::ktap::render(&report),
+    };
+    match &args.output {
+        Some(f) => std::fs::write(f, text).with_context(|| format!("cannot write {}", f.display()))?,
+        None => emit(&text)?,
+    }
+    let also = [
+        (&args.junit, matrix::junit::render as fn(&matrix::MatrixReport) -> String),
+        (&args.ktap, matrix::ktap::render),
+    ];
+    for (file, render) in also {
+        if let Some(f) = file {
+            std::fs::write(f, render(&report)).with_context(|| format!("cannot write {}", f.display()))?;
+        }
+    }
+    Ok(if report.ok() { 0 } else { 1 })
+}

@@ -1,0 +1,125 @@
+//! The human summary: a table with a row per arch variant and a column per
+//! configuration, then every unexpected result with its full diagnostic.
+
+use std::fmt::Write;
+
+use super::{JobResult, JobStatus, MatrixReport, Outcome};
+
+/// One cell: `65p 5c` (pass, caught, `l` latent), `FAIL 2`, `ERROR`,
+/// `skip`, or `.` for a job not in this run (filtered or another shard).
+fn cell(j: Option<&JobResult>) -> String {
+    let Some(j) = j else { return ".".into() };
+    let t = &j.tally;
+    match j.status {
+        JobStatus::Skipped => "skip".into(),
+        JobStatus::Error => "ERROR".into(),
+        JobStatus::Fail => format!("FAIL {}", t.unexpected()),
+        JobStatus::Ok => {
+            let mut s = format!("{}p {}c", t.pass, t.caught);
+            if t.latent > 0 {
+                let _ = write!(s, " {}l", t.latent);
+            }
+            s
+        }
+    }
+}
+
+pub fn render(r: &MatrixReport) -> String {
+    let mut out = String::new();
+    let find = |row: &str, col: &str| r.jobs.iter().find(|j| j.job.row == row && j.job.config == col);
+    let rows: Vec<&String> = r.rows.iter().filter(|row| r.jobs.iter().any(|j| &j.job.row == *row)).collect();
+    let cols: Vec<&String> = r.columns.iter().filter(|c| r.jobs.iter().any(|j| &j.job.config == *c)).collect();
+    let cells: Vec<Vec<String>> = rows.iter().map(|row| cols.iter().map(|c| cell(find(row, c))).collect()).collect();
+    let w0 = rows.iter().map(|r| r.len()).max().unwrap_or(0).max("arch".len());
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|row| row[i].len()).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let _ = write!(out, "{:<w0$}", "arch");
+    for (c, w) in cols.iter().zip(&widths) {
+        let _ = write!(out, "  {c:>w$}");
+    }
+    out.push('\n');
+    for (row, cells) in rows.iter().zip(&cells) {
+        let _ = write!(out, "{row:<w0$}");
+        for (c, w) in cells.iter().zip(&widths) {
+            let _ = write!(out, "  {c:>w$}");
+        }
+        out.push('\n');
+    }
+    out.push_str("p pass, c planted bug caught, l planted bug latent in this configuration (declared in the matrix)\n");
+
+    let skipped: Vec<&JobResult> = r.jobs.iter().filter(|j| j.status == JobStatus::Skipped).collect();
+    if !skipped.is_empty() {
+        out.push_str("\nskipped:\n");
+        for j in skipped {
+            let _ = writeln!(out, "  {}: {}", j.job.id, j.job.skipped.as_deref().unwrap_or(""));
+        }
+    }
+    let unexpected: Vec<&JobResult> =
+        r.jobs.iter().filter(|j| matches!(j.status, JobStatus::Fail | JobStatus::Error)).collect();
+    for j in &unexpected {
+        let _ = writeln!(
+            out,
+            "\n{} {} (cpus {}, {} node(s), modules {}, tests on {} cpus):",
+            if j.status == JobStatus::Error { "ERROR" } else { "FAIL" },
+            j.job.id,
+            j.job.cpus,
+            j.job.nodes,
+            j.job.placement,
+            j.job.run_on
+        );
+        if let Some(e) = &j.error {
+            let _ = writeln!(out, "  cannot run: {e}");
+        }
+        for t in j.tests.iter().filter(|t| !t.outcome.expected()) {
+            let what = if t.outcome == Outcome::Error { "ERROR" } else { "FAIL" };
+            let _ = writeln!(out, "  {what} {}{}", t.name(), if t.expect_caught { " (planted bug)" } else { "" });
+            if let Some(d) = &t.diagnostic {
+                for line in d.to_string().lines() {
+                    let _ = writeln!(out, "      {line}");
+                }
+            }
+        }
+    }
+    let t = &r.tally;
+    let ran = r.jobs.iter().filter(|j| j.status != JobStatus::Skipped).count();
+    let _ = writeln!(
+        out,
+        "\n{} jobs ({} skipped){} on {} thread(s) in {:.1} s: {} pass, {} caught, {} latent, {} fail, {} error: {}",
+        ran,
+        r.jobs.len() - ran,
+        r.shard.as_ref().map(|s| format!(", shard {s}")).unwrap_or_default(),
+        r.threads,
+        r.millis as f64 / 1000.0,
+        t.pass,
+        t.caught,
+        t.latent,
+        t.fail,
+        t.error,
+        if r.ok() { "all as expected".to_string() } else { format!("{} job(s) UNEXPECTED", unexpected.len()) }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_every_row_column_and_the_failures() {
+        let r = super::super::testutil::report();
+        let text = render(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("arch") && lines[0].contains("cpus-2") && lines[0].contains("missing"));
+        let x86 = lines.iter().find(|l| l.starts_with("x86_64/zero-based")).unwrap();
+        assert!(x86.contains("skip") && x86.contains("ERROR"), "{x86}");
+        let s390 = lines.iter().find(|l| l.starts_with("s390x/default")).unwrap();
+        assert!(s390.contains("l"), "{s390}");
+        assert!(text.contains("ERROR x86_64/zero-based:missing"), "{text}");
+        assert!(text.contains("cannot run: ") && text.contains("/nonexistent/kernel.o"));
+        assert!(text.contains("x86_64/zero-based:skipped: not applicable"));
+        assert!(text.trim_end().ends_with("1 job(s) UNEXPECTED"), "{text}");
+    }
+}
