@@ -4,5 +4,6 @@
 //! (cargo's `ops` pattern).
 
 pub mod bench;
+pub mod map;
 pub mod output;
 pub mod scenario;

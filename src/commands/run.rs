@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 #[derive(Copy, Clone, clap::ValueEnum)]
-enum Placement {
+pub(crate) enum Placement {
     Near,
     Far,
 }
