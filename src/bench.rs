@@ -191,19 +191,38 @@ fn fill_second_halves(a: &mut dyn PercpuAllocator, bytes: usize) {
     }
 }
 
-fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts: &BenchOptions) -> BenchRow {
-    let mut a = make(name);
+/// What the two phases of an objects workload did.
+struct Phases {
+    allocated: usize,
+    freed: usize,
+    alloc_time: Duration,
+    free_time: Duration,
+    exceeded: bool,
+}
+
+/// An objects workload on any allocator: fill second halves if the pattern
+/// says so, allocate `n` objects, then (unless `phase` stops after the
+/// allocations) free them in the pattern's order.  Each phase stops once it
+/// has run longer than `budget`.
+fn objects_workload(
+    a: &mut dyn PercpuAllocator,
+    size: usize,
+    align: usize,
+    pattern: Pattern,
+    n: usize,
+    budget: Duration,
+    phase: Phase,
+) -> Phases {
     if pattern == Pattern::SecondHalfFilled {
-        fill_second_halves(a.as_mut(), opts.objects * size);
+        fill_second_halves(a, n * size);
     }
-    let n = opts.objects;
     let mut ptrs: Vec<PcpuPtr> = Vec::with_capacity(n);
     let req = AllocRequest::new(size, align);
     // Each phase has its own budget, so an allocator stopped while
     // allocating still has its free path measured on what it allocated.
     let mut exceeded = false;
     let start = Instant::now();
-    let deadline = start + opts.budget;
+    let deadline = start + budget;
     for i in 0..n {
         ptrs.push(a.alloc(req).expect("bench allocation"));
         // Check the clock every 256 operations: cheap, still bounded.
@@ -214,46 +233,78 @@ fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts
     }
     let alloc_time = start.elapsed();
     let allocated = ptrs.len();
-    let order: Vec<usize> = free_order(n, pattern).into_iter().filter(|&i| i < allocated).collect();
     let mut freed = 0;
     let start = Instant::now();
-    let deadline = start + opts.budget;
-    for (k, i) in order.into_iter().enumerate() {
-        a.free(ptrs[i]).expect("bench free");
-        freed += 1;
-        if k % 256 == 255 && Instant::now() > deadline {
-            exceeded = true;
-            break;
+    if phase == Phase::End {
+        let order: Vec<usize> = free_order(n, pattern).into_iter().filter(|&i| i < allocated).collect();
+        let deadline = start + budget;
+        for (k, i) in order.into_iter().enumerate() {
+            a.free(ptrs[i]).expect("bench free");
+            freed += 1;
+            if k % 256 == 255 && Instant::now() > deadline {
+                exceeded = true;
+                break;
+            }
         }
     }
-    let free_time = start.elapsed();
+    Phases { allocated, freed, alloc_time, free_time: start.elapsed(), exceeded }
+}
+
+fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts: &BenchOptions) -> BenchRow {
+    let mut a = make(name);
+    let n = opts.objects;
+    let ph = objects_workload(a.as_mut(), size, align, pattern, n, opts.budget, Phase::End);
     let chunks = a.footprint().nr_chunks;
     let per = |d: Duration, ops: usize| if ops == 0 { 0.0 } else { d.as_nanos() as f64 / ops as f64 };
-    let alloc_ns = per(alloc_time, allocated);
     BenchRow {
         allocator: name,
         size,
         align,
         pattern: pattern.name(),
         objects: n,
-        alloc_ops: allocated,
-        free_ops: freed,
-        alloc_ms: alloc_time.as_secs_f64() * 1e3,
-        free_ms: free_time.as_secs_f64() * 1e3,
-        alloc_ns_per_op: alloc_ns,
-        free_ns_per_op: per(free_time, freed),
-        exceeded_budget: exceeded,
+        alloc_ops: ph.allocated,
+        free_ops: ph.freed,
+        alloc_ms: ph.alloc_time.as_secs_f64() * 1e3,
+        free_ms: ph.free_time.as_secs_f64() * 1e3,
+        alloc_ns_per_op: per(ph.alloc_time, ph.allocated),
+        free_ns_per_op: per(ph.free_time, ph.freed),
+        exceeded_budget: ph.exceeded,
         chunks,
     }
 }
 
+/// The utilisation workload's random generator, seeded so runs are
+/// comparable (2005: seed 004's year).
+fn utilisation_rng() -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    rand_chacha::ChaCha8Rng::seed_from_u64(2005)
+}
+
+/// `n` allocations of log-uniform sizes in 4..=1024, natural 4-byte alignment.
+fn random_alloc(a: &mut dyn PercpuAllocator, n: usize, rng: &mut impl rand::Rng) -> Vec<PcpuPtr> {
+    let mut live = Vec::with_capacity(n);
+    for _ in 0..n {
+        let size = 1usize << rng.random_range(2..=10);
+        let size = rng.random_range(size / 2..=size).max(4);
+        live.push(a.alloc(AllocRequest::new(size, 4)).expect("utilisation alloc"));
+    }
+    live
+}
+
+/// Free a random half, then let the balance work depopulate.
+fn random_free_half(a: &mut dyn PercpuAllocator, mut live: Vec<PcpuPtr>, rng: &mut impl rand::Rng) {
+    for i in (0..live.len()).rev() {
+        if rng.random_bool(0.5) {
+            a.free(live.swap_remove(i)).expect("utilisation free");
+        }
+    }
+    a.balance();
+}
+
 /// Random-size workload for utilisation and metadata overhead.
 fn utilisation(name: &'static str, opts: &BenchOptions) -> Vec<UtilisationRow> {
-    use rand::{Rng, SeedableRng};
-    // Seeded so runs are comparable (2005: seed 004's year).
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2005);
+    let mut rng = utilisation_rng();
     let mut a = make(name);
-    let mut live = Vec::with_capacity(opts.utilisation_objects);
     let row = |a: &dyn PercpuAllocator, workload: &'static str| {
         let f = a.footprint();
         UtilisationRow {
@@ -266,22 +317,85 @@ fn utilisation(name: &'static str, opts: &BenchOptions) -> Vec<UtilisationRow> {
             metadata_per_allocated_byte: f.metadata_bytes as f64 / f.allocated_bytes.max(1) as f64,
         }
     };
-    // Sizes log-uniform in 4..=1024, natural 4-byte alignment.
-    for _ in 0..opts.utilisation_objects {
-        let size = 1usize << rng.random_range(2..=10);
-        let size = rng.random_range(size / 2..=size).max(4);
-        live.push(a.alloc(AllocRequest::new(size, 4)).expect("utilisation alloc"));
-    }
+    let live = random_alloc(a.as_mut(), opts.utilisation_objects, &mut rng);
     let mut rows = vec![row(a.as_ref(), "random-alloc")];
-    // Free a random half, then let the balance work depopulate.
-    for i in (0..live.len()).rev() {
-        if rng.random_bool(0.5) {
-            a.free(live.swap_remove(i)).expect("utilisation free");
-        }
-    }
-    a.balance();
+    random_free_half(a.as_mut(), live, &mut rng);
     rows.push(row(a.as_ref(), "random-half-freed"));
     rows
+}
+
+/// Where to stop a workload.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// After the allocations, before any free (or balance).
+    Allocated,
+    /// At the workload's end, as `bench` runs it.
+    End,
+}
+
+/// A benchmark workload by name, for drawing what it leaves behind
+/// (`percpu-bed map --workload`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `PATTERN-SIZE`, or `in-order-4-align-8`: objects of `size` bytes
+    /// at `align`, freed in `pattern`'s order.
+    Objects { size: usize, align: usize, pattern: Pattern },
+    /// `random-alloc` / `random-half-freed`: the utilisation workload's
+    /// random sizes, then a random half freed and the balance work run.
+    Random { half_freed: bool },
+}
+
+impl Workload {
+    /// Every workload `bench` runs, in its order.
+    pub fn all() -> Vec<Workload> {
+        let patterns = [Pattern::InOrder, Pattern::Alternating, Pattern::Reverse, Pattern::SecondHalfFilled];
+        let mut all = Vec::new();
+        for size in BenchOptions::full().sizes {
+            for pattern in patterns {
+                all.push(Workload::Objects { size, align: 4, pattern });
+            }
+        }
+        all.push(Workload::Objects { size: 4, align: 8, pattern: Pattern::InOrder });
+        all.push(Workload::Random { half_freed: false });
+        all.push(Workload::Random { half_freed: true });
+        all
+    }
+
+    pub fn name(&self) -> String {
+        match *self {
+            Workload::Objects { size, align: 4, pattern } => format!("{}-{size}", pattern.name()),
+            Workload::Objects { size, align, pattern } => format!("{}-{size}-align-{align}", pattern.name()),
+            Workload::Random { half_freed: false } => "random-alloc".into(),
+            Workload::Random { half_freed: true } => "random-half-freed".into(),
+        }
+    }
+
+    /// The workload called `name`, one of [`Workload::all`]'s names.
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::all().into_iter().find(|w| w.name() == name)
+    }
+
+    /// Run the workload with `objects` objects on the bitmap allocator in
+    /// the bench geometry ([`bench_config`]), stopping at `phase`, and hand
+    /// the allocator back.  Same code paths as `bench`, without its time
+    /// budget.
+    pub fn run(&self, objects: usize, phase: Phase) -> Percpu {
+        let mut p = Percpu::new(bench_config()).expect("bench geometry is valid");
+        match *self {
+            Workload::Objects { size, align, pattern } => {
+                let no_budget = Duration::from_secs(365 * 24 * 3600);
+                objects_workload(&mut p, size, align, pattern, objects, no_budget, phase);
+            }
+            Workload::Random { half_freed } => {
+                let mut rng = utilisation_rng();
+                let live = random_alloc(&mut p, objects, &mut rng);
+                if half_freed && phase == Phase::End {
+                    random_free_half(&mut p, live, &mut rng);
+                }
+            }
+        }
+        p
+    }
 }
 
 /// Run every workload; `progress` is told what starts next.

@@ -30,6 +30,7 @@ enum Command {
     Layout(commands::layout::Args),
     /// Inspect ELF objects: percpu sections, symbols, relocations and the arch's module rules.
     Inspect(commands::inspect::Args),
+    Map(commands::map::Args),
 }
 
 fn init_tracing(verbose: u8) {
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Matrix(args) => commands::matrix::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Layout(args) => commands::layout::run(args),
+        Command::Map(args) => commands::map::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,5 +1,6 @@
-//! What `run` and `layout` share: choosing the arch, variant and possible
-//! CPUs from the command line, and finding the shipped fixtures.
+//! What `run`, `map` and `layout` share: choosing the arch, variant and
+//! possible CPUs from the command line, finding the shipped fixtures, and
+//! sorting the given objects into the kernel image and modules.
 
 use std::path::{Path, PathBuf};
 
@@ -65,4 +66,44 @@ pub fn objects_in(dir: &Path) -> Result<Vec<PathBuf>> {
     objects.retain(|p| p != &kernel);
     objects.insert(0, kernel);
     Ok(objects)
+}
+
+/// The kernel image and the modules to load: `kernel` if given (every
+/// object is then a module); else the first object the loader does not see
+/// as a module, or the shipped `kernel.o` of `fixture_dir` when there is
+/// none; with no objects at all, every shipped fixture of `fixture_dir`.
+pub fn kernel_and_modules(
+    fixture_dir: &str,
+    kernel: Option<PathBuf>,
+    objects: Vec<PathBuf>,
+) -> Result<(Object, Vec<Object>)> {
+    let shipped = || shipped_objects(fixture_dir);
+    let (kernel_path, module_paths) = match (kernel, objects.is_empty()) {
+        (Some(k), _) => (k, objects),
+        (None, true) => {
+            let mut all = shipped()?;
+            let k = all.remove(0);
+            (k, all)
+        }
+        (None, false) => {
+            let mut kernel = None;
+            let mut modules = Vec::new();
+            for p in objects {
+                let report = percpu_loader::inspect_path(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                if kernel.is_none() && report.role != percpu_loader::ObjectRole::Module {
+                    kernel = Some(p);
+                } else {
+                    modules.push(p);
+                }
+            }
+            let k = match kernel {
+                Some(k) => k,
+                None => shipped()?.remove(0),
+            };
+            (k, modules)
+        }
+    };
+    let kernel = read_object(&kernel_path)?;
+    let modules = module_paths.iter().map(|p| read_object(p)).collect::<Result<Vec<_>>>()?;
+    Ok((kernel, modules))
 }

@@ -250,3 +250,68 @@ fn matrix_bad_input_exits_two() {
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn map_after_a_run_writes_an_svg_file() {
+    let dir = std::env::temp_dir().join(format!("percpu-bed-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("x86.svg");
+    let o = bed(&["map", "--arch", "x86_64", "--possible", "0-2,8-9", "--nodes", "2", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "the SVG goes to the file only");
+    let svg = std::fs::read_to_string(&out).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let chunks = doc.descendants().filter(|n| n.attribute("class") == Some("chunk")).count();
+    assert!(chunks >= 2, "first and reserved chunk at least");
+    let text: String = doc.descendants().filter_map(|n| n.text()).collect();
+    assert!(text.contains("x86_64/zero-based · cpus 0-2,8-9 (5 possible, 2 nodes)"), "{text}");
+    assert!(text.contains("0 fail, 0 error"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn map_of_a_workload_goes_to_stdout_as_svg_or_json() {
+    let o = bed(&["map", "--workload", "second-half-filled-64", "--objects", "512"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let svg = stdout(&o);
+    assert!(svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
+    roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    assert!(svg.contains("workload second-half-filled-64 · 512 objects"));
+
+    let o = bed(&["map", "--workload", "in-order-4", "--objects", "100", "--phase", "allocated", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let first = &v["chunks"][0];
+    assert_eq!(first["role"], "first");
+    let allocated: u64 =
+        first["pages"].as_array().unwrap().iter().map(|p| p["allocated_bytes"].as_u64().unwrap()).sum();
+    assert_eq!(allocated, 400, "100 four-byte objects, not freed yet");
+    assert_eq!(v["units"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn map_refuses_bad_input_with_exit_two() {
+    let o = bed(&["map", "--workload", "in-order-3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("unknown workload `in-order-3`") && err.contains("random-half-freed"), "{err}");
+    let o = bed(&["map", "--arch", "vax"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown arch `vax`"), "{}", stderr(&o));
+    for args in [
+        &["map"][..],
+        &["map", "--arch", "x86_64", "--workload", "in-order-4"],
+        &["map", "--workload", "in-order-4", "--objects", "0"],
+        &["map", "--workload", "in-order-4", "--max-units", "0"],
+        &["map", "--workload", "in-order-4", "--cpus", "8"],
+        &["map", "--arch", "x86_64", "--phase", "allocated"],
+        &["map", "--workload", "in-order-4", "-o", "/nonexistent-dir/map.svg"],
+    ] {
+        let o = bed(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+    let o = bed(&["map", "--help"]);
+    assert!(stdout(&o).contains("random-half-freed"), "--help lists the workloads");
+}

@@ -303,3 +303,18 @@ fn trace_decodes_percpu_accesses() {
     assert!(out.contains("(cpu 2) offset"), "{out}");
     assert!(out.contains("kernel.o:k_u16+0x0"), "{out}");
 }
+
+#[test]
+fn run_with_map_hands_back_the_final_allocator_state() {
+    let sc = Scenario::new("x86_64", None, CpuSet::first_n(4)).unwrap();
+    let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+    let mods: Vec<(&str, &[u8])> = mods.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let (report, map) = check::run_with_map(&sc, ("kernel.o", &kernel), &mods).unwrap();
+    assert_expected(&report);
+    assert_eq!(map.units.iter().filter(|u| u.cpu.is_some()).count(), 4);
+    let reserved = map.chunks.iter().find(|c| c.role == percpu_core::percpu::ChunkRole::Reserved).unwrap();
+    // Loaded modules keep their percpu in the reserved chunk.
+    assert!(reserved.pages.iter().any(|p| p.allocated_bytes > 0), "{reserved:?}");
+    // Tests free their dynamic allocations: nothing is left in the first chunk.
+    assert_eq!(map.chunks[0].pages.iter().map(|p| p.allocated_bytes).sum::<usize>(), 0);
+}

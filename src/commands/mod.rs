@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod inspect;
 pub mod layout;
+pub mod map;
 pub mod matrix;
 pub mod run;

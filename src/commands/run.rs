@@ -1,10 +1,10 @@
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
 use percpu_bed::output::{emit, Format};
-use percpu_bed::scenario::{possible_cpus, read_object, shipped_objects};
+use percpu_bed::scenario::{kernel_and_modules, possible_cpus};
 
 /// Load a kernel-image object and module objects, run their tests on every
 /// possible CPU of an emulated arch, and check every unit's memory.
@@ -55,7 +55,7 @@ pub struct Args {
 }
 
 #[derive(Copy, Clone, clap::ValueEnum)]
-enum Placement {
+pub(crate) enum Placement {
     Near,
     Far,
 }
@@ -79,35 +79,7 @@ pub fn run(args: Args) -> Result<u8> {
         });
     }
 
-    // Sort the objects into the kernel image and modules.
-    let shipped = || shipped_objects(scenario.variant.fixture_dir);
-    let (kernel_path, module_paths) = match (args.kernel, args.objects.is_empty()) {
-        (Some(k), _) => (k, args.objects),
-        (None, true) => {
-            let mut all = shipped()?;
-            let k = all.remove(0);
-            (k, all)
-        }
-        (None, false) => {
-            let mut kernel = None;
-            let mut modules = Vec::new();
-            for p in args.objects {
-                let report = percpu_loader::inspect_path(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                if kernel.is_none() && report.role != percpu_loader::ObjectRole::Module {
-                    kernel = Some(p);
-                } else {
-                    modules.push(p);
-                }
-            }
-            let k = match kernel {
-                Some(k) => k,
-                None => shipped()?.remove(0),
-            };
-            (k, modules)
-        }
-    };
-    let kernel = read_object(&kernel_path)?;
-    let modules = module_paths.iter().map(|p| read_object(p)).collect::<Result<Vec<_>>>()?;
+    let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
     let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
 
     let report = check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?;

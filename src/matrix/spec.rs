@@ -150,7 +150,8 @@ impl Job {
     /// The runner's scenario for this job.
     pub fn scenario(&self) -> Result<Scenario, Box<percpu_arch::check::CheckError>> {
         let cpus = CpuSet::parse_list(&self.cpus).expect("validated when the plan was built");
-        Ok(Scenario::new(&self.arch, Some(&self.variant), cpus).map_err(Box::new)?
+        Ok(Scenario::new(&self.arch, Some(&self.variant), cpus)
+            .map_err(Box::new)?
             .nodes(self.nodes)
             .placement(self.placement)
             .budget(self.budget)

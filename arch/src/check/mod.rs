@@ -28,6 +28,9 @@
 //! a misbehaviour with a [`Diagnostic`] that decodes every address
 //! involved (`diag.rs`).
 //!
+//! [`run_with_map`] runs the same way and also hands back the allocator's
+//! final state ([`ChunkMapView`]) for drawing.
+//!
 //! # Cost
 //!
 //! Writing `init` into every unit before every run and reading every unit
@@ -50,7 +53,7 @@ use std::fmt;
 use std::time::Instant;
 
 use percpu_core::alloc::AllocError;
-use percpu_core::percpu::PercpuSetupError;
+use percpu_core::percpu::{ChunkMapView, PercpuSetupError};
 use percpu_core::CpuSet;
 use percpu_loader::LoadError;
 use serde::Serialize;
@@ -473,6 +476,27 @@ pub fn run(
     kernel: (&str, &[u8]),
     modules: &[(&str, &[u8])],
 ) -> Result<ScenarioReport, CheckError> {
+    run_bed(scenario, kernel, modules, |_| ()).map(|(report, ())| report)
+}
+
+/// [`run`], also handing back the allocator's final state, after every
+/// test ran and freed its dynamic allocations, for `percpu-bed map`.
+pub fn run_with_map(
+    scenario: &Scenario,
+    kernel: (&str, &[u8]),
+    modules: &[(&str, &[u8])],
+) -> Result<(ScenarioReport, ChunkMapView), CheckError> {
+    run_bed(scenario, kernel, modules, |bed| bed.percpu.chunk_map())
+}
+
+/// Build the bed, run every test, and let `last` look at the bed before it
+/// is dropped.
+fn run_bed<T>(
+    scenario: &Scenario,
+    kernel: (&str, &[u8]),
+    modules: &[(&str, &[u8])],
+    last: impl FnOnce(&bed::Bed) -> T,
+) -> Result<(ScenarioReport, T), CheckError> {
     let t0 = Instant::now();
     if scenario.cpus.is_empty() {
         return Err(CheckError::NoCpus);
@@ -507,7 +531,8 @@ pub fn run(
     }
     let objects = bed.objects.iter().map(|o| o.report()).collect();
     let run_micros = t1.elapsed().as_micros() as u64;
-    Ok(ScenarioReport {
+    let extra = last(&bed);
+    let report = ScenarioReport {
         arch: scenario.isa.name().to_string(),
         variant: scenario.variant.name.to_string(),
         model: scenario.variant.model,
@@ -525,7 +550,8 @@ pub fn run(
         total_micros: t0.elapsed().as_micros() as u64,
         instructions,
         runs,
-    })
+    };
+    Ok((report, extra))
 }
 
 #[cfg(test)]

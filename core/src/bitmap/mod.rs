@@ -329,6 +329,20 @@ impl ChunkMap {
         bits::test_bit(&self.alloc_map, bit)
     }
 
+    /// How many bits of `alloc_map` in `range` are allocated (the first
+    /// chunk's hidden head and tail count as allocated).
+    ///
+    /// # Panics
+    /// If the range is not within the region.
+    pub fn allocated_bits_in(&self, range: Range<usize>) -> usize {
+        assert!(
+            range.start <= range.end && range.end <= self.region_bits,
+            "bit range {range:?} is not within the region's {} bits",
+            self.region_bits
+        );
+        bits::count_ones(&self.alloc_map, range.start, range.end)
+    }
+
     /// `pcpu_chunk_populated`: pages `[page_start, page_end)` are now backed
     /// in every unit.  Already populated pages in the range are left alone.
     ///

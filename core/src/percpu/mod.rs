@@ -28,6 +28,7 @@
 //! applies the chunk's delta to it, the way `pcpu_update_empty_pages` does.
 
 mod classify;
+mod map_view;
 mod slots;
 mod stats;
 
@@ -36,6 +37,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use classify::{Location, Region};
+pub use map_view::{ChunkMapView, ChunkView, GroupView, PageView, SlotList, UnitView};
 pub use slots::SlotLists;
 pub use stats::{ChunkStats, GlobalStats, Stats};
 
