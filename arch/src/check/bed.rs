@@ -796,6 +796,7 @@ impl<'s> Bed<'s> {
         for f in fillers {
             let _ = self.percpu.free(f);
         }
+        self.run_balance_work();
         let p = result?;
         self.sync_events()?;
         self.dyn_allocs.push(DynAlloc { ptr: p.0, size: size as u64, test: test.to_string() });
@@ -805,7 +806,20 @@ impl<'s> Bed<'s> {
     pub fn free_dynamic(&mut self, ptr: u64) -> Result<(), CheckError> {
         let _ = self.percpu.free(PcpuPtr(ptr));
         self.dyn_allocs.retain(|d| d.ptr != ptr);
+        self.run_balance_work();
         self.sync_events()
+    }
+
+    /// `free_percpu` schedules `pcpu_balance_workfn` when a free leaves a
+    /// surplus empty chunk or isolates one; the work runs soon after, so
+    /// the bed runs it before the next test.  Its depopulations and chunk
+    /// destructions reach the engine through [`Self::sync_events`]: pages
+    /// it frees are unmapped, and a stale pointer into them faults.
+    fn run_balance_work(&mut self) {
+        if self.percpu.balance_pending() {
+            let r = self.percpu.balance();
+            tracing::debug!(?r, "percpu: balance work");
+        }
     }
 
     /// The model's CPU context for `cpu`.
@@ -826,5 +840,58 @@ impl<'s> Bed<'s> {
         let isa = self.isa;
         let variant = self.variant;
         isa.enter_cpu(self.engine.as_mut(), &variant, &ctx).map_err(engine_err(self.sc, format!("entering cpu {cpu}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Scenario;
+
+    fn shipped(dir: &str, name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/obj").join(dir).join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// Two backend chunks freed: the balance work destroys the surplus
+    /// one and depopulates it, and the engine loses its pages (a stale
+    /// pointer faults) while the kept chunk stays as the model says.
+    #[test]
+    fn balance_work_unmaps_what_it_depopulates_and_destroys() {
+        let sc = Scenario::new("x86_64", None, percpu_core::CpuSet::first_n(4)).unwrap();
+        let kernel = shipped("x86_64", "kernel.o");
+        let mut bed = Bed::build(&sc, ("kernel.o", &kernel), &[]).unwrap();
+        let a = bed.alloc_dynamic(16, 8, true, "a").unwrap();
+        // Fill a's chunk so the next FAR allocation needs another chunk.
+        let chunk_a = bed.percpu.classify_ptr(PcpuPtr(a)).unwrap().chunk;
+        let mut fill = Vec::new();
+        while bed.percpu.classify_ptr(PcpuPtr(a)).is_some() {
+            let contig = bed.percpu.chunk(chunk_a).map.contig_hint_bytes();
+            if contig < 8 {
+                break;
+            }
+            fill.push(bed.alloc_dynamic(contig.min(32 << 10) & !7, 8, true, "fill").unwrap());
+        }
+        let b = bed.alloc_dynamic(16, 8, true, "b").unwrap();
+        let chunk_b = bed.percpu.classify_ptr(PcpuPtr(b)).unwrap().chunk;
+        assert_ne!(chunk_a, chunk_b, "b needed a second backend chunk");
+        let copy_b = bed.cpu_ptr(b, 1).unwrap();
+        let copy_a = bed.cpu_ptr(a, 1).unwrap();
+        assert!(bed.is_mapped(copy_b) && bed.read(copy_b, 8, "b").is_ok());
+
+        for f in fill {
+            bed.free_dynamic(f).unwrap();
+        }
+        bed.free_dynamic(a).unwrap();
+        bed.free_dynamic(b).unwrap();
+        // One of the two now-empty chunks is kept, the other destroyed.
+        let live = |bed: &Bed<'_>, id| bed.percpu.chunk_opt(id).is_some();
+        assert!(live(&bed, chunk_a) != live(&bed, chunk_b), "exactly one empty chunk survives the balance work");
+        let (gone, kept) = if live(&bed, chunk_a) { (copy_b, copy_a) } else { (copy_a, copy_b) };
+        assert!(!bed.is_mapped(gone), "a destroyed chunk's pages are unmapped");
+        assert!(bed.read(gone, 8, "stale").is_err(), "the engine faults on a destroyed chunk");
+        let kept_id = bed.percpu.classify(kept).map(|l| l.chunk);
+        assert!(kept_id.is_some(), "the kept chunk still classifies");
+        assert!(!bed.percpu.balance_pending());
     }
 }
