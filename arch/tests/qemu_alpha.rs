@@ -560,3 +560,23 @@ fn callsys_in_guest_code_is_not_executed() {
     e.write(f + 4, &words(&[0x47ff041f])).unwrap();
     assert_eq!(e.call(f, &[], STACK, 100).unwrap(), Outcome::Returned { value: 1, instructions: None });
 }
+
+/// Without shared memory (`shared_memory: false`, also the fallback when
+/// the guest cannot open it) every access goes over gdb and trace mode
+/// Writes single-steps: slower, same records, and counted.
+#[test]
+fn writes_are_traced_by_stepping_without_shared_memory() {
+    let Some(mut e) = engine_with(QemuAlphaConfig { shared_memory: false, ..Default::default() }) else { return };
+    assert!(!e.uses_shared_memory());
+    with_fns(&mut e);
+    e.map(DATA, 0x2000, Perms::RW).unwrap();
+    e.set_trace_mode(TraceMode::Writes);
+    let cell = DATA + 0x10;
+    e.write(cell, &0x1_0000_0005u64.to_le_bytes()).unwrap();
+    let out = e.call(BUMP, &[cell, 3], STACK, 100).unwrap();
+    assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: Some(5) });
+    assert_eq!(e.take_trace(), vec![write_of(BUMP + 8, cell, 4, 8)]);
+    let mut b = [0u8; 8];
+    e.read(cell, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 0x1_0000_0008);
+}
