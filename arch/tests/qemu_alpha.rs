@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use percpu_arch::engine::qemu_alpha::{QemuAlphaEngine, HARNESS_STACK_TOP, SCRATCH_BASE};
-use percpu_arch::engine::{Access, Engine, EngineError, MemAccess, Outcome, Perms, Reg};
+use percpu_arch::engine::qemu_alpha::{QemuAlphaConfig, QemuAlphaEngine, HARNESS_STACK_TOP, SCRATCH_BASE};
+use percpu_arch::engine::{Access, Engine, EngineError, MemAccess, Outcome, Perms, Reg, TraceMode};
 
-fn engine() -> Option<QemuAlphaEngine> {
-    match QemuAlphaEngine::new() {
+fn engine_with(cfg: QemuAlphaConfig) -> Option<QemuAlphaEngine> {
+    match QemuAlphaEngine::with_config(cfg) {
         Ok(e) => Some(e),
         Err(e @ EngineError::Missing { .. }) => {
             eprintln!("SKIPPED: {e}");
@@ -15,6 +15,18 @@ fn engine() -> Option<QemuAlphaEngine> {
         }
         Err(e) => panic!("cannot start the alpha engine: {e}"),
     }
+}
+
+/// The default engine: calls run freely (instructions not counted).
+fn engine() -> Option<QemuAlphaEngine> {
+    let e = engine_with(QemuAlphaConfig::default())?;
+    assert!(e.uses_shared_memory(), "the default engine backs data with shared memory");
+    Some(e)
+}
+
+/// An engine that single-steps (and counts) the first 1024 instructions.
+fn counting_engine() -> Option<QemuAlphaEngine> {
+    engine_with(QemuAlphaConfig { step_window: 1024, ..Default::default() })
 }
 
 fn words(ws: &[u32]) -> Vec<u8> {
@@ -171,14 +183,41 @@ fn set_cpu(e: &mut QemuAlphaEngine, cpu: u32) {
 
 #[test]
 fn this_cpu_read_through_thread_info_and_per_cpu_offset() {
-    let Some(mut e) = engine() else { return };
+    let Some(mut e) = counting_engine() else { return };
     let (var, values) = percpu_setup(&mut e);
     for cpu in [2u32, 0, 3, 1] {
         set_cpu(&mut e, cpu);
         let out = e.call(SCRATCH_BASE, &[var], STACK, 1000).unwrap();
-        assert_eq!(out, Outcome::Returned { value: values[cpu as usize], instructions: 10 }, "cpu {cpu}");
+        assert_eq!(out, Outcome::Returned { value: values[cpu as usize], instructions: Some(10) }, "cpu {cpu}");
     }
     assert_eq!(e.reg(Reg::Gp).unwrap(), 0x1_2000_a048, "ldgp computed gp from pv");
+}
+
+/// Instruction counts: exact when stepped (a step window, or trace mode
+/// All within its window), `None` when the call ran freely.
+#[test]
+fn instruction_count_semantics() {
+    let Some(mut e) = engine() else { return };
+    let (var, values) = percpu_setup(&mut e);
+    set_cpu(&mut e, 3);
+    let free = Outcome::Returned { value: values[3], instructions: None };
+    assert_eq!(e.call(SCRATCH_BASE, &[var], STACK, 1000).unwrap(), free, "default: free run, not counted");
+    e.set_trace_mode(TraceMode::Writes);
+    assert_eq!(e.call(SCRATCH_BASE, &[var], STACK, 1000).unwrap(), free, "writes: free run, not counted");
+    e.set_trace_mode(TraceMode::All);
+    let counted = Outcome::Returned { value: values[3], instructions: Some(10) };
+    assert_eq!(e.call(SCRATCH_BASE, &[var], STACK, 1000).unwrap(), counted, "all: stepped and counted");
+    // A window shorter than the call: the rest runs freely, so no count.
+    let Some(mut e) = engine_with(QemuAlphaConfig { step_window: 4, ..Default::default() }) else { return };
+    let (var, values) = percpu_setup(&mut e);
+    set_cpu(&mut e, 2);
+    let out = e.call(SCRATCH_BASE, &[var], STACK, 1000).unwrap();
+    assert_eq!(out, Outcome::Returned { value: values[2], instructions: None });
+    // A budget within the window is exact.
+    assert_eq!(
+        e.call(SCRATCH_BASE, &[var], STACK, 3).unwrap(),
+        Outcome::BudgetExhausted { pc: SCRATCH_BASE + 12, budget: 3 }
+    );
 }
 
 #[test]
@@ -189,7 +228,7 @@ fn trace_records_loads_and_stores() {
     let ti = e.reg(Reg::ThreadPointer).unwrap();
     e.set_trace(true);
     let out = e.call(SCRATCH_BASE, &[var], STACK, 100).unwrap();
-    assert_eq!(out, Outcome::Returned { value: values[1], instructions: 10 });
+    assert_eq!(out, Outcome::Returned { value: values[1], instructions: Some(10) });
     let offset1 = 0x10_0000_0000 + 0x2000;
     let read = |pc: u64, addr: u64, size: u8| MemAccess { pc, addr, size, access: Access::Read, value: None };
     assert_eq!(
@@ -204,7 +243,7 @@ fn trace_records_loads_and_stores() {
     let cell = 0x10_0000_0000 + 0x10;
     e.write(cell, &0x1_0000_0005u64.to_le_bytes()).unwrap();
     let out = e.call(BUMP, &[cell, 3], STACK, 100).unwrap();
-    assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: 5 });
+    assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: Some(5) });
     let t = e.take_trace();
     assert_eq!(t.len(), 2, "{t:?}");
     assert_eq!(t[1], MemAccess { pc: BUMP + 8, addr: cell, size: 4, access: Access::Write, value: Some(8) });
@@ -217,7 +256,7 @@ fn trace_records_loads_and_stores() {
 
 #[test]
 fn runaway_loop_stops_at_budget_with_pc() {
-    let Some(mut e) = engine() else { return };
+    let Some(mut e) = counting_engine() else { return };
     with_fns(&mut e);
     // Within the step window the budget is exact.
     assert_eq!(e.call(SPIN, &[], STACK, 50).unwrap(), Outcome::BudgetExhausted { pc: SPIN, budget: 50 });
@@ -227,21 +266,17 @@ fn runaway_loop_stops_at_budget_with_pc() {
     assert_eq!(out, Outcome::BudgetExhausted { pc: SPIN, budget: 2_000_000 });
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // The engine is usable afterwards.
-    assert_eq!(e.call(SUM, &[4], STACK, 1000).unwrap(), Outcome::Returned { value: 10, instructions: 14 });
+    assert_eq!(e.call(SUM, &[4], STACK, 1000).unwrap(), Outcome::Returned { value: 10, instructions: Some(14) });
 }
 
 #[test]
 fn long_function_returns_after_step_window() {
-    let Some(mut e) = engine() else { return };
+    let Some(mut e) = counting_engine() else { return };
     with_fns(&mut e);
     let n = 200_000u64;
-    match e.call(SUM, &[n], STACK, 10_000_000).unwrap() {
-        Outcome::Returned { value, instructions } => {
-            assert_eq!(value, n * (n + 1) / 2);
-            assert!(instructions >= e.config().step_window, "{instructions}");
-        }
-        o => panic!("{o:?}"),
-    }
+    // Stepped for the window, then free: the count is not known.
+    let out = e.call(SUM, &[n], STACK, 10_000_000).unwrap();
+    assert_eq!(out, Outcome::Returned { value: n * (n + 1) / 2, instructions: None });
 }
 
 #[test]
@@ -277,12 +312,11 @@ fn faults_report_address_and_kind() {
         Outcome::Fault { pc: 0x50_0000_0000, addr: 0x50_0000_0000, access: Access::Fetch, unmapped: true }
     );
     // And after all that, calls still work.
-    assert_eq!(e.call(SUM, &[3], STACK, 100).unwrap(), Outcome::Returned { value: 6, instructions: 11 });
+    assert_eq!(e.call(SUM, &[3], STACK, 100).unwrap(), Outcome::Returned { value: 6, instructions: None });
 }
 
 #[test]
 fn fault_and_trap_in_free_running_phase() {
-    use percpu_arch::engine::qemu_alpha::QemuAlphaConfig;
     let cfg = QemuAlphaConfig { step_window: 0, ..Default::default() };
     let mut e = match QemuAlphaEngine::with_config(cfg) {
         Ok(e) => e,
@@ -300,12 +334,12 @@ fn fault_and_trap_in_free_running_phase() {
         }
         o => panic!("{o:?}"),
     }
-    assert_eq!(e.call(SUM, &[5], STACK, 1000).unwrap(), Outcome::Returned { value: 15, instructions: 0 });
+    assert_eq!(e.call(SUM, &[5], STACK, 1000).unwrap(), Outcome::Returned { value: 15, instructions: None });
 }
 
 #[test]
 fn trap_instruction_is_not_executed_when_stepping() {
-    let Some(mut e) = engine() else { return };
+    let Some(mut e) = counting_engine() else { return };
     with_fns(&mut e);
     match e.call(TRAP, &[], STACK, 100).unwrap() {
         Outcome::Trap { pc, reason } => {
@@ -353,7 +387,6 @@ fn drop_kills_and_reaps_qemu() {
 
 #[test]
 fn traced_runaway_is_bounded_by_the_trace_window() {
-    use percpu_arch::engine::qemu_alpha::QemuAlphaConfig;
     let cfg = QemuAlphaConfig { step_window: 16, trace_window: 64, ..Default::default() };
     let mut e = match QemuAlphaEngine::with_config(cfg) {
         Ok(e) => e,
@@ -367,10 +400,183 @@ fn traced_runaway_is_bounded_by_the_trace_window() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // A traced call longer than the window still returns the right value.
     match e.call(SUM, &[1000], STACK, 1_000_000).unwrap() {
-        Outcome::Returned { value, instructions } => assert_eq!((value, instructions), (500_500, 64)),
+        Outcome::Returned { value, instructions } => assert_eq!((value, instructions), (500_500, None)),
         o => panic!("{o:?}"),
     }
     // $31 stays zero whatever is written.
     e.set_reg(Reg::Raw(31), 5).unwrap();
     assert_eq!(e.reg(Reg::Raw(31)).unwrap(), 0);
+}
+
+const DATA: u64 = 0x10_0000_0000;
+
+fn write_of(pc: u64, addr: u64, size: u8, value: u64) -> MemAccess {
+    MemAccess { pc, addr, size, access: Access::Write, value: Some(value) }
+}
+
+/// Trace mode Writes: calls run freely, and every store to a data page is
+/// caught by page protection, recorded exactly (pc, address, size, value)
+/// and then executed by QEMU, with a handful of stops instead of one per
+/// instruction.
+#[test]
+fn writes_are_traced_while_running_freely() {
+    let Some(mut e) = engine() else { return };
+    with_fns(&mut e);
+    e.map(DATA, 0x4000, Perms::RW).unwrap();
+    e.set_trace_mode(TraceMode::Writes);
+    let cell = DATA + 0x2010;
+    e.write(cell, &0x1_0000_0005u64.to_le_bytes()).unwrap();
+    let before = e.protocol_stats().of(b's').0;
+    let out = e.call(BUMP, &[cell, 3], STACK, 100).unwrap();
+    assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: None });
+    assert_eq!(e.take_trace(), vec![write_of(BUMP + 8, cell, 4, 8)], "the stl, and no reads");
+    assert_eq!(e.protocol_stats().of(b's').0 - before, 1, "one step: the store itself");
+    let mut b = [0u8; 8];
+    e.read(cell, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 0x1_0000_0008, "QEMU executed the store (low 32 bits)");
+    // Registers are the guest's own after the redirected store: the base
+    // register ($16) still holds the cell's address.
+    assert_eq!(e.reg(Reg::Arg(0)).unwrap(), cell);
+    // Again, and with a store whose data register is its base register
+    // (`stq $16, 0($16)`: the page is opened for the one step instead).
+    let out = e.call(STORE, &[cell, 0x77], STACK, 100).unwrap();
+    assert!(matches!(out, Outcome::Returned { instructions: None, .. }), "{out:?}");
+    assert_eq!(e.take_trace(), vec![write_of(STORE, cell + 8, 8, 0x77)]);
+    let self_store = SCRATCH_BASE + 0x3000;
+    e.write(self_store, &words(&[0xb6100000, 0x6bfa8001])).unwrap();
+    e.call(self_store, &[cell], STACK, 100).unwrap();
+    assert_eq!(e.take_trace(), vec![write_of(self_store, cell, 8, cell)]);
+    e.read(cell, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), cell);
+    // The host still reads and writes the watched pages directly.
+    e.write(cell, &5u64.to_le_bytes()).unwrap();
+    e.read(cell, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 5);
+    // Trace mode Off: the same stores run, nothing is recorded.
+    e.set_trace_mode(TraceMode::Off);
+    e.call(BUMP, &[cell, 1], STACK, 100).unwrap();
+    assert!(e.take_trace().is_empty());
+    e.read(cell, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 6);
+}
+
+/// Stores into the stack's mapping are not watched (the runner allows
+/// them); stores to read-only data and to unmapped memory still fault.
+#[test]
+fn watched_writes_leave_the_stack_alone_and_faults_stay_faults() {
+    let Some(mut e) = engine() else { return };
+    with_fns(&mut e);
+    let stack = DATA + 0x10_0000;
+    e.map(stack, 0x4000, Perms::RW).unwrap();
+    let ro = DATA + 0x20_0000;
+    e.map(ro, 0x2000, Perms { read: true, write: false, exec: false }).unwrap();
+    e.set_trace_mode(TraceMode::Writes);
+    let top = stack + 0x4000;
+    let s = e.protocol_stats().of(b's').0;
+    assert!(matches!(e.call(STORE, &[top - 0x100, 1], top, 100).unwrap(), Outcome::Returned { .. }));
+    assert!(e.take_trace().is_empty(), "a store to the stack's mapping is not recorded");
+    assert_eq!(e.protocol_stats().of(b's').0, s, "and costs no step");
+    assert_eq!(
+        e.call(STORE, &[ro, 42], top, 100).unwrap(),
+        Outcome::Fault { pc: STORE, addr: ro + 8, access: Access::Write, unmapped: false }
+    );
+    assert_eq!(
+        e.call(STORE, &[DATA + 0x30_0000, 42], top, 100).unwrap(),
+        Outcome::Fault { pc: STORE, addr: DATA + 0x30_0008, access: Access::Write, unmapped: true }
+    );
+    assert!(e.take_trace().is_empty(), "faulting stores did not happen");
+    // Unmapping part of a watched region keeps the rest working.
+    e.map(DATA, 0x6000, Perms::RW).unwrap();
+    assert!(matches!(e.call(STORE, &[DATA + 0x4000, 9], top, 100).unwrap(), Outcome::Returned { .. }));
+    e.unmap(DATA + 0x2000, 0x2000).unwrap();
+    assert!(matches!(e.call(STORE, &[DATA + 0x4000, 10], top, 100).unwrap(), Outcome::Returned { .. }));
+    assert!(matches!(e.call(STORE, &[DATA, 11], top, 100).unwrap(), Outcome::Returned { .. }));
+    assert_eq!(
+        e.call(STORE, &[DATA + 0x2000, 12], top, 100).unwrap(),
+        Outcome::Fault { pc: STORE, addr: DATA + 0x2008, access: Access::Write, unmapped: true }
+    );
+    let t = e.take_trace();
+    assert_eq!(
+        t,
+        vec![
+            write_of(STORE, DATA + 0x4008, 8, 9),
+            write_of(STORE, DATA + 0x4008, 8, 10),
+            write_of(STORE, DATA + 0x8, 8, 11)
+        ]
+    );
+    let mut b = [0u8; 8];
+    e.read(DATA + 0x4008, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 10);
+    // Remapped: fresh zeroed memory.
+    e.map(DATA + 0x2000, 0x2000, Perms::RW).unwrap();
+    e.read(DATA + 0x2008, &mut b).unwrap();
+    assert_eq!(b, [0; 8]);
+}
+
+/// Runaway code in the fast path stops at the watchdog (the budget turned
+/// into time), also when it writes a watched page on every iteration.
+#[test]
+fn free_running_runaway_stops_at_the_watchdog() {
+    let Some(mut e) = engine() else { return };
+    with_fns(&mut e);
+    e.map(DATA, 0x2000, Perms::RW).unwrap();
+    e.set_trace_mode(TraceMode::Writes);
+    let t = Instant::now();
+    assert_eq!(e.call(SPIN, &[], STACK, 1_000_000).unwrap(), Outcome::BudgetExhausted { pc: SPIN, budget: 1_000_000 });
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // stq $17, 0($16) ; br .-4
+    let writer = SCRATCH_BASE + 0x3100;
+    e.write(writer, &words(&[0xb6300000, 0xc3fffffe])).unwrap();
+    let t = Instant::now();
+    match e.call(writer, &[DATA, 7], STACK, 1_000_000).unwrap() {
+        Outcome::BudgetExhausted { pc, budget } => {
+            assert!(pc == writer || pc == writer + 4, "{pc:#x}");
+            assert_eq!(budget, 1_000_000);
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let trace = e.take_trace();
+    assert!(!trace.is_empty() && trace.iter().all(|a| *a == write_of(writer, DATA, 8, 7)), "{:?}", &trace[..1]);
+    assert_eq!(e.call(SUM, &[4], STACK, 1000).unwrap(), Outcome::Returned { value: 10, instructions: None });
+}
+
+/// Free-running code never makes a system call: a `callsys` the host wrote
+/// into code stops at a breakpoint before it runs.
+#[test]
+fn callsys_in_guest_code_is_not_executed() {
+    let Some(mut e) = engine() else { return };
+    let f = SCRATCH_BASE + 0x3200;
+    // mov 1, $0 (exit) ; callsys ; ret
+    e.write(f, &words(&[0x47e03400, 0x00000083, 0x6bfa8001])).unwrap();
+    match e.call(f, &[], STACK, 100).unwrap() {
+        Outcome::Trap { pc, reason } => {
+            assert_eq!(pc, f + 4);
+            assert!(reason.contains("callsys") && reason.contains("not executed"), "{reason}");
+        }
+        o => panic!("{o:?}"),
+    }
+    // Rewritten without it: the breakpoint is gone.
+    e.write(f + 4, &words(&[0x47ff041f])).unwrap();
+    assert_eq!(e.call(f, &[], STACK, 100).unwrap(), Outcome::Returned { value: 1, instructions: None });
+}
+
+/// Without shared memory (`shared_memory: false`, also the fallback when
+/// the guest cannot open it) every access goes over gdb and trace mode
+/// Writes single-steps: slower, same records, and counted.
+#[test]
+fn writes_are_traced_by_stepping_without_shared_memory() {
+    let Some(mut e) = engine_with(QemuAlphaConfig { shared_memory: false, ..Default::default() }) else { return };
+    assert!(!e.uses_shared_memory());
+    with_fns(&mut e);
+    e.map(DATA, 0x2000, Perms::RW).unwrap();
+    e.set_trace_mode(TraceMode::Writes);
+    let cell = DATA + 0x10;
+    e.write(cell, &0x1_0000_0005u64.to_le_bytes()).unwrap();
+    let out = e.call(BUMP, &[cell, 3], STACK, 100).unwrap();
+    assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: Some(5) });
+    assert_eq!(e.take_trace(), vec![write_of(BUMP + 8, cell, 4, 8)]);
+    let mut b = [0u8; 8];
+    e.read(cell, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 0x1_0000_0008);
 }

@@ -256,10 +256,10 @@ fn percpu_base_read_on_every_arch() {
         let (at, arg, expect, insns) = percpu_case(cpu);
         e.write(DATA + at, &word(cpu, 0x1234_5000)).unwrap();
         let out = run_percpu(&mut e, &p, DATA, arg);
-        assert_eq!(out, Outcome::Returned { value: expect, instructions: insns }, "{cpu}");
+        assert_eq!(out, Outcome::Returned { value: expect, instructions: Some(insns) }, "{cpu}");
         // Calls are repeatable and the engine keeps its state.
         let out = run_percpu(&mut e, &p, DATA, arg);
-        assert_eq!(out, Outcome::Returned { value: expect, instructions: insns }, "{cpu} again");
+        assert_eq!(out, Outcome::Returned { value: expect, instructions: Some(insns) }, "{cpu} again");
     }
 }
 
@@ -400,7 +400,7 @@ fn illegal_instruction_traps_on_every_arch() {
         e.write(DATA + at, &word(cpu, 0x1234_5000)).unwrap();
         assert_eq!(
             run_percpu(&mut e, &p, DATA, arg),
-            Outcome::Returned { value: expect, instructions: insns },
+            Outcome::Returned { value: expect, instructions: Some(insns) },
             "{cpu}"
         );
     }
@@ -480,7 +480,7 @@ fn sparc_nested_save_restore_returns_through_the_trampoline() {
     let (mut e, _) = setup(Cpu::Sparc32);
     // f1 -> f2 -> f3 -> f4 (four saves) -> f5 (leaf)
     let out = e.call(CODE + 0x20, &[5], STACK_TOP, BUDGET).unwrap();
-    assert_eq!(out, Outcome::Returned { value: 5 + 3111, instructions: 4 * 5 + 2 }, "{out:?}");
+    assert_eq!(out, Outcome::Returned { value: 5 + 3111, instructions: Some(4 * 5 + 2) }, "{out:?}");
     // Again: the window state is reset per call.
     let out = e.call(CODE + 0x20, &[6], STACK_TOP, BUDGET).unwrap();
     assert!(matches!(out, Outcome::Returned { value: 3117, .. }), "{out:?}");
@@ -514,7 +514,7 @@ fn arm64_runs_at_el1_and_tpidr_el2_is_undefined_there() {
     let (mut e, _) = setup(Cpu::Arm64);
     // mrs x0, CurrentEL: EL in bits [3:2]
     let out = e.call(CODE + 0x20, &[], STACK_TOP, BUDGET).unwrap();
-    assert_eq!(out, Outcome::Returned { value: 1 << 2, instructions: 2 });
+    assert_eq!(out, Outcome::Returned { value: 1 << 2, instructions: Some(2) });
     e.set_reg(Reg::TpidrEl2, 0xabcd).unwrap();
     let out = e.call(CODE + 0x18, &[], STACK_TOP, BUDGET).unwrap();
     match out {

@@ -16,7 +16,7 @@ use percpu_loader::{
 };
 
 use super::{CheckError, ObjectReport, Scenario};
-use crate::engine::{Engine, EngineError, Perms};
+use crate::engine::{Engine, EngineError, Perms, TraceMode};
 use crate::isa::{Isa, OffsetModel, Variant};
 
 /// Bytes of the runtime data page given to each runtime symbol.
@@ -536,7 +536,8 @@ impl<'s> Bed<'s> {
         for (name, bytes) in modules {
             bed.load_one_module(name, bytes, &mut layout, &rt_table)?;
         }
-        bed.engine.set_trace(true);
+        // Writes are what the checks need; reads only for --trace's log.
+        bed.engine.set_trace_mode(if sc.trace { TraceMode::All } else { TraceMode::Writes });
         Ok(bed)
     }
 

@@ -246,7 +246,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         }
         let findings = evaluate(bed, &ctx, cpu, &outcome, &trace, snapshot.as_deref(), words.as_ref())?;
         let instructions = match outcome {
-            Outcome::Returned { instructions, .. } => Some(instructions),
+            Outcome::Returned { instructions, .. } => instructions,
             Outcome::BudgetExhausted { budget, .. } => Some(budget),
             _ => None,
         };

@@ -26,6 +26,7 @@
 //! (the engine interrupts with a host SIGINT instead; see `qemu_alpha`).
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -410,6 +411,60 @@ pub struct GdbClient<T: Transport> {
     events: VecDeque<Event>,
     packet_size: usize,
     features: Features,
+    stats: Stats,
+    /// The resume packet (`c`/`s`) in flight and when it was sent.
+    resumed: Option<(u8, Instant)>,
+}
+
+/// Round trips by command letter: how many and how long (request sent to
+/// reply received; for `c` and `s`, to the stop reply).  The engines'
+/// cost model is measured with these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `(letter, count, total nanoseconds)`, in first-use order.
+    pub by_command: Vec<(u8, u64, u64)>,
+}
+
+impl Stats {
+    fn add(&mut self, letter: u8, d: Duration) {
+        let nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        match self.by_command.iter_mut().find(|(l, _, _)| *l == letter) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 = e.2.saturating_add(nanos);
+            }
+            None => self.by_command.push((letter, 1, nanos)),
+        }
+    }
+
+    /// Total round trips.
+    pub fn round_trips(&self) -> u64 {
+        self.by_command.iter().map(|e| e.1).sum()
+    }
+
+    /// Count and total time of one command letter.
+    pub fn of(&self, letter: u8) -> (u64, Duration) {
+        self.by_command
+            .iter()
+            .find(|e| e.0 == letter)
+            .map(|e| (e.1, Duration::from_nanos(e.2)))
+            .unwrap_or((0, Duration::ZERO))
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for &(l, n, ns) in &self.by_command {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            let avg = if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1000.0 };
+            write!(f, "`{}` {n}x {:.1} ms ({avg:.1} us each)", l as char, ns as f64 / 1e6)?;
+        }
+        Ok(())
+    }
 }
 
 /// Default timeout for one reply.
@@ -428,6 +483,8 @@ impl<T: Transport> GdbClient<T> {
             // Until the handshake says otherwise, the protocol's minimum.
             packet_size: 400,
             features: Features::default(),
+            stats: Stats::default(),
+            resumed: None,
         }
     }
 
@@ -558,8 +615,16 @@ impl<T: Transport> GdbClient<T> {
 
     /// Send a request and return its reply.
     pub fn request(&mut self, payload: &[u8]) -> Result<Vec<u8>, EngineError> {
+        let t = Instant::now();
         self.send_packet(payload)?;
-        self.recv_packet(&format!("reply to `{}`", preview(payload)))
+        let r = self.recv_packet(&format!("reply to `{}`", preview(payload)));
+        self.stats.add(payload.first().copied().unwrap_or(b'?'), t.elapsed());
+        r
+    }
+
+    /// Round trips so far, by command.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Send a request that must be answered `OK`.
@@ -677,11 +742,13 @@ impl<T: Transport> GdbClient<T> {
 
     /// Send `c` (continue) without waiting for the stop.
     pub fn resume_continue(&mut self) -> Result<(), EngineError> {
+        self.resumed = Some((b'c', Instant::now()));
         self.send_packet(b"c")
     }
 
     /// Send `s` (single step) without waiting for the stop.
     pub fn resume_step(&mut self) -> Result<(), EngineError> {
+        self.resumed = Some((b's', Instant::now()));
         self.send_packet(b"s")
     }
 
@@ -693,7 +760,12 @@ impl<T: Transport> GdbClient<T> {
             match self.recv_packet_until(deadline, "a stop reply")? {
                 None => return Ok(None),
                 Some(p) if p.first() == Some(&b'O') && p.len() > 1 && p != b"OK" => continue,
-                Some(p) => return parse_stop_reply(&p).map(Some).map_err(|e| self.protocol(e)),
+                Some(p) => {
+                    if let Some((l, t)) = self.resumed.take() {
+                        self.stats.add(l, t.elapsed());
+                    }
+                    return parse_stop_reply(&p).map(Some).map_err(|e| self.protocol(e));
+                }
             }
         }
     }
@@ -978,6 +1050,20 @@ mod tests {
         c.remove_breakpoint(0x20, 4).unwrap();
         let out = c.transport().output.clone();
         assert!(out.ends_with(b"-+"), "{:?}", String::from_utf8_lossy(&out));
+    }
+
+    #[test]
+    fn round_trips_are_counted_by_command() {
+        // Each reply's `+` ack comes first, as from a real stub.
+        let mut c = client(b"+$OK#9a+$E01#a6+$T05thread:01;#07");
+        c.request(b"Z0,1000,4").unwrap();
+        assert!(c.read_memory(0x1000, 4).is_err());
+        c.resume_step().unwrap();
+        assert!(matches!(c.wait_stop(Duration::from_millis(10)).unwrap(), Some(StopReply::Signal { signal: 5, .. })));
+        let st = c.stats();
+        assert_eq!((st.of(b'Z').0, st.of(b'm').0, st.of(b's').0, st.of(b'c').0), (1, 1, 1, 0));
+        assert_eq!(st.round_trips(), 3);
+        assert!(st.to_string().contains("`m` 1x"), "{st}");
     }
 
     #[test]

@@ -115,7 +115,10 @@ pub struct MemAccess {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Outcome {
     /// The function returned to the trampoline with this return value.
-    Returned { value: u64, instructions: u64 },
+    /// `instructions` is the exact number executed, or `None` when the
+    /// engine ran the call freely without counting (qemu-alpha's fast
+    /// path: see [`qemu_alpha`]).
+    Returned { value: u64, instructions: Option<u64> },
     /// An access to unmapped or protected memory.
     Fault { pc: u64, addr: u64, access: Access, unmapped: bool },
     /// The instruction budget ran out (runaway code).
@@ -143,6 +146,21 @@ pub enum EngineError {
     Timeout { engine: &'static str, what: String, millis: u64 },
 }
 
+/// What the trace of a call records.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceMode {
+    /// Nothing.
+    Off,
+    /// Every data write, except writes into the mapping that holds the
+    /// call's stack (an engine may leave those out); reads may be left
+    /// out.  What the runner's checks need: engines that can record
+    /// writes more cheaply than every access use this.
+    Writes,
+    /// Every data access.
+    All,
+}
+
 /// A CPU with memory, as adapters drive it.
 pub trait Engine {
     fn cpu(&self) -> Cpu;
@@ -160,8 +178,15 @@ pub trait Engine {
     /// `stack_top` (mapped by the caller), stop when it returns, or at a
     /// fault, trap or after `budget` instructions.
     fn call(&mut self, entry: u64, args: &[u64], stack_top: u64, budget: u64) -> Result<Outcome, EngineError>;
-    /// Record every data access of subsequent calls (for `--trace`).
+    /// Record every data access of subsequent calls (for `--trace`):
+    /// [`TraceMode::All`] when `on`, [`TraceMode::Off`] otherwise.
     fn set_trace(&mut self, on: bool);
+    /// Choose what subsequent calls record.  The default records
+    /// everything for `Writes` (a superset), for engines where that is
+    /// as cheap.
+    fn set_trace_mode(&mut self, mode: TraceMode) {
+        self.set_trace(mode != TraceMode::Off);
+    }
     /// Take the accesses recorded since the last call to this.
     fn take_trace(&mut self) -> Vec<MemAccess>;
 }

@@ -53,13 +53,25 @@
 //! binary near 0x55xx_xxxx_xxxx..0x56xx_xxxx_xxxx, libraries near
 //! 0x7fxx_xxxx_xxxx); a map that hits any of them fails cleanly.
 //!
-//! `write`/`read` use `M`/`m`.  QEMU's debug accesses honour the guest
-//! page protection, and a page holding translated code is write-protected
-//! internally, so when a write is refused on a page the engine mapped (or
-//! the target page is not writable/readable by its perms) the engine
-//! `mprotect`s the pages open, retries, and restores the protection:
-//! host-side writes always work, as with Unicorn, while the guest still
-//! faults on them.
+//! Data mappings (every `map` without exec permission) are *shared
+//! memory*: a memfd the engine creates and maps once into its own process
+//! (a [`SHARED_WINDOW`] of address space; offsets are handed out in
+//! order and never reused, `unmap` punches the range out), which the guest
+//! opens as `/proc/<engine pid>/fd/<n>` at start and maps `MAP_SHARED` at
+//! the requested address.  `read`/`write` of data are then plain memory
+//! copies in the engine's process, with no protocol round trip; that is
+//! safe because the guest is stopped whenever the engine runs, and data
+//! pages hold no translated code.  Code mappings stay private anonymous
+//! memory written and read with `M`/`m`, so QEMU invalidates what it
+//! translated from them, and mappings beyond the window fall back to the
+//! same.  QEMU's debug accesses honour the guest page protection, and a
+//! page holding translated code is write-protected internally, so when a
+//! write is refused on a page the engine mapped (or the target page is not
+//! writable/readable by its perms) the engine `mprotect`s the pages open,
+//! retries, and restores the protection: host-side writes always work, as
+//! with Unicorn, while the guest still faults on them.
+//! (`QemuAlphaConfig::shared_memory = false` turns all of this off:
+//! every access goes over gdb, and write tracing steps.)
 //!
 //! # Calls and the budget
 //!
@@ -68,19 +80,22 @@
 //! with `ldgp` from pv), `$30` = stack_top.  GDB remote has no instruction
 //! counter, so the budget is a hybrid:
 //!
-//! * the first `min(budget, step_window)` instructions (default window
-//!   1024) are single-stepped and counted exactly: a function that returns
-//!   within the window reports the exact `instructions`; a budget that is
-//!   not larger than the window is enforced exactly
-//!   (`BudgetExhausted { pc }` is the PC of the next, unexecuted
-//!   instruction);
-//! * beyond the window the guest runs freely under a wall-clock watchdog
-//!   of `remaining / insns_per_ms` milliseconds (default rate 10 000
+//! * the first `min(budget, window)` instructions are single-stepped and
+//!   counted exactly, where the window is `step_window` (default 0) in
+//!   trace modes `Off` and `Writes` and `max(trace_window, step_window)`
+//!   in mode `All`: a function that returns within the window reports
+//!   `instructions: Some(exact)`; a budget that is not larger than the
+//!   window is enforced exactly (`BudgetExhausted { pc }` is the PC of the
+//!   next, unexecuted instruction);
+//! * beyond the window (so, by default, from the first instruction) the
+//!   guest runs freely under a wall-clock watchdog of
+//!   `remaining / insns_per_ms` milliseconds (default rate 10 000
 //!   instructions per ms, a deliberately low estimate of QEMU's speed),
 //!   clamped to `[min_watchdog, max_watchdog]` (100 ms, 10 s).  When it
 //!   fires the engine interrupts QEMU and reports `BudgetExhausted` with
 //!   the PC where the guest stopped.  A function that returns in this
-//!   phase reports `instructions` = the stepped count (a lower bound).
+//!   phase reports `instructions: None`: not counted (QEMU 7.2 user mode
+//!   has no instruction counter the debugger can read).
 //!
 //!   QEMU 7.2's user-mode gdbstub does not read the socket while the guest
 //!   runs, so the protocol's `0x03` interrupt is never seen; the engine
@@ -91,7 +106,9 @@
 //! # Stops
 //!
 //! * the trampoline breakpoint: `Returned { value: $0 }`;
-//! * SIGSEGV/SIGBUS: `Fault`.  QEMU's stop reply carries no fault address
+//! * SIGSEGV from a store to a *watched* page (see Trace): not a fault;
+//!   the engine records the store and executes it (below), then resumes;
+//! * SIGSEGV/SIGBUS otherwise: `Fault`.  QEMU's stop reply carries no fault address
 //!   (no `qXfer:siginfo` in 7.2), but the PC is that of the faulting
 //!   instruction, so the engine decodes it: for a memory-format load or
 //!   store (`ldq`, `stl`, `ldq_u`, ...) the address is `Rb + disp16`
@@ -104,32 +121,59 @@
 //! * the guest exiting (an `exit` syscall in guest code): `Trap`, and the
 //!   engine is dead from then on (every later operation is an error).
 //!
-//! While single-stepping, `call_pal` instructions other than the harmless
+//! Guest code never makes a system call that would disturb the harness:
+//! while single-stepping, `call_pal` instructions other than the harmless
 //! user ones (`rduniq`, `wruniq`, `imb`) are reported as `Trap` before
-//! they execute, so guest code can never make a system call that would
-//! disturb the harness.
+//! they execute, and for free runs the engine plants a breakpoint on every
+//! `callsys` word the host writes into executable memory (a `Trap` "not
+//! executed" when reached).  Code the guest writes itself is not scanned.
 //!
 //! # Trace
 //!
-//! With `set_trace(true)` a call is single-stepped for up to
-//! `max(trace_window, step_window)` instructions (default 16384, about
-//! 2.5 s; within it the budget is exact) and every memory-format load/store is recorded from the
-//! instruction word and the registers before it executes (address, size,
+//! [`TraceMode::All`] (`set_trace(true)`, the runner's `--trace`) single-steps a
+//! call for up to `max(trace_window, step_window)` instructions (default
+//! 16384) and records every memory-format load/store from the instruction
+//! word and the registers before it executes (address, size,
 //! read/write, value for integer stores; raw register bits for `sts`/`stt`
 //! /`stf`/`stg`, which QEMU would convert to memory format).  Loads to
 //! `$31`/`$f31` (prefetches) and `ldq_u $31` (unop) access nothing and are
-//! not recorded.  It costs about three protocol round trips per
-//! instruction, fine for percpu accessors (tens of instructions).  A call
-//! that outlives the trace window continues untraced under the watchdog
-//! (logged as a warning): the trace is then truncated, not wrong.
+//! not recorded.  A call that outlives the window runs on freely with
+//! only its writes recorded (as in `Writes`; logged as a warning).
 //!
-//! # Costs (measured on the development machine)
+//! [`TraceMode::Writes`] (what the runner's checks use) records every
+//! write without single-stepping: while it (or `All`) is on, every shared
+//! writable mapping except the one holding the call's stack is read-only
+//! to the guest (`mprotect`, only when that changes).  A store to such a
+//! *watched* page stops with SIGSEGV before it happens; the engine decodes
+//! it exactly as the stepping trace does (pc, address, size, value), then
+//! has QEMU execute it: the store's base register is moved by the distance
+//! to the page's writable second view at `ALIAS_BASE + offset` (the same
+//! shared memory, mapped on a region's first watched store), the one
+//! instruction is single-stepped and the register put back.  A store
+//! whose base register is also its data register, and `stl_c`/`stq_c`
+//! (whose lock is on the real address), are stepped with the page opened
+//! by `mprotect` instead.  Stores to the stack's mapping are neither
+//! stopped nor recorded, and nor are stores into the harness's own
+//! segments (neither is shared memory).
 //!
-//! Starting an engine takes about 20 ms; a single-stepped instruction
-//! about 150 us (`s` + `g`), traced or not; a memory read round trip about
-//! 10 us.  A call of a 10-instruction accessor therefore costs ~1.5 ms,
-//! and a call that outlives the step window spends ~150 ms stepping before
-//! it runs freely (lower `step_window` to trade exact counts for speed).
+//! # Costs (measured on the development machine: 2 cores, shared)
+//!
+//! QEMU 7.2's user-mode gdbstub flushes every translated block at every
+//! stop (`tb_flush` in `gdb_handlesig`), so what costs is *stops*: a `c`
+//! or `s` round trip up to the next stop takes 170-330 us (code after a
+//! stop is translated again), while a query (`g`, `G`, `m`, `M`) takes
+//! 25-60 us (unacknowledged mode is not supported, so every packet is
+//! acked both ways).  Starting an engine takes about 20 ms.
+//!
+//! * Fast path (`Writes`/`Off`, `step_window` 0): a call is `G` + `c` +
+//!   `g` (about 0.3 ms) plus, per store to a watched page, a trap stop, a
+//!   step and two register round trips (about 0.5 ms); host reads and
+//!   writes of data are memory copies.  All shipped alpha fixtures: 265
+//!   runs at 4 CPUs in ~0.3 s (1.8-2.7 s before), 1045 at 16 in ~1.1 s
+//!   (12.9 s before), 4165 at 64 in ~3.4 s (minutes before).
+//! * Stepped (`All`, or a `step_window`): ~0.25 ms per stop plus a `g` per
+//!   instruction, about 0.3 ms per instruction; a 10-instruction accessor
+//!   ~3 ms.  The 4-CPU fixtures traced (`--trace`) take ~2.5 s.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -142,7 +186,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::gdb_remote::{gdb_signal, GdbClient, StopReply};
-use super::{Access, Cpu, Engine, EngineError, MemAccess, Outcome, Perms, Reg};
+use super::{Access, Cpu, Engine, EngineError, MemAccess, Outcome, Perms, Reg, TraceMode};
 
 const ENGINE: &str = "qemu-alpha";
 
@@ -160,6 +204,8 @@ pub const RETURN_TRAMPOLINE: u64 = HARNESS_BASE + 0x40;
 /// `callsys`, followed by the breakpoint at `SYSCALL_STUB + 4`.
 pub const SYSCALL_STUB: u64 = HARNESS_BASE + 0x80;
 const SYSCALL_LANDING: u64 = SYSCALL_STUB + 4;
+/// Where the engine writes the path the guest opens the shared memory by.
+const PATH_BUF: u64 = HARNESS_BASE + 0x1000;
 /// Free RWX space for adapters and tests (code or data).
 pub const SCRATCH_BASE: u64 = HARNESS_BASE + 0x2000;
 pub const SCRATCH_SIZE: u64 = HARNESS_CODE_SIZE - 0x2000;
@@ -173,9 +219,22 @@ pub const HARNESS_END: u64 = HARNESS_STACK_TOP;
 /// Highest guest address + 1 that qemu-alpha 7.2 on an x86_64 host can map.
 pub const USER_ADDRESS_LIMIT: u64 = 0x8000_0000_0000;
 
+/// Guest addresses `ALIAS_BASE + offset` are the engine's writable second
+/// views of shared data mappings (offset: in the shared memory file), used
+/// to execute a store to a watched page.  Adapters must not map at
+/// `ALIAS_BASE..ALIAS_BASE + SHARED_WINDOW`.
+pub const ALIAS_BASE: u64 = 0x6000_0000_0000;
+/// Bytes of shared memory (data mappings) one engine can hand out; larger
+/// or later mappings fall back to private guest memory.
+pub const SHARED_WINDOW: u64 = 64 << 30;
+
 /// Alpha Linux system call numbers (arch/alpha/include/uapi/asm/unistd.h).
 pub mod sys {
     pub const NR_EXIT: u64 = 1;
+    pub const NR_OPEN: u64 = 45;
+    /// Alpha's value.
+    pub const O_RDWR: u64 = 2;
+    pub const MAP_SHARED: u64 = 0x01;
     pub const NR_MMAP: u64 = 71;
     pub const NR_MUNMAP: u64 = 73;
     pub const NR_MPROTECT: u64 = 74;
@@ -231,10 +290,17 @@ pub struct QemuAlphaConfig {
     /// Bound on waiting for QEMU's gdb socket to accept a connection.
     pub connect_timeout: Duration,
     /// Instructions single-stepped (and counted exactly) before a call
-    /// runs freely under the watchdog.
+    /// runs freely under the watchdog, when the trace mode is `Off` or
+    /// `Writes` (default 0: run freely at once; each stepped instruction
+    /// costs a stop, ~0.25 ms).
     pub step_window: u64,
-    /// Instructions single-stepped and traced when tracing is on.
+    /// Instructions single-stepped and traced in trace mode `All`.
     pub trace_window: u64,
+    /// Back data mappings with shared memory the engine reads and writes
+    /// directly, and watch writes with page protection (default).  Off:
+    /// every access goes over the protocol, and trace mode `Writes` steps
+    /// like `All` (slow; for comparison and as a fallback).
+    pub shared_memory: bool,
     /// Assumed lower bound on QEMU's speed, to turn the rest of a budget
     /// into watchdog time.
     pub insns_per_ms: u64,
@@ -248,8 +314,9 @@ impl Default for QemuAlphaConfig {
             qemu: PathBuf::from("qemu-alpha"),
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
-            step_window: 1024,
+            step_window: 0,
             trace_window: 16_384,
+            shared_memory: true,
             insns_per_ms: 10_000,
             min_watchdog: Duration::from_millis(100),
             max_watchdog: Duration::from_secs(10),
@@ -271,6 +338,156 @@ struct Region {
     start: u64,
     end: u64,
     perms: Perms,
+    /// Offset of `start` in the shared memory file, for shared mappings.
+    shared: Option<u64>,
+    /// The protection the guest has now (`prot(perms)` without
+    /// `PROT_WRITE` while writes are watched).
+    guest_prot: u64,
+    /// The alias view `ALIAS_BASE + offset` is mapped.
+    alias: bool,
+}
+
+impl Region {
+    fn private(start: u64, end: u64, perms: Perms) -> Region {
+        Region { start, end, perms, shared: None, guest_prot: prot(perms), alias: false }
+    }
+
+    /// The part `[start, end)` of this region (clipped), offsets adjusted.
+    fn piece(&self, start: u64, end: u64) -> Region {
+        let (start, end) = (start.max(self.start), end.min(self.end));
+        Region { start, end, shared: self.shared.map(|o| o + (start - self.start)), ..*self }
+    }
+
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        self.start <= addr && addr.checked_add(len).is_some_and(|e| e <= self.end)
+    }
+
+    /// Guest stores into it fault and are recorded and redone by the engine.
+    fn watched(&self) -> bool {
+        self.shared.is_some() && self.perms.write && self.guest_prot & sys::PROT_WRITE == 0
+    }
+}
+
+/// The few Linux calls the shared memory needs (x86_64/aarch64 glibc).
+mod ffi {
+    use std::ffi::{c_char, c_int, c_uint, c_void};
+    pub type OffT = i64;
+    pub const PROT_READ: c_int = 1;
+    pub const PROT_WRITE: c_int = 2;
+    pub const MAP_SHARED: c_int = 0x01;
+    pub const MAP_NORESERVE: c_int = 0x4000;
+    pub const MAP_FAILED: *mut c_void = !0usize as *mut c_void;
+    pub const MFD_CLOEXEC: c_uint = 1;
+    pub const FALLOC_FL_KEEP_SIZE: c_int = 1;
+    pub const FALLOC_FL_PUNCH_HOLE: c_int = 2;
+    extern "C" {
+        pub fn memfd_create(name: *const c_char, flags: c_uint) -> c_int;
+        pub fn ftruncate(fd: c_int, len: OffT) -> c_int;
+        pub fn fallocate(fd: c_int, mode: c_int, off: OffT, len: OffT) -> c_int;
+        pub fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: OffT) -> *mut c_void;
+        pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
+    }
+}
+
+/// The shared memory behind data mappings: a memfd the engine maps once
+/// (a window of [`SHARED_WINDOW`] bytes) and the guest maps piecewise
+/// (`MAP_SHARED` through a descriptor it opened as `/proc/<pid>/fd/<n>`).
+struct SharedMem {
+    fd: std::os::fd::OwnedFd,
+    /// The host window's address.
+    host: usize,
+    /// Next free file offset (offsets are never reused).
+    next: u64,
+    /// The guest's descriptor of the same file.
+    guest_fd: u64,
+}
+
+impl SharedMem {
+    fn new() -> io::Result<SharedMem> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: memfd_create with a NUL-terminated name; the result is a
+        // new descriptor we own (or -1).
+        let raw = unsafe { ffi::memfd_create(c"percpu-bed-alpha".as_ptr(), ffi::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: a new shared mapping of our own memfd at an address the
+        // kernel picks; nothing else refers to that range.  Pages past the
+        // file size are never touched (see `alloc`).
+        let host = unsafe {
+            ffi::mmap(
+                std::ptr::null_mut(),
+                SHARED_WINDOW as usize,
+                ffi::PROT_READ | ffi::PROT_WRITE,
+                ffi::MAP_SHARED | ffi::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if host == ffi::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMem { fd, host: host as usize, next: 0, guest_fd: u64::MAX })
+    }
+
+    fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// A fresh zeroed range of the file, or `None` when the window is full.
+    fn alloc(&mut self, size: u64) -> io::Result<Option<u64>> {
+        let off = self.next;
+        let end = match off.checked_add(size) {
+            Some(e) if e <= SHARED_WINDOW => e,
+            _ => return Ok(None),
+        };
+        // SAFETY: ftruncate on our own descriptor.
+        if unsafe { ffi::ftruncate(self.raw_fd(), end as ffi::OffT) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.next = end;
+        Ok(Some(off))
+    }
+
+    /// Give a range's memory back (it reads as zeros afterwards).
+    fn release(&self, off: u64, len: u64) {
+        // SAFETY: fallocate on our own descriptor; failure only keeps memory.
+        unsafe {
+            ffi::fallocate(
+                self.raw_fd(),
+                ffi::FALLOC_FL_PUNCH_HOLE | ffi::FALLOC_FL_KEEP_SIZE,
+                off as ffi::OffT,
+                len as ffi::OffT,
+            );
+        }
+    }
+
+    fn read(&self, off: u64, buf: &mut [u8]) {
+        debug_assert!(off + buf.len() as u64 <= self.next);
+        // SAFETY: `off..off+len` lies below `next`, inside the window and
+        // the file, so the source is mapped and readable; the guest is
+        // stopped while the engine runs, and the buffers cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping((self.host + off as usize) as *const u8, buf.as_mut_ptr(), buf.len()) }
+    }
+
+    fn write(&self, off: u64, data: &[u8]) {
+        debug_assert!(off + data.len() as u64 <= self.next);
+        // SAFETY: as in `read`; the window is mapped writable.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (self.host + off as usize) as *mut u8, data.len()) }
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the window this struct mapped; no references
+        // into it outlive the struct.
+        unsafe {
+            ffi::munmap(self.host as *mut std::ffi::c_void, SHARED_WINDOW as usize);
+        }
+    }
 }
 
 fn prot(p: Perms) -> u64 {
@@ -308,6 +525,8 @@ pub struct MemOp {
     pub fp: bool,
     /// `ldq_u`/`stq_u`: the address is aligned down to 8.
     pub unaligned: bool,
+    /// `ldl_l`/`ldq_l`/`stl_c`/`stq_c`: load-locked / store-conditional.
+    pub locked: bool,
 }
 
 impl MemOp {
@@ -365,6 +584,7 @@ pub fn decode_mem_op(word: u32) -> Option<MemOp> {
         disp: (word & 0xffff) as u16 as i16,
         fp,
         unaligned,
+        locked: matches!(opcode, 0x2a | 0x2b | 0x2e | 0x2f),
     })
 }
 
@@ -524,8 +744,16 @@ pub struct QemuAlphaEngine {
     regs: Option<Vec<u64>>,
     dirty: bool,
     regions: Vec<Region>,
-    tracing: bool,
+    mode: TraceMode,
     trace: Vec<MemAccess>,
+    /// Shared memory behind data mappings (`None`: disabled or unavailable).
+    shm: Option<SharedMem>,
+    /// Instruction words read so far, by address (dropped when the host
+    /// writes or unmaps code).
+    code_cache: HashMap<u64, u32>,
+    /// Breakpoints the engine planted on `callsys` words in host-written
+    /// code, so free-running guest code cannot make system calls.
+    syscall_traps: Vec<u64>,
     /// Why the guest is gone, once it is.
     dead: Option<String>,
     /// Host SIGINTs sent whose guest stop has not been seen yet.
@@ -590,11 +818,14 @@ impl QemuAlphaEngine {
             regs: None,
             dirty: false,
             regions: vec![
-                Region { start: HARNESS_BASE, end: HARNESS_BASE + HARNESS_CODE_SIZE, perms: Perms::RWX },
-                Region { start: HARNESS_STACK_BASE, end: HARNESS_STACK_TOP, perms: Perms::RW },
+                Region::private(HARNESS_BASE, HARNESS_BASE + HARNESS_CODE_SIZE, Perms::RWX),
+                Region::private(HARNESS_STACK_BASE, HARNESS_STACK_TOP, Perms::RW),
             ],
-            tracing: false,
+            mode: TraceMode::Off,
             trace: Vec::new(),
+            shm: None,
+            code_cache: HashMap::new(),
+            syscall_traps: Vec::new(),
             dead: None,
             pending_interrupts: 0,
             last_pc: HARNESS_ENTRY,
@@ -603,11 +834,42 @@ impl QemuAlphaEngine {
         if pc != HARNESS_ENTRY {
             return Err(engine_err(format!("harness stopped at {pc:#x}, expected the entry {HARNESS_ENTRY:#x}")));
         }
+        if e.cfg.shared_memory {
+            match e.open_shared() {
+                Ok(shm) => e.shm = Some(shm),
+                Err(why) => tracing::warn!("qemu-alpha: no shared memory ({why}); every access goes over gdb"),
+            }
+        }
         Ok(e)
+    }
+
+    /// Create the shared memory and have the guest open it.
+    fn open_shared(&mut self) -> Result<SharedMem, String> {
+        let mut shm = SharedMem::new().map_err(|e| format!("memfd: {e}"))?;
+        let path = format!("/proc/{}/fd/{}\0", std::process::id(), shm.raw_fd());
+        let r = self.client.write_memory(PATH_BUF, path.as_bytes());
+        self.poison(r).map_err(|e| e.to_string())?;
+        match self.syscall(sys::NR_OPEN, [PATH_BUF, sys::O_RDWR, 0, 0, 0, 0]).map_err(|e| e.to_string())? {
+            Ok(fd) => shm.guest_fd = fd,
+            Err(errno) => {
+                return Err(format!("the guest cannot open {}: {}", path.trim_end_matches('\0'), errno_name(errno)))
+            }
+        }
+        Ok(shm)
+    }
+
+    /// True when data mappings are shared memory (the fast path).
+    pub fn uses_shared_memory(&self) -> bool {
+        self.shm.is_some()
     }
 
     pub fn config(&self) -> &QemuAlphaConfig {
         &self.cfg
+    }
+
+    /// The GDB round trips so far, by command, with their times.
+    pub fn protocol_stats(&self) -> &super::gdb_remote::Stats {
+        self.client.stats()
     }
 
     /// The QEMU process id (diagnostics, tests).
@@ -784,15 +1046,8 @@ impl QemuAlphaEngine {
     /// widened to pages.
     fn overlaps(&self, addr: u64, len: u64) -> Vec<Region> {
         let end = addr.saturating_add(len);
-        self.regions
-            .iter()
-            .filter(|r| r.start < end && addr < r.end)
-            .map(|r| Region {
-                start: r.start.max(addr & !(PAGE_SIZE - 1)),
-                end: r.end.min(end.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)),
-                perms: r.perms,
-            })
-            .collect()
+        let (lo, hi) = (addr & !(PAGE_SIZE - 1), end.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1));
+        self.regions.iter().filter(|r| r.start < end && addr < r.end).map(|r| r.piece(lo, hi)).collect()
     }
 
     fn covered(&self, addr: u64, len: u64) -> bool {
@@ -811,8 +1066,26 @@ impl QemuAlphaEngine {
         self.regions.iter().copied().find(|r| r.start <= addr && addr < r.end)
     }
 
+    /// The shared-memory pieces of `[addr, addr+len)` as (file offset,
+    /// position in the range, length), if shared mappings cover all of it.
+    fn shared_pieces(&self, addr: u64, len: u64) -> Option<Vec<(u64, usize, usize)>> {
+        self.shm.as_ref()?;
+        let end = addr.checked_add(len)?;
+        let mut at = addr;
+        let mut out = Vec::new();
+        while at < end {
+            let r = self.regions.iter().find(|r| r.start <= at && at < r.end)?;
+            let off = r.shared?;
+            let n = r.end.min(end) - at;
+            out.push((off + (at - r.start), (at - addr) as usize, n as usize));
+            at += n;
+        }
+        Some(out)
+    }
+
     /// Run `op` with the tracked pages of the range temporarily opened to
-    /// `need` (read or write), when `force` or when their perms lack it.
+    /// `need` (read or write), when `force` or when their guest protection
+    /// lacks it; the protection is restored afterwards.
     fn with_opened<T>(
         &mut self,
         addr: u64,
@@ -821,50 +1094,143 @@ impl QemuAlphaEngine {
         force: bool,
         op: impl FnOnce(&mut Self) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        let lacking: Vec<Region> = self
-            .overlaps(addr, len)
-            .into_iter()
-            .filter(|r| force || if write { !r.perms.write } else { !r.perms.read })
-            .collect();
+        let need = if write { sys::PROT_WRITE } else { sys::PROT_READ };
+        let lacking: Vec<Region> =
+            self.overlaps(addr, len).into_iter().filter(|r| force || r.guest_prot & need == 0).collect();
         for r in &lacking {
-            let opened = Perms { read: true, write: write || r.perms.write, exec: r.perms.exec };
-            self.mprotect(r.start, r.end, prot(opened))?;
+            self.mprotect(r.start, r.end, r.guest_prot | sys::PROT_READ | if write { sys::PROT_WRITE } else { 0 })?;
         }
         let result = op(self);
         for r in &lacking {
-            self.mprotect(r.start, r.end, prot(r.perms))?;
+            self.mprotect(r.start, r.end, r.guest_prot)?;
         }
         result
     }
 
+    /// Give the guest protection `want` (by region) to every region, one
+    /// `mprotect` per run of adjacent regions that need the same change.
+    fn set_guest_prot(&mut self, want: impl Fn(&Region) -> u64) -> Result<(), EngineError> {
+        let mut order: Vec<usize> = (0..self.regions.len()).collect();
+        order.sort_by_key(|&i| self.regions[i].start);
+        let mut run: Option<(u64, u64, u64)> = None;
+        let mut todo = Vec::new();
+        for i in order {
+            let r = self.regions[i];
+            let w = want(&r);
+            if w == r.guest_prot {
+                continue;
+            }
+            self.regions[i].guest_prot = w;
+            run = match run {
+                Some((s, e, p)) if e == r.start && p == w => Some((s, r.end, p)),
+                Some(prev) => {
+                    todo.push(prev);
+                    Some((r.start, r.end, w))
+                }
+                None => Some((r.start, r.end, w)),
+            };
+        }
+        todo.extend(run);
+        for (s, e, p) in todo {
+            self.mprotect(s, e, p)?;
+        }
+        Ok(())
+    }
+
+    /// Watch writes (trace modes `Writes`, `All`): every shared writable
+    /// region except the one holding the stack is read-only to the guest.
+    fn sync_watch(&mut self, stack_top: u64) -> Result<(), EngineError> {
+        let watch = self.mode != TraceMode::Off;
+        let sp = stack_top.wrapping_sub(1);
+        self.set_guest_prot(|r| {
+            let full = prot(r.perms);
+            if watch && r.shared.is_some() && r.perms.write && !(r.start <= sp && sp < r.end) {
+                full & !sys::PROT_WRITE
+            } else {
+                full
+            }
+        })
+    }
+
     /// Read and decode the instruction at `pc`; `None` if unreadable.
-    fn fetch_insn(&mut self, pc: u64, cache: &mut HashMap<u64, u32>) -> Result<Option<u32>, EngineError> {
-        if let Some(w) = cache.get(&pc) {
+    fn fetch_insn(&mut self, pc: u64) -> Result<Option<u32>, EngineError> {
+        if let Some(w) = self.code_cache.get(&pc) {
             return Ok(Some(*w));
         }
         if pc % 4 != 0 {
             return Ok(None);
         }
-        match self.client.read_memory(pc, 4) {
-            Ok(b) if b.len() == 4 => {
-                let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                cache.insert(pc, w);
-                Ok(Some(w))
+        let mut b = [0u8; 4];
+        if let Some(p) = self.shared_pieces(pc, 4) {
+            // Data pages are never executable; reading them is still right.
+            let shm = self.shm.as_ref().expect("pieces imply shm");
+            for (off, at, n) in p {
+                shm.read(off, &mut b[at..at + n]);
             }
-            Ok(_) | Err(EngineError::Memory { .. }) => Ok(None),
-            Err(e) => self.poison(Err(e)),
+        } else {
+            match self.client.read_memory(pc, 4) {
+                Ok(r) if r.len() == 4 => b.copy_from_slice(&r),
+                Ok(_) | Err(EngineError::Memory { .. }) => return Ok(None),
+                Err(e) => return self.poison(Err(e)),
+            }
+        }
+        let w = u32::from_le_bytes(b);
+        self.code_cache.insert(pc, w);
+        Ok(Some(w))
+    }
+
+    /// Forget cached instruction words in `[addr, addr+len)`.
+    fn forget_code(&mut self, addr: u64, len: u64) {
+        if self.code_cache.is_empty() {
+            return;
+        }
+        let end = addr.saturating_add(len);
+        if len <= 64 {
+            let mut a = addr & !3;
+            while a < end {
+                self.code_cache.remove(&a);
+                a += 4;
+            }
+        } else {
+            self.code_cache.retain(|&a, _| a < addr || a >= end);
         }
     }
 
+    /// Plant a breakpoint on every `callsys` word of host-written code in
+    /// an executable region, so that free-running guest code stops before
+    /// making a system call (stepping refuses them anyway).
+    fn trap_syscalls(&mut self, addr: u64, data: &[u8]) -> Result<(), EngineError> {
+        let start = (addr + 3) & !3;
+        let skip = (start - addr) as usize;
+        if skip >= data.len() {
+            return Ok(());
+        }
+        for (i, c) in data[skip..].chunks_exact(4).enumerate() {
+            let at = start + 4 * i as u64;
+            let word = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let planted = self.syscall_traps.contains(&at);
+            if word == insn::CALLSYS && !planted && self.find_region(at).is_some_and(|r| r.perms.exec) {
+                let r = self.client.insert_breakpoint(at, 4);
+                self.poison(r)?;
+                self.syscall_traps.push(at);
+            } else if word != insn::CALLSYS && planted {
+                let r = self.client.remove_breakpoint(at, 4);
+                self.poison(r)?;
+                self.syscall_traps.retain(|&a| a != at);
+            }
+        }
+        Ok(())
+    }
+
     /// Turn a SIGSEGV/SIGBUS stop into a `Fault`.
-    fn fault(&mut self, signal: u8, cache: &mut HashMap<u64, u32>) -> Result<Outcome, EngineError> {
+    fn fault(&mut self, signal: u8) -> Result<Outcome, EngineError> {
         let pc = self.raw_reg(regnum::PC)?;
         let fetch = |e: &Self| Outcome::Fault { pc, addr: pc, access: Access::Fetch, unmapped: !e.covered(pc, 4) };
         let executable = self.find_region(pc).map(|r| r.perms.exec).unwrap_or(true);
         if !executable {
             return Ok(fetch(self));
         }
-        let word = match self.fetch_insn(pc, cache)? {
+        let word = match self.fetch_insn(pc)? {
             Some(w) => w,
             None => return Ok(fetch(self)),
         };
@@ -882,12 +1248,7 @@ impl QemuAlphaEngine {
     }
 
     /// Classify a stop of a call.
-    fn classify(
-        &mut self,
-        stop: StopReply,
-        instructions: u64,
-        cache: &mut HashMap<u64, u32>,
-    ) -> Result<Outcome, EngineError> {
+    fn classify(&mut self, stop: StopReply, instructions: Option<u64>) -> Result<Outcome, EngineError> {
         let signal = match stop {
             StopReply::Signal { signal, .. } => signal,
             StopReply::Exited { .. } | StopReply::Terminated { .. } => {
@@ -900,35 +1261,24 @@ impl QemuAlphaEngine {
             gdb_signal::SIGTRAP if pc == RETURN_TRAMPOLINE => {
                 Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions }
             }
+            gdb_signal::SIGTRAP if self.syscall_traps.contains(&pc) => {
+                Outcome::Trap { pc, reason: "call_pal callsys (system call from guest code) (not executed)".into() }
+            }
             gdb_signal::SIGTRAP => Outcome::Trap {
                 pc,
                 reason: "SIGTRAP: a trap instruction (bpt/gentrap; pc is after it) or a stray breakpoint".into(),
             },
-            gdb_signal::SIGSEGV | gdb_signal::SIGBUS => self.fault(signal, cache)?,
+            gdb_signal::SIGSEGV | gdb_signal::SIGBUS => self.fault(signal)?,
             gdb_signal::SIGILL => Outcome::Trap { pc, reason: "SIGILL: illegal or privileged instruction".into() },
             gdb_signal::SIGFPE => Outcome::Trap { pc, reason: "SIGFPE: arithmetic trap".into() },
             s => Outcome::Trap { pc, reason: format!("stopped by {}", gdb_signal::name(s)) },
         })
     }
 
-    fn run_call(&mut self, budget: u64) -> Result<Outcome, EngineError> {
-        let mut cache = HashMap::new();
-        let mut executed: u64 = 0;
-        let window = if self.tracing { self.cfg.trace_window.max(self.cfg.step_window) } else { self.cfg.step_window };
-        let stepped = budget.min(window);
-        while executed < stepped {
-            let pc = self.raw_reg(regnum::PC)?;
-            if pc == RETURN_TRAMPOLINE {
-                return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: executed });
-            }
-            let word = self.fetch_insn(pc, &mut cache)?;
-            if let Some(reason) = word.and_then(forbidden_pal) {
-                return Ok(Outcome::Trap { pc, reason: format!("{reason} (not executed)") });
-            }
-            let access = match (self.tracing, word.and_then(decode_mem_op)) {
-                (true, Some(op)) if op.touches_memory() => Some(self.describe_access(pc, op)?),
-                _ => None,
-            };
+    /// Resume for one instruction; a stale SIGINT stop (nothing ran) is
+    /// retried.
+    fn step_once(&mut self, pc: u64) -> Result<StopReply, EngineError> {
+        loop {
             let stop = match self.resume(true, self.cfg.timeout)? {
                 Some(s) => s,
                 None => {
@@ -941,13 +1291,96 @@ impl QemuAlphaEngine {
                 }
             };
             if self.stale_interrupt(&stop) {
-                // The interrupt was taken before the instruction: nothing ran.
+                // Taken before the instruction if the pc did not move.
                 if self.raw_reg(regnum::PC)? == pc {
                     continue;
                 }
-                executed += 1;
-                continue;
+                return Ok(StopReply::Signal { signal: gdb_signal::SIGTRAP, info: Vec::new() });
             }
+            return Ok(stop);
+        }
+    }
+
+    /// The instruction `word` (at the pc) if it is a store to a watched
+    /// page: its decoded form, address and region index.
+    fn watched_store(&mut self, word: Option<u32>) -> Result<Option<(MemOp, u64, usize)>, EngineError> {
+        let Some(op) = word.and_then(decode_mem_op).filter(|op| op.access == Access::Write) else {
+            return Ok(None);
+        };
+        let base = if op.rb == 31 { 0 } else { self.raw_reg(op.rb as usize)? };
+        let addr = op.address(base);
+        Ok(self.regions.iter().position(|r| r.watched() && r.contains(addr, u64::from(op.size))).map(|i| (op, addr, i)))
+    }
+
+    /// Execute the store at `pc` to watched page `addr` on QEMU: through the
+    /// region's writable alias (its base register moved there for the one
+    /// step, then restored), or, when the base register is also the data
+    /// register or the store is conditional (its lock is on the real
+    /// address), with the page opened for the step.  Returns the step's stop.
+    fn step_watched_store(&mut self, pc: u64, op: MemOp, addr: u64, idx: usize) -> Result<StopReply, EngineError> {
+        let redirect = (op.fp || op.ra != op.rb) && !op.locked && op.rb != 31;
+        if !redirect {
+            let page = addr & !(PAGE_SIZE - 1);
+            let r = self.regions[idx];
+            self.mprotect(page, page + PAGE_SIZE, r.guest_prot | sys::PROT_WRITE)?;
+            let stop = self.step_once(pc)?;
+            self.mprotect(page, page + PAGE_SIZE, r.guest_prot)?;
+            return Ok(stop);
+        }
+        if !self.regions[idx].alias {
+            let r = self.regions[idx];
+            let (off, gfd) = (r.shared.expect("watched regions are shared"), self.shm.as_ref().map(|s| s.guest_fd));
+            let alias = ALIAS_BASE + off;
+            let flags = sys::MAP_SHARED | sys::MAP_NORESERVE | sys::MAP_FIXED_NOREPLACE;
+            let args = [alias, r.end - r.start, sys::PROT_READ | sys::PROT_WRITE, flags, gfd.unwrap_or(u64::MAX), off];
+            match self.syscall(sys::NR_MMAP, args)? {
+                Ok(got) if got == alias => {}
+                other => {
+                    if let Ok(got) = other {
+                        let _ = self.syscall(sys::NR_MUNMAP, [got, r.end - r.start, 0, 0, 0, 0])?;
+                    }
+                    return Err(self.err(format!("cannot map the alias of {:#x}..{:#x} at {alias:#x}", r.start, r.end)));
+                }
+            }
+            self.regions[idx].alias = true;
+        }
+        let r = self.regions[idx];
+        let delta = (ALIAS_BASE + r.shared.expect("shared")).wrapping_sub(r.start);
+        let base = self.raw_reg(op.rb as usize)?;
+        self.set_raw_reg(op.rb as usize, base.wrapping_add(delta))?;
+        let stop = self.step_once(pc)?;
+        // A store never writes its base register: put it back.
+        self.set_raw_reg(op.rb as usize, base)?;
+        Ok(stop)
+    }
+
+    fn run_call(&mut self, budget: u64, stack_top: u64) -> Result<Outcome, EngineError> {
+        if self.shm.is_some() {
+            self.sync_watch(stack_top)?;
+        }
+        let mut executed: u64 = 0;
+        // Without shared memory, writes can only be traced by stepping.
+        let step_all = self.mode == TraceMode::All || (self.mode == TraceMode::Writes && self.shm.is_none());
+        let window = if step_all { self.cfg.trace_window.max(self.cfg.step_window) } else { self.cfg.step_window };
+        let stepped = budget.min(window);
+        while executed < stepped {
+            let pc = self.raw_reg(regnum::PC)?;
+            if pc == RETURN_TRAMPOLINE {
+                return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: Some(executed) });
+            }
+            let word = self.fetch_insn(pc)?;
+            if let Some(reason) = word.and_then(forbidden_pal) {
+                return Ok(Outcome::Trap { pc, reason: format!("{reason} (not executed)") });
+            }
+            let access = match (self.mode, word.and_then(decode_mem_op)) {
+                (TraceMode::All, Some(op)) if op.touches_memory() => Some(self.describe_access(pc, op)?),
+                (TraceMode::Writes, Some(op)) if op.access == Access::Write => Some(self.describe_access(pc, op)?),
+                _ => None,
+            };
+            let stop = match self.watched_store(word)? {
+                Some((op, addr, idx)) => self.step_watched_store(pc, op, addr, idx)?,
+                None => self.step_once(pc)?,
+            };
             match stop {
                 StopReply::Signal { signal: gdb_signal::SIGTRAP, .. } => {
                     executed += 1;
@@ -955,28 +1388,49 @@ impl QemuAlphaEngine {
                         self.trace.push(a);
                     }
                 }
-                other => return self.classify(other, executed, &mut cache),
+                other => return self.classify(other, Some(executed)),
             }
         }
         let pc = self.raw_reg(regnum::PC)?;
         if pc == RETURN_TRAMPOLINE {
-            return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: executed });
+            return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: Some(executed) });
         }
         if executed >= budget {
             return Ok(Outcome::BudgetExhausted { pc, budget });
         }
-        if self.tracing {
-            tracing::warn!(executed, budget, "qemu-alpha: call outlived the trace window; the rest runs untraced");
+        if self.mode == TraceMode::All || (self.mode == TraceMode::Writes && self.shm.is_none()) {
+            let what = if self.shm.is_some() { "reads are no longer traced" } else { "the rest runs untraced" };
+            tracing::warn!(executed, budget, "qemu-alpha: call outlived the trace window; {what}");
         }
-        // Free run under the watchdog.
-        let deadline = Instant::now() + self.cfg.watchdog(budget - executed);
+        self.run_free(budget - executed, budget)
+    }
+
+    /// Let the guest run under the watchdog; record and redo stores to
+    /// watched pages as they fault.
+    fn run_free(&mut self, remaining: u64, budget: u64) -> Result<Outcome, EngineError> {
+        let deadline = Instant::now() + self.cfg.watchdog(remaining);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.resume(false, left)? {
+            let stop = match self.resume(false, left)? {
                 Some(s) if self.stale_interrupt(&s) => continue,
-                Some(s) => return self.classify(s, executed, &mut cache),
+                Some(s) => s,
                 None => break,
+            };
+            if let StopReply::Signal { signal: gdb_signal::SIGSEGV, .. } = stop {
+                let pc = self.raw_reg(regnum::PC)?;
+                let word = self.fetch_insn(pc)?;
+                if let Some((op, addr, idx)) = self.watched_store(word)? {
+                    if self.mode != TraceMode::Off {
+                        let a = self.describe_access(pc, op)?;
+                        self.trace.push(a);
+                    }
+                    match self.step_watched_store(pc, op, addr, idx)? {
+                        StopReply::Signal { signal: gdb_signal::SIGTRAP, .. } => continue,
+                        other => return self.classify(other, None),
+                    }
+                }
             }
+            return self.classify(stop, None);
         }
         self.process.interrupt().map_err(|e| self.err(format!("cannot interrupt qemu-alpha: {e}")))?;
         self.pending_interrupts += 1;
@@ -988,7 +1442,7 @@ impl QemuAlphaEngine {
             }
             // It stopped by itself just as the watchdog fired; the SIGINT
             // stays pending and is skipped at the next resume.
-            Some(s) => self.classify(s, executed, &mut cache),
+            Some(s) => self.classify(s, None),
             None => {
                 let e = EngineError::Timeout {
                     engine: ENGINE,
@@ -1070,6 +1524,7 @@ fn connect(process: &mut QemuProcess, sock: &Path, within: Duration) -> Result<U
 
 impl Drop for QemuAlphaEngine {
     fn drop(&mut self) {
+        tracing::debug!("qemu-alpha round trips: {}", self.client.stats());
         if self.dead.is_none() {
             self.client.kill();
         }
@@ -1094,22 +1549,47 @@ impl Engine for QemuAlphaEngine {
         let map_err = |reason: String| EngineError::Map { engine: ENGINE, addr, size, reason };
         self.check_range(addr, size).map_err(map_err)?;
         self.alive()?;
+        // Data goes into shared memory; code stays private, written over
+        // gdb so QEMU sees every change to it.
+        let shared = match self.shm.as_mut() {
+            Some(shm) if !perms.exec => {
+                shm.alloc(size).map_err(|e| map_err(format!("cannot grow the shared memory: {e}")))?
+            }
+            _ => None,
+        };
+        // Watched from the start when writes are traced (`sync_watch`
+        // opens the stack's region at the call).
+        let guest_prot = if shared.is_some() && perms.write && self.mode != TraceMode::Off {
+            prot(perms) & !sys::PROT_WRITE
+        } else {
+            prot(perms)
+        };
         // NORESERVE: large sparse areas (vmalloc-like percpu chunks) must not
         // hit the host's overcommit heuristic; pages are allocated on touch.
-        let flags = sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE | sys::MAP_FIXED_NOREPLACE;
-        match self.syscall(sys::NR_MMAP, [addr, size, prot(perms), flags, u64::MAX, 0])? {
-            Ok(got) if got == addr => {}
+        let (kind, fd, off) = match (shared, &self.shm) {
+            (Some(off), Some(shm)) => (sys::MAP_SHARED, shm.guest_fd, off),
+            _ => (sys::MAP_PRIVATE | sys::MAP_ANONYMOUS, u64::MAX, 0),
+        };
+        let flags = kind | sys::MAP_NORESERVE | sys::MAP_FIXED_NOREPLACE;
+        let failed = match self.syscall(sys::NR_MMAP, [addr, size, guest_prot, flags, fd, off])? {
+            Ok(got) if got == addr => None,
             Ok(got) => {
                 // A kernel/QEMU without MAP_FIXED_NOREPLACE took it as a hint.
                 let _ = self.syscall(sys::NR_MUNMAP, [got, size, 0, 0, 0, 0])?;
-                return Err(map_err(format!("mmap placed it at {got:#x} instead (range occupied?)")));
+                Some(format!("mmap placed it at {got:#x} instead (range occupied?)"))
             }
             Err(e) => {
                 let hint = if e == 17 { ": the range overlaps an existing mapping" } else { "" };
-                return Err(map_err(format!("guest mmap failed: {}{hint}", errno_name(e))));
+                Some(format!("guest mmap failed: {}{hint}", errno_name(e)))
             }
+        };
+        if let Some(why) = failed {
+            if let (Some(off), Some(shm)) = (shared, &self.shm) {
+                shm.release(off, size);
+            }
+            return Err(map_err(why));
         }
-        self.regions.push(Region { start: addr, end: addr + size, perms });
+        self.regions.push(Region { start: addr, end: addr + size, perms, shared, guest_prot, alias: false });
         Ok(())
     }
 
@@ -1125,19 +1605,33 @@ impl Engine for QemuAlphaEngine {
             return Err(map_err(format!("guest munmap failed: {}", errno_name(e))));
         }
         let mut kept = Vec::with_capacity(self.regions.len() + 1);
-        for r in self.regions.drain(..) {
+        let mut gone = Vec::new();
+        for r in std::mem::take(&mut self.regions) {
             if r.end <= addr || end <= r.start {
                 kept.push(r);
                 continue;
             }
             if r.start < addr {
-                kept.push(Region { start: r.start, end: addr, perms: r.perms });
+                kept.push(r.piece(r.start, addr));
             }
             if end < r.end {
-                kept.push(Region { start: end, end: r.end, perms: r.perms });
+                kept.push(r.piece(end, r.end));
             }
+            gone.push(r.piece(addr, end));
         }
         self.regions = kept;
+        for g in gone {
+            if let Some(off) = g.shared {
+                if g.alias {
+                    let _ = self.syscall(sys::NR_MUNMAP, [ALIAS_BASE + off, g.end - g.start, 0, 0, 0, 0])?;
+                }
+                if let Some(shm) = &self.shm {
+                    shm.release(off, g.end - g.start);
+                }
+            }
+        }
+        self.forget_code(addr, size);
+        self.syscall_traps.retain(|&a| a < addr || a >= end);
         Ok(())
     }
 
@@ -1147,6 +1641,14 @@ impl Engine for QemuAlphaEngine {
             return Ok(());
         }
         let len = data.len() as u64;
+        if let Some(pieces) = self.shared_pieces(addr, len) {
+            let shm = self.shm.as_ref().expect("pieces imply shm");
+            for (off, at, n) in pieces {
+                shm.write(off, &data[at..at + n]);
+            }
+            return Ok(());
+        }
+        self.forget_code(addr, len);
         let first = self.with_opened(addr, len, true, false, |e| {
             let r = e.client.write_memory(addr, data);
             e.poison(r)
@@ -1158,10 +1660,11 @@ impl Engine for QemuAlphaEngine {
                 self.with_opened(addr, len, true, true, |e| {
                     let r = e.client.write_memory(addr, data);
                     e.poison(r)
-                })
+                })?;
             }
-            other => other,
+            other => other?,
         }
+        self.trap_syscalls(addr, data)
     }
 
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), EngineError> {
@@ -1170,6 +1673,13 @@ impl Engine for QemuAlphaEngine {
             return Ok(());
         }
         let len = buf.len();
+        if let Some(pieces) = self.shared_pieces(addr, len as u64) {
+            let shm = self.shm.as_ref().expect("pieces imply shm");
+            for (off, at, n) in pieces {
+                shm.read(off, &mut buf[at..at + n]);
+            }
+            return Ok(());
+        }
         let data = self.with_opened(addr, len as u64, false, false, |e| {
             let r = e.client.read_memory(addr, len);
             e.poison(r)
@@ -1206,7 +1716,7 @@ impl Engine for QemuAlphaEngine {
             r[regnum::PC] = entry;
         }
         self.dirty = true;
-        let out = self.run_call(budget)?;
+        let out = self.run_call(budget, stack_top)?;
         if let Outcome::Fault { pc, .. } | Outcome::Trap { pc, .. } | Outcome::BudgetExhausted { pc, .. } = out {
             self.last_pc = pc;
         }
@@ -1214,7 +1724,11 @@ impl Engine for QemuAlphaEngine {
     }
 
     fn set_trace(&mut self, on: bool) {
-        self.tracing = on;
+        self.mode = if on { TraceMode::All } else { TraceMode::Off };
+    }
+
+    fn set_trace_mode(&mut self, mode: TraceMode) {
+        self.mode = mode;
     }
 
     fn take_trace(&mut self) -> Vec<MemAccess> {
@@ -1245,6 +1759,30 @@ mod tests {
         assert_eq!(decode_mem_op(0x09 << 26), None);
         assert_eq!(decode_mem_op(insn::BR_BACK), None);
         assert_eq!(decode_mem_op(insn::CALLSYS), None);
+        // stq_c $1, 0($2) is a store-conditional (never redirected).
+        let op = decode_mem_op(0x2f << 26 | 1 << 21 | 2 << 16).unwrap();
+        assert!(op.locked && op.access == Access::Write);
+        assert!(!decode_mem_op(0xb422_0000).unwrap().locked);
+    }
+
+    #[test]
+    fn region_pieces_keep_their_shared_offsets() {
+        let r = Region {
+            start: 0x10_0000,
+            end: 0x10_8000,
+            perms: Perms::RW,
+            shared: Some(0x4000),
+            guest_prot: sys::PROT_READ,
+            alias: true,
+        };
+        assert!(r.watched());
+        let p = r.piece(0x10_2000, 0x20_0000);
+        assert_eq!((p.start, p.end, p.shared, p.alias), (0x10_2000, 0x10_8000, Some(0x6000), true));
+        assert!(r.contains(0x10_7ff8, 8) && !r.contains(0x10_7ff8, 9) && !r.contains(u64::MAX, 2));
+        let private = Region::private(0, 0x2000, Perms::RW);
+        assert!(!private.watched() && private.piece(0x1000, 0x2000).shared.is_none());
+        let open = Region { guest_prot: sys::PROT_READ | sys::PROT_WRITE, ..r };
+        assert!(!open.watched());
     }
 
     #[test]
@@ -1264,6 +1802,22 @@ mod tests {
         assert_eq!(u64::from_le_bytes(f[24..32].try_into().unwrap()), HARNESS_ENTRY);
         let code = &f[0x2000..];
         assert_eq!(&code[0x80..0x84], &insn::CALLSYS.to_le_bytes());
+    }
+
+    #[test]
+    fn shared_memory_hands_out_fresh_ranges() {
+        let mut shm = SharedMem::new().unwrap();
+        let a = shm.alloc(0x4000).unwrap().unwrap();
+        let b = shm.alloc(0x2000).unwrap().unwrap();
+        assert_eq!((a, b), (0, 0x4000));
+        shm.write(a + 8, b"percpu");
+        let mut back = [0u8; 6];
+        shm.read(a + 8, &mut back);
+        assert_eq!(&back, b"percpu");
+        shm.release(a, 0x4000);
+        shm.read(a + 8, &mut back);
+        assert_eq!(back, [0; 6], "released memory reads as zero");
+        assert_eq!(shm.alloc(SHARED_WINDOW).unwrap(), None, "the window is bounded");
     }
 
     #[test]

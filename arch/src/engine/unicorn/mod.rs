@@ -837,7 +837,7 @@ impl Engine for UnicornEngine {
             return Ok(Outcome::Fault { pc: f.pc, addr: f.addr, access: f.access, unmapped: f.unmapped });
         }
         let outcome = match stop {
-            Some(Stop::Returned) => Outcome::Returned { value: self.reg(Reg::Ret)?, instructions: executed },
+            Some(Stop::Returned) => Outcome::Returned { value: self.reg(Reg::Ret)?, instructions: Some(executed) },
             Some(Stop::Budget { pc }) => Outcome::BudgetExhausted { pc, budget },
             Some(Stop::StrayTrampoline { pc }) => {
                 Outcome::Trap { pc, reason: format!("jumped into the trampoline page at {pc:#x} instead of its start") }
