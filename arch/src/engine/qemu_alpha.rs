@@ -95,7 +95,13 @@
 //!   fires the engine interrupts QEMU and reports `BudgetExhausted` with
 //!   the PC where the guest stopped.  A function that returns in this
 //!   phase reports `instructions: None`: not counted (QEMU 7.2 user mode
-//!   has no instruction counter the debugger can read).
+//!   has no instruction counter the debugger can read).  A watched store
+//!   (see Trace) stops the guest for a few hundred microseconds that are
+//!   not guest execution: that time (up to `store_refund`, 2 ms) is not
+//!   charged to the watchdog; the store is charged `store_charge` (128)
+//!   instructions of the budget instead (a call may make at least 64
+//!   stores, or its budget if smaller), so an ADD_ALL over 4096 CPUs fits
+//!   the default budget and a loop that stores forever still runs out.
 //!
 //!   QEMU 7.2's user-mode gdbstub does not read the socket while the guest
 //!   runs, so the protocol's `0x03` interrupt is never seen; the engine
@@ -306,6 +312,15 @@ pub struct QemuAlphaConfig {
     pub insns_per_ms: u64,
     pub min_watchdog: Duration,
     pub max_watchdog: Duration,
+    /// Instructions a free run is charged per watched store it makes.  A
+    /// watched store stops the guest (a few hundred microseconds of stop
+    /// and retranslation that are not guest execution), so the stop's time
+    /// is given back to the watchdog, up to `store_refund`, and the store
+    /// counts against the budget instead: code that stores in a loop
+    /// forever still runs out, after `budget / store_charge` stores (at
+    /// least 64, or the budget if smaller).
+    pub store_charge: u64,
+    pub store_refund: Duration,
 }
 
 impl Default for QemuAlphaConfig {
@@ -320,6 +335,8 @@ impl Default for QemuAlphaConfig {
             insns_per_ms: 10_000,
             min_watchdog: Duration::from_millis(100),
             max_watchdog: Duration::from_secs(10),
+            store_charge: 128,
+            store_refund: Duration::from_millis(2),
         }
     }
 }
@@ -1408,18 +1425,31 @@ impl QemuAlphaEngine {
     /// Let the guest run under the watchdog; record and redo stores to
     /// watched pages as they fault.
     fn run_free(&mut self, remaining: u64, budget: u64) -> Result<Outcome, EngineError> {
-        let deadline = Instant::now() + self.cfg.watchdog(remaining);
+        // Guest time left, and budget left for watched stores (see
+        // `QemuAlphaConfig::store_charge`).
+        let mut left = self.cfg.watchdog(remaining);
+        let mut stores_left = (remaining / self.cfg.store_charge.max(1)).max(remaining.min(64));
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let t = Instant::now();
             let stop = match self.resume(false, left)? {
-                Some(s) if self.stale_interrupt(&s) => continue,
+                Some(s) if self.stale_interrupt(&s) => {
+                    left = left.saturating_sub(t.elapsed());
+                    continue;
+                }
                 Some(s) => s,
                 None => break,
             };
+            let ran = t.elapsed();
             if let StopReply::Signal { signal: gdb_signal::SIGSEGV, .. } = stop {
                 let pc = self.raw_reg(regnum::PC)?;
                 let word = self.fetch_insn(pc)?;
                 if let Some((op, addr, idx)) = self.watched_store(word)? {
+                    left = left.saturating_sub(ran.saturating_sub(self.cfg.store_refund));
+                    if stores_left == 0 || left.is_zero() {
+                        // Stopped before the store: it did not happen.
+                        return Ok(Outcome::BudgetExhausted { pc, budget });
+                    }
+                    stores_left -= 1;
                     if self.mode != TraceMode::Off {
                         let a = self.describe_access(pc, op)?;
                         self.trace.push(a);
