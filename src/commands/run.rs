@@ -77,6 +77,17 @@ pub fn run(args: Args) -> Result<u8> {
             Placement::Near => ModulePlacement::Near,
             Placement::Far => ModulePlacement::Far,
         });
+        if scenario.placement != scenario.isa.default_placement() {
+            // A what-if layout: results are faithful to it, but it is not
+            // the arch's usual one, so say so before the first FAIL confuses.
+            tracing::warn!(
+                "{} normally places modules {} the percpu area; --modules {} departs from that layout \
+                 (good tests may fail with truncated relocations, planted bugs may hide)",
+                scenario.isa.name(),
+                if scenario.isa.default_placement() == ModulePlacement::Near { "near" } else { "far from" },
+                scenario.placement
+            );
+        }
     }
 
     let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
