@@ -4,9 +4,12 @@
 //! change (unlike `percpu-bed bench`'s wall-clock times).
 //!
 //! Arguments: allocator (bitmap, areamap, bump), size, align, objects, free
-//! order (in-order, alternating, reverse).  Prints the chunks used.
+//! order (in-order, alternating, reverse).  Prints the chunks used and the
+//! wall-clock time of each phase (take the minimum over repeated runs on a
+//! loaded machine).
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
 use percpu_core::bump::BumpAllocator;
@@ -33,15 +36,24 @@ fn main() {
         other => panic!("unknown allocator {other}"),
     };
     let req = AllocRequest::new(size, align);
+    let start = Instant::now();
     let ptrs: Vec<_> = (0..n).map(|_| a.alloc(req).expect("alloc")).collect();
+    let alloc_time = start.elapsed();
     let idx: Vec<usize> = match order.as_str() {
         "in-order" => (0..n).collect(),
         "reverse" => (0..n).rev().collect(),
         "alternating" => (0..n).step_by(2).chain((1..n).step_by(2)).collect(),
         other => panic!("unknown free order {other}"),
     };
+    let start = Instant::now();
     for i in idx {
         black_box(a.free(ptrs[i]).expect("free"));
     }
-    println!("{name} {size}B align {align}: {n} objects, {} chunks", a.footprint().nr_chunks);
+    let free_time = start.elapsed();
+    println!(
+        "{name} {size}B align {align}: {n} objects, {} chunks, alloc {:.1} ms, free {:.1} ms",
+        a.footprint().nr_chunks,
+        alloc_time.as_secs_f64() * 1e3,
+        free_time.as_secs_f64() * 1e3
+    );
 }
