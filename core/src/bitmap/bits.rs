@@ -25,7 +25,6 @@ pub(crate) fn set_bit(map: &mut [u64], bit: usize) {
 }
 
 #[inline]
-#[cfg_attr(not(test), allow(dead_code))] // used by tests to corrupt maps on purpose
 pub(crate) fn clear_bit(map: &mut [u64], bit: usize) {
     map[bit / WORD_BITS] &= !(1 << (bit % WORD_BITS));
 }

@@ -6,6 +6,11 @@
 //!
 //! Offsets named `*_off` inside a block are block-relative; `bit_off` and
 //! friends are chunk-relative, as in the kernel.
+//!
+//! One departure in method, not in result: `next_md_free_region` steps
+//! over runs of wholly free blocks through the model's `free_blocks` bitmap,
+//! which the alloc and free paths keep in step with the blocks (see
+//! "Skipping wholly free blocks" in the `bitmap` module header).
 
 use super::bits;
 use super::block::{align_up, regions_overlap};
@@ -123,20 +128,37 @@ impl ChunkMap {
     /// the block hints know of (a block's contig hint that does not touch
     /// its end, or a run `right_free + whole free blocks + left_free`), as
     /// `(offset, bits)`; offset `>= region_bits` when there is none.
-    fn next_md_free_region(&self, mut bit_off: usize) -> (usize, usize) {
+    ///
+    /// The kernel visits the blocks one by one; runs of wholly free blocks
+    /// are taken here in one step through `free_blocks` (see "Skipping
+    /// wholly free blocks" in the module header of `bitmap`), with the same
+    /// result.
+    pub(super) fn next_md_free_region(&self, mut bit_off: usize) -> (usize, usize) {
         let bb = self.block_bits;
+        let nr_blocks = self.md_blocks.len();
         let mut i = bit_off / bb;
         let mut block_off = bit_off % bb;
         let mut bits = 0;
-        while i < self.md_blocks.len() {
+        while i < nr_blocks {
+            if bits::test_bit(&self.free_blocks, i) {
+                // Blocks [i, run_end) are wholly free: left_free == right_free
+                // == bb and contig hint (0, bb), which touches the block end.
+                // The kernel adds each one's left_free to the area it is
+                // assembling or, with none under way, starts one from the
+                // first block's right_free, i.e. at its first bit.
+                let run_end = bits::next_zero(&self.free_blocks, i, nr_blocks);
+                if bits == 0 {
+                    bit_off = i * bb;
+                }
+                bits += (run_end - i) * bb;
+                block_off = 0;
+                i = run_end;
+                continue;
+            }
             let block = &self.md_blocks[i];
             if bits != 0 {
-                bits += block.left_free as usize;
-                if block.left_free as usize == bb {
-                    i += 1;
-                    continue;
-                }
-                return (bit_off, bits);
+                // not wholly free, so left_free < bb: the area ends here
+                return (bit_off, bits + block.left_free as usize);
             }
 
             // a contig hint inside the block, not seen before and not the
@@ -268,12 +290,25 @@ impl ChunkMap {
         let base = index * bb;
         let s_off = bits::prev_set(&self.alloc_map, base, base + s_off).map_or(0, |l| l + 1 - base);
         self.md_blocks[index].update(s_off, e_off);
+        // the area ends at a busy bit or the block end and was skipped, so
+        // the block's free state does not change; kept in step regardless
+        self.sync_free_block(index);
+    }
+
+    /// Set `free_blocks` bit `index` from block `index`'s contig hint.
+    #[inline]
+    fn sync_free_block(&mut self, index: usize) {
+        if self.md_blocks[index].is_wholly_free() {
+            bits::set_bit(&mut self.free_blocks, index);
+        } else {
+            bits::clear_bit(&mut self.free_blocks, index);
+        }
     }
 
     /// `pcpu_chunk_refresh_hint`: recompute the chunk's hints from the block
     /// hints.  Without `full_scan` (alloc path) the scan hint is promoted to
     /// contig hint and only what lies after it is looked at.
-    fn chunk_refresh_hint(&mut self, full_scan: bool) {
+    pub(super) fn chunk_refresh_hint(&mut self, full_scan: bool) {
         let md = &mut self.chunk_md;
         let mut bit_off;
         if !full_scan && md.scan_hint != 0 {
@@ -337,6 +372,8 @@ impl ChunkMap {
         let s_off = bit_off % bb;
         let e_off = (bit_off + bits - 1) % bb + 1;
         let mut emptied_pages = 0;
+        // every block the allocation touches now holds allocated bits
+        bits::clear_range(&mut self.free_blocks, s_index, e_index + 1 - s_index);
 
         // the start block
         if self.md_blocks[s_index].is_wholly_free() {
@@ -443,17 +480,20 @@ impl ChunkMap {
         let s_end = if s_index == e_index { end } else { bb };
         if start == 0 && s_end == bb {
             emptied_pages += self.populated_count(s_index);
+            bits::set_bit(&mut self.free_blocks, s_index);
         }
         self.md_blocks[s_index].update(start, s_end);
 
         if s_index != e_index {
             if end == bb {
                 emptied_pages += self.populated_count(e_index);
+                bits::set_bit(&mut self.free_blocks, e_index);
             }
             self.md_blocks[e_index].update(0, end);
 
             // blocks in between are now wholly free
             emptied_pages += bits::count_ones(&self.populated, s_index + 1, e_index);
+            bits::set_range(&mut self.free_blocks, s_index + 1, e_index - s_index - 1);
             for block in &mut self.md_blocks[s_index + 1..e_index] {
                 block.first_free = 0;
                 block.scan_hint = 0;

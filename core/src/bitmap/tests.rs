@@ -436,6 +436,138 @@ fn verify_reports_corruption() {
     let mut bad = c.clone();
     bad.nr_empty_pop_pages = 1;
     assert!(matches!(bad.verify(), Err(VerifyError::Counter { field: "nr_empty_pop_pages", .. })));
+    // the model's free_blocks bitmap
+    let mut bad = c.clone();
+    bits::set_bit(&mut bad.free_blocks, 0);
+    assert!(matches!(bad.verify(), Err(VerifyError::FreeBlocks { block: 0, stored: true, .. })));
+    let mut bad = c.clone();
+    bits::clear_bit(&mut bad.free_blocks, 1);
+    assert!(matches!(bad.verify(), Err(VerifyError::FreeBlocks { block: 1, stored: false, .. })));
+    let mut bad = c.clone();
+    bits::set_bit(&mut bad.free_blocks, 2);
+    assert!(matches!(bad.verify(), Err(VerifyError::FreeBlocks { block: 2, stored: true, .. })));
+    let mut bad = c.clone();
+    bad.md_blocks[1].right_free -= 1;
+    let err = bad.verify().unwrap_err();
+    assert!(matches!(err, VerifyError::FreeBlocks { block: 1, .. }), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// The skip over wholly free blocks against the kernel's block-by-block walk.
+
+/// `pcpu_next_md_free_region` transcribed block by block, as the kernel
+/// runs it (no `free_blocks`): the reference for the accelerated walk.
+fn naive_next_md_free_region(c: &ChunkMap, mut bit_off: usize) -> (usize, usize) {
+    let bb = c.block_bits;
+    let mut i = bit_off / bb;
+    let mut block_off = bit_off % bb;
+    let mut bits = 0;
+    while i < c.md_blocks.len() {
+        let block = &c.md_blocks[i];
+        if bits != 0 {
+            bits += block.left_free as usize;
+            if block.left_free as usize == bb {
+                i += 1;
+                continue;
+            }
+            return (bit_off, bits);
+        }
+        bits = block.contig_hint as usize;
+        if bits != 0 && block.contig_hint_start as usize >= block_off && bits + (block.contig_hint_start as usize) < bb
+        {
+            return (i * bb + block.contig_hint_start as usize, bits);
+        }
+        block_off = 0;
+        bits = block.right_free as usize;
+        bit_off = (i + 1) * bb - bits;
+        i += 1;
+    }
+    (bit_off, bits)
+}
+
+/// Every region `pcpu_for_each_md_free_region` visits from `bit_off`.
+fn md_free_regions(
+    c: &ChunkMap,
+    mut bit_off: usize,
+    next: fn(&ChunkMap, usize) -> (usize, usize),
+) -> Vec<(usize, usize)> {
+    let mut regions = Vec::new();
+    loop {
+        let (off, bits) = next(c, bit_off);
+        if off >= c.region_bits {
+            return regions;
+        }
+        regions.push((off, bits));
+        bit_off = off + bits + 1;
+    }
+}
+
+/// `pcpu_chunk_refresh_hint` on the naive walk: the chunk hints it leaves.
+fn naive_chunk_refresh(c: &ChunkMap, full_scan: bool) -> BlockMd {
+    let mut md = c.chunk_md;
+    let bit_off;
+    if !full_scan && md.scan_hint != 0 {
+        bit_off = (md.scan_hint_start + md.scan_hint) as usize;
+        md.contig_hint_start = md.scan_hint_start;
+        md.contig_hint = md.scan_hint;
+        md.scan_hint = 0;
+    } else {
+        bit_off = md.first_free as usize;
+        md.contig_hint = 0;
+    }
+    for (off, bits) in md_free_regions(c, bit_off, naive_next_md_free_region) {
+        md.update(off, off + bits);
+    }
+    md
+}
+
+/// The accelerated walk and refresh equal the naive ones on `c`: from every
+/// block boundary, the middle and last bit of every block, the chunk's
+/// first_free and scan hint end, and the `extra` offsets.
+fn scans_agree(c: &ChunkMap, extra: &[usize]) -> Result<(), TestCaseError> {
+    let bb = c.block_bits;
+    let md = c.chunk_md;
+    let mut starts: Vec<usize> =
+        (0..c.md_blocks.len()).flat_map(|i| [i * bb, i * bb + bb / 2, i * bb + bb - 1]).collect();
+    starts.extend([md.first_free as usize, (md.scan_hint_start + md.scan_hint) as usize, c.region_bits]);
+    starts.extend(extra.iter().map(|&x| x % (c.region_bits + 1)));
+    for start in starts {
+        let fast = md_free_regions(c, start, ChunkMap::next_md_free_region);
+        let naive = md_free_regions(c, start, naive_next_md_free_region);
+        prop_assert_eq!(fast, naive, "regions from bit {}", start);
+    }
+    for full_scan in [false, true] {
+        let mut fast = c.clone();
+        fast.chunk_refresh_hint(full_scan);
+        prop_assert_eq!(fast.chunk_md, naive_chunk_refresh(c, full_scan), "refresh, full_scan {}", full_scan);
+    }
+    Ok(())
+}
+
+#[test]
+fn md_free_region_walk_takes_free_runs_whole() {
+    let mut c = ChunkMap::new(PAGE, 16);
+    // partial blocks 2 (a hole the walk does not see: it is block 2's scan
+    // hint) and 9 (busy at both ends); block 12 full; the rest wholly free
+    assert_eq!(c.alloc_area(10, 1, 2 * BB), Some(2 * BB));
+    assert_eq!(c.alloc_area(10, 1, 2 * BB + 20), Some(2 * BB + 20));
+    assert_eq!(c.alloc_area(1, 1, 9 * BB), Some(9 * BB));
+    assert_eq!(c.alloc_area(1, 1, 10 * BB - 1), Some(10 * BB - 1));
+    assert_eq!(c.alloc_area(BB, 1, 12 * BB), Some(12 * BB));
+    ok(&c);
+    let expect = vec![
+        (0, 2 * BB),                     // blocks 0-1, left_free(2) = 0
+        (2 * BB + 30, 6 * BB + BB - 30), // right_free(2) + blocks 3-8
+        (9 * BB + 1, BB - 2),            // block 9's contig hint
+        (10 * BB, 2 * BB),               // blocks 10-11 up to the full block 12
+        (13 * BB, 3 * BB),               // blocks 13-15 to the chunk end
+    ];
+    assert_eq!(md_free_regions(&c, 0, ChunkMap::next_md_free_region), expect);
+    assert_eq!(md_free_regions(&c, 0, naive_next_md_free_region), expect);
+    // starting inside a wholly free block starts the area at its first bit
+    assert_eq!(c.next_md_free_region(4 * BB + 7), (4 * BB, 5 * BB));
+    assert_eq!(naive_next_md_free_region(&c, 4 * BB + 7), (4 * BB, 5 * BB));
+    scans_agree(&c, &[]).unwrap();
 }
 
 // ---------------------------------------------------------------------------
@@ -523,7 +655,15 @@ impl Reference {
     }
 }
 
-fn run_ops(mut c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError> {
+/// Apply `ops` with `verify()` and the reference checked after each, and
+/// the accelerated chunk-hint walk compared with the kernel's (also from
+/// the `extra` bit offsets).
+fn run_ops(c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError> {
+    run_ops_with(c, ops, fix, &[])
+}
+
+fn run_ops_with(mut c: ChunkMap, ops: Vec<Op>, fix: bool, extra: &[usize]) -> Result<(), TestCaseError> {
+    let extra = extra.to_vec();
     c.set_free_path_chunk_hint_fix(fix);
     let mut r = Reference::new(&c);
     let bb = c.block_bits();
@@ -616,6 +756,7 @@ fn run_ops(mut c: ChunkMap, ops: Vec<Op>, fix: bool) -> Result<(), TestCaseError
             return Err(TestCaseError::fail(format!("verify after {op:?}: {e}")));
         }
         r.agrees(&c)?;
+        scans_agree(&c, &extra)?;
     }
     // everything freed: the chunk is whole again and its hints exact
     for (off, len) in r.live.drain(..) {
@@ -642,6 +783,28 @@ proptest! {
     #[test]
     fn random_sequences_with_free_path_fix(c in chunk(), ops in prop::collection::vec(op(), 1..80)) {
         run_ops(c, ops, true)?;
+    }
+
+    /// Larger chunks and allocations up to several blocks, so runs of wholly
+    /// free blocks sit between partial and full ones; the skip must give
+    /// the kernel's walk from any bit.
+    #[test]
+    fn free_block_skip_matches_the_kernel_walk(
+        c in prop_oneof![
+            4 => (6usize..40).prop_map(|n| ChunkMap::new(PAGE, n)),
+            1 => (0usize..BB, 4 * BB..24 * BB).prop_map(|(s, m)| ChunkMap::new_first_chunk(PAGE, s * 4, m * 4)),
+        ],
+        ops in prop::collection::vec(
+            prop_oneof![
+                3 => (prop_oneof![2 => 1usize..64, 2 => 64usize..BB, 2 => BB..4 * BB], 0u32..11, Just(false))
+                    .prop_map(|(b, a, p)| Op::Alloc(b, a, p)),
+                2 => any::<usize>().prop_map(Op::Free),
+            ],
+            1..120,
+        ),
+        extra in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        run_ops_with(c, ops, false, &extra)?;
     }
 }
 

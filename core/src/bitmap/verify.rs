@@ -19,7 +19,12 @@
 //!   or after it, and the chunk's hints have no lower bound (see the
 //!   `bitmap` module header);
 //! * maps: every run of allocated bits starts and ends at a bound bit; the
-//!   first chunk's hidden head and tail are allocated.
+//!   first chunk's hidden head and tail are allocated;
+//! * the model's `free_blocks` bitmap (not kernel state): bit `i` is set
+//!   exactly when block `i` is wholly free, no bit past the last block is
+//!   set, and a wholly free block has what the chunk-hint walk assumes when
+//!   it skips it: contig hint starting at 0, `left_free` and `right_free`
+//!   both the whole block.
 
 use super::bits;
 use super::block::BlockMd;
@@ -38,6 +43,9 @@ pub enum VerifyError {
     /// A chunk counter (`free_bytes`, `nr_populated`, `nr_empty_pop_pages`).
     #[error("chunk: {field} is {stored}, recomputed {recomputed}: {rule}")]
     Counter { field: &'static str, stored: usize, recomputed: usize, rule: &'static str },
+    /// The model's `free_blocks` bitmap disagrees with block `block`.
+    #[error("free_blocks bit {block} is {stored}: {rule}")]
+    FreeBlocks { block: usize, stored: bool, rule: &'static str },
     /// `bound_map` or the hidden areas of `alloc_map`.
     #[error("{map} bit {bit} is {stored}, expected {expected}: {rule}")]
     MapBit { map: &'static str, bit: usize, stored: bool, expected: bool, rule: &'static str },
@@ -104,7 +112,44 @@ impl ChunkMap {
             )
         })?;
         debug_assert_eq!(self.md_blocks.len() * bb, self.region_bits);
+        self.verify_free_blocks()?;
         self.verify_maps()
+    }
+
+    /// `free_blocks` mirrors "block is wholly free", and a wholly free block
+    /// looks the way `next_md_free_region` assumes when it skips it.
+    fn verify_free_blocks(&self) -> Result<(), VerifyError> {
+        let bb = self.block_bits;
+        let nr_blocks = self.md_blocks.len();
+        let words = bits::words_for(nr_blocks);
+        check(self.free_blocks.len() == words, || VerifyError::FreeBlocks {
+            block: self.free_blocks.len() * bits::WORD_BITS,
+            stored: false,
+            rule: "the bitmap must have one bit per block",
+        })?;
+        let past = bits::next_set(&self.free_blocks, nr_blocks, words * bits::WORD_BITS);
+        check(past == words * bits::WORD_BITS, || VerifyError::FreeBlocks {
+            block: past,
+            stored: true,
+            rule: "no bit past the last block may be set",
+        })?;
+        for (index, block) in self.md_blocks.iter().enumerate() {
+            let stored = bits::test_bit(&self.free_blocks, index);
+            check(stored == block.is_wholly_free(), || VerifyError::FreeBlocks {
+                block: index,
+                stored,
+                rule: "must be set exactly when the block's contig hint is nr_bits",
+            })?;
+            if stored {
+                let whole = (block.contig_hint_start, block.left_free, block.right_free) == (0, bb as u32, bb as u32);
+                check(whole, || VerifyError::FreeBlocks {
+                    block: index,
+                    stored,
+                    rule: "a wholly free block must have contig hint start 0 and left_free == right_free == nr_bits",
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn verify_block(&self, index: usize, block: &BlockMd) -> Result<(), VerifyError> {
