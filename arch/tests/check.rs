@@ -318,3 +318,25 @@ fn run_with_map_hands_back_the_final_allocator_state() {
     // Tests free their dynamic allocations: nothing is left in the first chunk.
     assert_eq!(map.chunks[0].pages.iter().map(|p| p.allocated_bytes).sum::<usize>(), 0);
 }
+
+/// A misbehaving run's writes are undone before the next run: a planted
+/// bug that increments the percpu section's load image (no per-CPU
+/// offset added) writes 1 on every CPU, not 1, 2, 3, 4, and the image
+/// holds its link-time value afterwards.  Big-endian (s390x) and little-
+/// endian (arm64) engines read the old bytes in their own byte order.
+#[test]
+fn writes_of_a_misbehaving_run_are_undone() {
+    for (arch, variant) in [("s390x", "default"), ("arm64", "el1")] {
+        let sc = Scenario::new(arch, Some(variant), CpuSet::first_n(4)).unwrap();
+        let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+        let bug = mods.iter().find(|(n, _)| n == "bug_no_accessor.o").expect("bug_no_accessor.o");
+        let r = check::run(&sc, ("kernel.o", &kernel), &[(bug.0.as_str(), bug.1.as_slice())]).unwrap();
+        let t = test(&r, "na_inc");
+        assert_eq!(t.status, Status::Caught);
+        assert_eq!(t.runs.len(), 4);
+        for run in &t.runs {
+            let s = run.summary.as_deref().unwrap_or("");
+            assert!(s.starts_with("wrote 8 bytes (0x1) at "), "{arch} cpu {}: {s}", run.cpu);
+        }
+    }
+}

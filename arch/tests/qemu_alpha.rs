@@ -230,7 +230,8 @@ fn trace_records_loads_and_stores() {
     let out = e.call(SCRATCH_BASE, &[var], STACK, 100).unwrap();
     assert_eq!(out, Outcome::Returned { value: values[1], instructions: Some(10) });
     let offset1 = 0x10_0000_0000 + 0x2000;
-    let read = |pc: u64, addr: u64, size: u8| MemAccess { pc, addr, size, access: Access::Read, value: None };
+    let read =
+        |pc: u64, addr: u64, size: u8| MemAccess { pc, addr, size, access: Access::Read, value: None, old: None };
     assert_eq!(
         e.take_trace(),
         vec![
@@ -246,7 +247,11 @@ fn trace_records_loads_and_stores() {
     assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: Some(5) });
     let t = e.take_trace();
     assert_eq!(t.len(), 2, "{t:?}");
-    assert_eq!(t[1], MemAccess { pc: BUMP + 8, addr: cell, size: 4, access: Access::Write, value: Some(8) });
+    // The stl overwrote the low 4 bytes of 0x1_0000_0005: `old` is 5.
+    assert_eq!(
+        t[1],
+        MemAccess { pc: BUMP + 8, addr: cell, size: 4, access: Access::Write, value: Some(8), old: Some(5) }
+    );
     assert!(e.take_trace().is_empty());
     // Trace off: nothing recorded.
     e.set_trace(false);
@@ -410,8 +415,15 @@ fn traced_runaway_is_bounded_by_the_trace_window() {
 
 const DATA: u64 = 0x10_0000_0000;
 
+/// A recorded write, compared without what it overwrote (see
+/// `take_writes`).
 fn write_of(pc: u64, addr: u64, size: u8, value: u64) -> MemAccess {
-    MemAccess { pc, addr, size, access: Access::Write, value: Some(value) }
+    MemAccess { pc, addr, size, access: Access::Write, value: Some(value), old: None }
+}
+
+/// The trace with `old` left out, for comparing with [`write_of`].
+fn take_writes(e: &mut QemuAlphaEngine) -> Vec<MemAccess> {
+    e.take_trace().into_iter().map(|a| MemAccess { old: None, ..a }).collect()
 }
 
 /// Trace mode Writes: calls run freely, and every store to a data page is
@@ -429,7 +441,7 @@ fn writes_are_traced_while_running_freely() {
     let before = e.protocol_stats().of(b's').0;
     let out = e.call(BUMP, &[cell, 3], STACK, 100).unwrap();
     assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: None });
-    assert_eq!(e.take_trace(), vec![write_of(BUMP + 8, cell, 4, 8)], "the stl, and no reads");
+    assert_eq!(take_writes(&mut e), vec![write_of(BUMP + 8, cell, 4, 8)], "the stl, and no reads");
     assert_eq!(e.protocol_stats().of(b's').0 - before, 1, "one step: the store itself");
     let mut b = [0u8; 8];
     e.read(cell, &mut b).unwrap();
@@ -441,11 +453,11 @@ fn writes_are_traced_while_running_freely() {
     // (`stq $16, 0($16)`: the page is opened for the one step instead).
     let out = e.call(STORE, &[cell, 0x77], STACK, 100).unwrap();
     assert!(matches!(out, Outcome::Returned { instructions: None, .. }), "{out:?}");
-    assert_eq!(e.take_trace(), vec![write_of(STORE, cell + 8, 8, 0x77)]);
+    assert_eq!(take_writes(&mut e), vec![write_of(STORE, cell + 8, 8, 0x77)]);
     let self_store = SCRATCH_BASE + 0x3000;
     e.write(self_store, &words(&[0xb6100000, 0x6bfa8001])).unwrap();
     e.call(self_store, &[cell], STACK, 100).unwrap();
-    assert_eq!(e.take_trace(), vec![write_of(self_store, cell, 8, cell)]);
+    assert_eq!(take_writes(&mut e), vec![write_of(self_store, cell, 8, cell)]);
     e.read(cell, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), cell);
     // The host still reads and writes the watched pages directly.
@@ -495,7 +507,7 @@ fn watched_writes_leave_the_stack_alone_and_faults_stay_faults() {
         e.call(STORE, &[DATA + 0x2000, 12], top, 100).unwrap(),
         Outcome::Fault { pc: STORE, addr: DATA + 0x2008, access: Access::Write, unmapped: true }
     );
-    let t = e.take_trace();
+    let t = take_writes(&mut e);
     assert_eq!(
         t,
         vec![
@@ -539,7 +551,7 @@ fn free_running_runaway_stops_at_the_watchdog() {
     // instructions instead of its stop time: the loop ends after
     // budget / store_charge stores.  The bound only catches a hang.
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
-    let trace = e.take_trace();
+    let trace = take_writes(&mut e);
     let charge = QemuAlphaConfig::default().store_charge as usize;
     assert!(trace.len() <= 1_000_000 / charge, "{} stores", trace.len());
     assert!(!trace.is_empty() && trace.iter().all(|a| *a == write_of(writer, DATA, 8, 7)), "{:?}", &trace[..1]);
@@ -580,7 +592,7 @@ fn writes_are_traced_by_stepping_without_shared_memory() {
     e.write(cell, &0x1_0000_0005u64.to_le_bytes()).unwrap();
     let out = e.call(BUMP, &[cell, 3], STACK, 100).unwrap();
     assert_eq!(out, Outcome::Returned { value: 0x1_0000_0008, instructions: Some(5) });
-    assert_eq!(e.take_trace(), vec![write_of(BUMP + 8, cell, 4, 8)]);
+    assert_eq!(take_writes(&mut e), vec![write_of(BUMP + 8, cell, 4, 8)]);
     let mut b = [0u8; 8];
     e.read(cell, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), 0x1_0000_0008);

@@ -540,13 +540,26 @@ fn trace_records_data_accesses() {
         assert!(matches!(out, Outcome::Returned { .. }), "{cpu}: {out:?}");
         let trace = e.take_trace();
         let size = if cpu == Cpu::Sparc32 { 4 } else { 8 };
-        let store =
-            MemAccess { pc: CODE + p.store, addr: DATA + 0x40, size, access: Access::Write, value: Some(0x1234_5678) };
+        // The untraced call before stored 0x77 there: that is what it overwrote.
+        let store = MemAccess {
+            pc: CODE + p.store,
+            addr: DATA + 0x40,
+            size,
+            access: Access::Write,
+            value: Some(0x1234_5678),
+            old: Some(0x77),
+        };
         assert!(trace.contains(&store), "{cpu}: {trace:?}");
         if cpu == Cpu::X86_64 {
             // ret pops the return address off the stack.
-            let pop =
-                MemAccess { pc: CODE + p.store + 3, addr: STACK_TOP - 8, size: 8, access: Access::Read, value: None };
+            let pop = MemAccess {
+                pc: CODE + p.store + 3,
+                addr: STACK_TOP - 8,
+                size: 8,
+                access: Access::Read,
+                value: None,
+                old: None,
+            };
             assert_eq!(trace, vec![store, pop]);
         } else {
             assert_eq!(trace, vec![store], "{cpu}");

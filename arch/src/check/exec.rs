@@ -250,6 +250,11 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
             Outcome::BudgetExhausted { budget, .. } => Some(budget),
             _ => None,
         };
+        // A misbehaving run may have written anywhere: undo its writes,
+        // newest first, so no later test starts from memory it corrupted.
+        if !findings.is_empty() {
+            undo_writes(bed, &trace)?;
+        }
         // Put init back where this run wrote (everywhere after a misbehaviour).
         if !findings.is_empty() || test.op == Op::AddAll {
             match &snapshot {
@@ -318,6 +323,22 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     report.micros = t0.elapsed().as_micros() as u64;
     let _ = ctx.nr_possible;
     Ok(report)
+}
+
+/// Put back what every recorded write overwrote (outside the stack),
+/// newest first, where the engine could read the old bytes.
+fn undo_writes(bed: &mut Bed<'_>, trace: &[MemAccess]) -> Result<(), CheckError> {
+    let mut undone = 0usize;
+    for w in trace.iter().rev().filter(|a| a.access == Access::Write) {
+        let in_stack = bed.stack.contains(&w.addr) && w.addr.wrapping_add(w.size as u64) <= bed.stack.end;
+        if let (Some(old), false) = (w.old, in_stack) {
+            if bed.is_mapped(w.addr) && bed.write_uint(w.addr, old, w.size as usize, "undoing a stray write").is_ok() {
+                undone += 1;
+            }
+        }
+    }
+    tracing::debug!(undone, "undid the writes of a misbehaving run");
+    Ok(())
 }
 
 /// Every copy's `size` bytes (small CPU counts only).

@@ -29,7 +29,11 @@
 //! says, the target's value in every unit is what the op says and every
 //! write hit only the bytes the op names (or the stack).  Anything else is
 //! a misbehaviour with a [`Diagnostic`] that decodes every address
-//! involved (`diag.rs`).
+//! involved (`diag.rs`).  After a misbehaving run every write the engine
+//! recorded is undone, newest first, from the bytes it overwrote (engines
+//! read them before the store), so a stray write cannot change what a
+//! later test sees.  The balance work runs after frees that would
+//! schedule it, and its depopulations and chunk destructions are unmapped.
 //!
 //! [`run_with_map`] runs the same way and also hands back the allocator's
 //! final state ([`ChunkMapView`]) for drawing.

@@ -109,6 +109,11 @@ pub struct MemAccess {
     pub access: Access,
     /// Value written (writes only).
     pub value: Option<u64>,
+    /// What the written bytes held just before the write (writes only,
+    /// when the engine could read them): lets the runner undo the writes
+    /// of a misbehaving run so later tests start from clean memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<u64>,
 }
 
 /// How a call ended.

@@ -1497,7 +1497,19 @@ impl QemuAlphaEngine {
         } else {
             None
         };
-        Ok(MemAccess { pc, addr: op.address(base), size: op.size, access: op.access, value })
+        let addr = op.address(base);
+        // Called before the store executes: read what it overwrites
+        // (little endian), a memory copy for shared data.
+        let old = match op.access {
+            Access::Write if op.size <= 8 => {
+                let mut b = [0u8; 8];
+                self.read(addr, &mut b[..op.size as usize])
+                    .ok()
+                    .map(|()| b[..op.size as usize].iter().rev().fold(0u64, |v, &x| v << 8 | x as u64))
+            }
+            _ => None,
+        };
+        Ok(MemAccess { pc, addr, size: op.size, access: op.access, value, old })
     }
 
     fn check_range(&self, addr: u64, size: u64) -> Result<(), String> {

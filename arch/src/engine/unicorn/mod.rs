@@ -281,7 +281,7 @@ pub struct UnicornEngine {
 // of that `Rc` is owned by this struct: the crate keeps the hooks' boxed
 // closures (which hold `Weak`s to the same allocation) inside the `Rc`'s
 // own payload, `UnicornEngine` never hands out the handle or a clone, and
-// the hook closures capture nothing.  Moving the engine therefore moves
+// the hook closures capture nothing but plain `Copy` values.  Moving the engine therefore moves
 // every reference count together, and they are only touched by the thread
 // that owns the engine.  The C library keeps no per-thread state for an
 // instance (no TLS besides QEMU's unused guest-random generator).  Not
@@ -858,22 +858,35 @@ impl Engine for UnicornEngine {
     }
 
     fn set_trace(&mut self, on: bool) {
+        // The only capture: a Copy flag (see the SAFETY note on Send).
+        let big_endian = matches!(self.cpu, Cpu::Sparc32 | Cpu::S390x);
         match (on, self.trace_hook) {
             (true, None) => {
                 let hook = self.uc.add_mem_hook(
                     HookType::MEM_READ | HookType::MEM_WRITE,
                     1,
                     0,
-                    |uc, ty, paddr, size, value| {
+                    move |uc, ty, paddr, size, value| {
                         let pc = current_pc(uc);
-                        let st = uc.get_data_mut();
-                        let addr = st.mem.guest_addr(paddr);
+                        let addr = uc.get_data().mem.guest_addr(paddr);
                         let (access, value) = match ty {
                             MemType::WRITE => (Access::Write, Some(value as u64)),
                             _ => (Access::Read, None),
                         };
                         let value = value.map(|v| if size < 8 { v & ((1u64 << (8 * size)) - 1) } else { v });
-                        st.trace.push(MemAccess { pc, addr, size: size as u8, access, value });
+                        // The hook runs before the store: read what it overwrites.
+                        let old = match access {
+                            Access::Write if size <= 8 => {
+                                let mut b = [0u8; 8];
+                                uc.mem_read(paddr, &mut b[..size]).ok().map(|()| match big_endian {
+                                    true => b[..size].iter().fold(0u64, |v, &x| v << 8 | x as u64),
+                                    false => b[..size].iter().rev().fold(0u64, |v, &x| v << 8 | x as u64),
+                                })
+                            }
+                            _ => None,
+                        };
+                        let st = uc.get_data_mut();
+                        st.trace.push(MemAccess { pc, addr, size: size as u8, access, value, old });
                         true
                     },
                 );
