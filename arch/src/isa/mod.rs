@@ -128,17 +128,48 @@ pub struct FixedMapping {
     pub what: &'static str,
 }
 
-/// One architecture adapter.
-pub trait Isa: Sync {
+/// The facts about an arch that are plain data, one `static` per adapter.
+#[derive(Debug)]
+pub struct IsaInfo {
     /// Name on the command line: x86_64, arm64, sparc32, alpha, s390x, km.
-    fn name(&self) -> &'static str;
-    fn cpu(&self) -> Cpu;
+    pub name: &'static str,
+    pub cpu: Cpu,
     /// Variants, the default first.
-    fn variants(&self) -> &'static [Variant];
+    pub variants: &'static [Variant],
     /// ELF `e_machine` of this arch's objects.
-    fn elf_machine(&self) -> u16;
-    fn ptr_bits(&self) -> u32;
-    fn big_endian(&self) -> bool;
+    pub elf_machine: u16,
+    pub ptr_bits: u32,
+    pub big_endian: bool,
+    /// How code reaches percpu symbols and how far.
+    pub reach: &'static [Reach],
+    /// The realistic module placement, the default of a run: near for
+    /// most arches, far for alpha and s390x, whose modules really sit more
+    /// than their GP/larl reach away from the percpu area (that is why their
+    /// modules must use weak percpu).
+    pub default_placement: ModulePlacement,
+}
+
+/// One architecture adapter: its data ([`IsaInfo`]) and what it computes.
+pub trait Isa: Sync {
+    fn info(&self) -> &'static IsaInfo;
+    fn name(&self) -> &'static str {
+        self.info().name
+    }
+    fn cpu(&self) -> Cpu {
+        self.info().cpu
+    }
+    fn variants(&self) -> &'static [Variant] {
+        self.info().variants
+    }
+    fn elf_machine(&self) -> u16 {
+        self.info().elf_machine
+    }
+    fn ptr_bits(&self) -> u32 {
+        self.info().ptr_bits
+    }
+    fn big_endian(&self) -> bool {
+        self.info().big_endian
+    }
     fn page_size(&self) -> u64;
     /// Linear map and vmalloc range, placed where the engine can map them.
     fn address_space(&self) -> AddressSpace;
@@ -153,15 +184,12 @@ pub trait Isa: Sync {
     /// Base address for module sections: near to or far from the first
     /// chunk at `first_chunk_base`.
     fn module_base(&self, variant: &Variant, placement: ModulePlacement, first_chunk_base: u64) -> u64;
-    /// The realistic module placement, the default of a run: near for
-    /// most arches, far for alpha and s390x, whose modules really sit more
-    /// than their GP/larl reach away from the percpu area (that is why their
-    /// modules must use weak percpu).
     fn default_placement(&self) -> ModulePlacement {
-        ModulePlacement::Near
+        self.info().default_placement
     }
-    /// How code reaches percpu symbols and how far.
-    fn reach(&self) -> &'static [Reach];
+    fn reach(&self) -> &'static [Reach] {
+        self.info().reach
+    }
     /// A fresh engine for this arch.
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError>;
     /// Make `ctx.cpu` the running CPU: GS base, TPIDR_ELx, thread_info

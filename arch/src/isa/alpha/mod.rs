@@ -41,7 +41,7 @@ use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
 
 use super::generic::{self, KernelLayout, GIB, MIB};
-use super::{CpuContext, Isa, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::qemu_alpha::QemuAlphaEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -95,30 +95,23 @@ pub struct Alpha;
 
 pub const ALPHA: Alpha = Alpha;
 
+static INFO: IsaInfo = IsaInfo {
+    name: "alpha",
+    cpu: Cpu::Alpha,
+    variants: &VARIANTS,
+    elf_machine: EM_ALPHA,
+    ptr_bits: 64,
+    big_endian: false,
+    reach: &REACH,
+    // Far: modules live in vmalloc, terabytes from the KSEG percpu area: beyond GP-relative reach.
+    default_placement: ModulePlacement::Far,
+};
+
 impl Isa for Alpha {
-    /// Far: modules live in vmalloc, terabytes from the KSEG percpu area: beyond GP-relative reach.
-    fn default_placement(&self) -> ModulePlacement {
-        ModulePlacement::Far
+    fn info(&self) -> &'static IsaInfo {
+        &INFO
     }
 
-    fn name(&self) -> &'static str {
-        "alpha"
-    }
-    fn cpu(&self) -> Cpu {
-        Cpu::Alpha
-    }
-    fn variants(&self) -> &'static [Variant] {
-        &VARIANTS
-    }
-    fn elf_machine(&self) -> u16 {
-        EM_ALPHA
-    }
-    fn ptr_bits(&self) -> u32 {
-        64
-    }
-    fn big_endian(&self) -> bool {
-        false
-    }
     fn page_size(&self) -> u64 {
         PAGE_SIZE
     }
@@ -140,9 +133,6 @@ impl Isa for Alpha {
     }
     fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
         layout().module_base(placement)
-    }
-    fn reach(&self) -> &'static [Reach] {
-        &REACH
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(QemuAlphaEngine::new()?))

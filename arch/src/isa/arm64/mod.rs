@@ -32,7 +32,7 @@ use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
 use unicorn_engine::RegisterARM64;
 
-use super::{CpuContext, Isa, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -77,24 +77,20 @@ pub struct Arm64 {
 /// arm64 with 4 KiB pages.
 pub static ARM64: Arm64 = Arm64 { page_size: 4096 };
 
+static INFO: IsaInfo = IsaInfo {
+    name: "arm64",
+    cpu: Cpu::Arm64,
+    variants: &VARIANTS,
+    elf_machine: 183, // EM_AARCH64
+    ptr_bits: 64,
+    big_endian: false,
+    reach: &REACH,
+    default_placement: ModulePlacement::Near,
+};
+
 impl Isa for Arm64 {
-    fn name(&self) -> &'static str {
-        "arm64"
-    }
-    fn cpu(&self) -> Cpu {
-        Cpu::Arm64
-    }
-    fn variants(&self) -> &'static [Variant] {
-        &VARIANTS
-    }
-    fn elf_machine(&self) -> u16 {
-        183 // EM_AARCH64
-    }
-    fn ptr_bits(&self) -> u32 {
-        64
-    }
-    fn big_endian(&self) -> bool {
-        false
+    fn info(&self) -> &'static IsaInfo {
+        &INFO
     }
     fn page_size(&self) -> u64 {
         self.page_size
@@ -126,9 +122,6 @@ impl Isa for Arm64 {
             ModulePlacement::Near => MODULES_VADDR,
             ModulePlacement::Far => MODULES_FAR,
         }
-    }
-    fn reach(&self) -> &'static [Reach] {
-        &REACH
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::Arm64)?))

@@ -41,7 +41,7 @@ use percpu_core::percpu::{Percpu, PercpuConfig, PercpuSetupError};
 use percpu_core::{AddressSpace, Topology};
 
 use super::generic::{self, KernelLayout, MIB};
-use super::{CpuContext, Isa, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -73,24 +73,20 @@ pub struct Km;
 
 pub const KM: Km = Km;
 
+static INFO: IsaInfo = IsaInfo {
+    name: "km",
+    cpu: Cpu::Riscv64,
+    variants: &VARIANTS,
+    elf_machine: EM_RISCV,
+    ptr_bits: 64,
+    big_endian: false,
+    reach: &REACH,
+    default_placement: ModulePlacement::Near,
+};
+
 impl Isa for Km {
-    fn name(&self) -> &'static str {
-        "km"
-    }
-    fn cpu(&self) -> Cpu {
-        Cpu::Riscv64
-    }
-    fn variants(&self) -> &'static [Variant] {
-        &VARIANTS
-    }
-    fn elf_machine(&self) -> u16 {
-        EM_RISCV
-    }
-    fn ptr_bits(&self) -> u32 {
-        64
-    }
-    fn big_endian(&self) -> bool {
-        false
+    fn info(&self) -> &'static IsaInfo {
+        &INFO
     }
     fn page_size(&self) -> u64 {
         4096
@@ -130,9 +126,6 @@ impl Isa for Km {
     }
     fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
         layout().module_base(placement)
-    }
-    fn reach(&self) -> &'static [Reach] {
-        &REACH
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::Riscv64)?))

@@ -26,7 +26,7 @@ use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
 
 use super::generic::{self, KernelLayout, GIB, MIB};
-use super::{CpuContext, FixedMapping, Isa, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, FixedMapping, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Perms};
 
@@ -72,30 +72,23 @@ pub struct S390x;
 
 pub const S390X: S390x = S390x;
 
+static INFO: IsaInfo = IsaInfo {
+    name: "s390x",
+    cpu: Cpu::S390x,
+    variants: &VARIANTS,
+    elf_machine: EM_S390,
+    ptr_bits: 64,
+    big_endian: true,
+    reach: &REACH,
+    // Far: modules sit below 4 TiB, far above the identity-mapped percpu area: beyond larl reach.
+    default_placement: ModulePlacement::Far,
+};
+
 impl Isa for S390x {
-    /// Far: modules sit below 4 TiB, far above the identity-mapped percpu area: beyond larl reach.
-    fn default_placement(&self) -> ModulePlacement {
-        ModulePlacement::Far
+    fn info(&self) -> &'static IsaInfo {
+        &INFO
     }
 
-    fn name(&self) -> &'static str {
-        "s390x"
-    }
-    fn cpu(&self) -> Cpu {
-        Cpu::S390x
-    }
-    fn variants(&self) -> &'static [Variant] {
-        &VARIANTS
-    }
-    fn elf_machine(&self) -> u16 {
-        EM_S390
-    }
-    fn ptr_bits(&self) -> u32 {
-        64
-    }
-    fn big_endian(&self) -> bool {
-        true
-    }
     fn page_size(&self) -> u64 {
         4096
     }
@@ -117,9 +110,6 @@ impl Isa for S390x {
     }
     fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
         layout().module_base(placement)
-    }
-    fn reach(&self) -> &'static [Reach] {
-        &REACH
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::S390x)?))

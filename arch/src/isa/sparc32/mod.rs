@@ -28,7 +28,7 @@ use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
 
 use super::generic::{self, KernelLayout};
-use super::{CpuContext, Isa, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -67,24 +67,20 @@ pub struct Sparc32;
 
 pub const SPARC32: Sparc32 = Sparc32;
 
+static INFO: IsaInfo = IsaInfo {
+    name: "sparc32",
+    cpu: Cpu::Sparc32,
+    variants: &VARIANTS,
+    elf_machine: EM_SPARC,
+    ptr_bits: 32,
+    big_endian: true,
+    reach: &REACH,
+    default_placement: ModulePlacement::Near,
+};
+
 impl Isa for Sparc32 {
-    fn name(&self) -> &'static str {
-        "sparc32"
-    }
-    fn cpu(&self) -> Cpu {
-        Cpu::Sparc32
-    }
-    fn variants(&self) -> &'static [Variant] {
-        &VARIANTS
-    }
-    fn elf_machine(&self) -> u16 {
-        EM_SPARC
-    }
-    fn ptr_bits(&self) -> u32 {
-        32
-    }
-    fn big_endian(&self) -> bool {
-        true
+    fn info(&self) -> &'static IsaInfo {
+        &INFO
     }
     fn page_size(&self) -> u64 {
         4096
@@ -107,9 +103,6 @@ impl Isa for Sparc32 {
     }
     fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
         layout().module_base(placement)
-    }
-    fn reach(&self) -> &'static [Reach] {
-        &REACH
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::Sparc32)?))

@@ -29,7 +29,7 @@ use percpu_core::first_chunk::FirstChunkKind;
 use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
 
-use super::{CpuContext, Isa, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -79,24 +79,20 @@ static REACH: [Reach; 3] = [
 #[derive(Debug)]
 pub struct X86_64;
 
+static INFO: IsaInfo = IsaInfo {
+    name: "x86_64",
+    cpu: Cpu::X86_64,
+    variants: &VARIANTS,
+    elf_machine: 62, // EM_X86_64
+    ptr_bits: 64,
+    big_endian: false,
+    reach: &REACH,
+    default_placement: ModulePlacement::Near,
+};
+
 impl Isa for X86_64 {
-    fn name(&self) -> &'static str {
-        "x86_64"
-    }
-    fn cpu(&self) -> Cpu {
-        Cpu::X86_64
-    }
-    fn variants(&self) -> &'static [Variant] {
-        &VARIANTS
-    }
-    fn elf_machine(&self) -> u16 {
-        62 // EM_X86_64
-    }
-    fn ptr_bits(&self) -> u32 {
-        64
-    }
-    fn big_endian(&self) -> bool {
-        false
+    fn info(&self) -> &'static IsaInfo {
+        &INFO
     }
     fn page_size(&self) -> u64 {
         4096
@@ -132,9 +128,6 @@ impl Isa for X86_64 {
             ModulePlacement::Near => MODULES_VADDR,
             ModulePlacement::Far => MODULES_FAR,
         }
-    }
-    fn reach(&self) -> &'static [Reach] {
-        &REACH
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::X86_64)?))
