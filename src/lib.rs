@@ -4,6 +4,7 @@
 //! (cargo's `ops` pattern).
 
 pub mod bench;
+pub mod kbuild;
 pub mod map;
 pub mod matrix;
 pub mod output;

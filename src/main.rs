@@ -30,6 +30,8 @@ enum Command {
     Layout(commands::layout::Args),
     /// Inspect ELF objects: percpu sections, symbols, relocations and the arch's module rules.
     Inspect(commands::inspect::Args),
+    /// Build percpu test modules (lib/percpu_test.c, real-API modules, yours) with a real kernel tree's Kbuild.
+    Kbuild(commands::kbuild::Args),
     Map(commands::map::Args),
 }
 
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Kbuild(args) => commands::kbuild::run(args),
         Command::Matrix(args) => commands::matrix::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Layout(args) => commands::layout::run(args),

@@ -34,6 +34,7 @@ pub mod inspect;
 pub mod load;
 pub mod placement;
 pub mod reloc;
+pub mod rtabi;
 pub mod symbols;
 pub mod write;
 
