@@ -77,6 +77,8 @@ pub enum Reg {
     Tp,
     /// s390x PSW mask.
     PswMask,
+    /// arm64 `SP_EL0` (the kernel keeps `current` there).
+    SpEl0,
     /// Any other register by the engine's own number (debugging).
     Raw(u32),
 }
@@ -130,6 +132,28 @@ pub enum Outcome {
     BudgetExhausted { pc: u64, budget: u64 },
     /// The CPU trapped (illegal instruction, breakpoint trap, privileged op).
     Trap { pc: u64, reason: String },
+    /// Execution reached one of the [`Engine::set_host_calls`] addresses:
+    /// the kernel runtime implements the function there on the host and
+    /// [`Engine::resume`]s.  Nothing at `pc` has executed.
+    HostCall { pc: u64, instructions: Option<u64> },
+    /// Execution reached one of the [`Engine::set_breakpoints`] addresses
+    /// (a WARN/BUG trap instruction from a module's `__bug_table`); the
+    /// instruction at `pc` has not executed.
+    Breakpoint { pc: u64, instructions: Option<u64> },
+}
+
+impl Outcome {
+    /// Instructions the call (or the part since the last resume) executed,
+    /// where the engine counted them.
+    pub fn instructions(&self) -> Option<u64> {
+        match *self {
+            Outcome::Returned { instructions, .. }
+            | Outcome::HostCall { instructions, .. }
+            | Outcome::Breakpoint { instructions, .. } => instructions,
+            Outcome::BudgetExhausted { budget, .. } => Some(budget),
+            Outcome::Fault { .. } | Outcome::Trap { .. } => None,
+        }
+    }
 }
 
 /// Engine failures that are not the guest's fault.
@@ -194,6 +218,26 @@ pub trait Engine {
     }
     /// Take the accesses recorded since the last call to this.
     fn take_trace(&mut self) -> Vec<MemAccess>;
+
+    /// Stop with [`Outcome::HostCall`] whenever execution reaches one of
+    /// `addrs` (the kernel runtime's function slots; replaces any earlier
+    /// set).  The slots must be in memory the caller mapped executable.
+    fn set_host_calls(&mut self, _addrs: &[u64]) -> Result<(), EngineError> {
+        Err(EngineError::Engine { engine: self.name(), reason: "host calls are not supported".into() })
+    }
+    /// Stop with [`Outcome::Breakpoint`] whenever execution reaches one of
+    /// `addrs` (replaces any earlier set).
+    fn set_breakpoints(&mut self, _addrs: &[u64]) -> Result<(), EngineError> {
+        Err(EngineError::Engine { engine: self.name(), reason: "breakpoints are not supported".into() })
+    }
+    /// Continue the stopped call from the current pc (which the caller may
+    /// have moved) for at most `budget` more instructions; it ends as
+    /// [`Engine::call`]'s does (returning to the same trampoline).  A
+    /// breakpoint at the pc resumed from is not reported again before the
+    /// instruction there executes.
+    fn resume(&mut self, _budget: u64) -> Result<Outcome, EngineError> {
+        Err(EngineError::Engine { engine: self.name(), reason: "resuming a call is not supported".into() })
+    }
 }
 
 pub mod gdb_remote;

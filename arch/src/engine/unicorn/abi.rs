@@ -212,6 +212,7 @@ pub(crate) fn reg(cpu: Cpu, abi: &Abi, reg: Reg) -> Option<UcReg> {
         Reg::Tp if cpu == Cpu::Riscv64 => plain(RegisterRISCV::TP as i32),
         Reg::Gp if cpu == Cpu::Riscv64 => plain(RegisterRISCV::GP as i32),
         Reg::PswMask if cpu == Cpu::S390x => plain(RegisterS390X::PSWM as i32),
+        Reg::SpEl0 if cpu == Cpu::Arm64 => plain(RegisterARM64::SP_EL0 as i32),
         _ => None,
     }
 }

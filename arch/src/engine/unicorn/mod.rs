@@ -148,6 +148,18 @@ enum Stop {
         pc: u64,
         intno: u32,
     },
+    /// Reached a host-call slot (`set_host_calls`).
+    HostCall {
+        pc: u64,
+    },
+    /// Reached a breakpoint (`set_breakpoints`).
+    Breakpoint {
+        pc: u64,
+    },
+    /// Reached the host-call page, but not a slot.
+    StrayHostPage {
+        pc: u64,
+    },
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -263,6 +275,35 @@ struct State {
     /// sparc32: the PC register is read in hooks (no per-instruction hook).
     pc_from_register: bool,
     pc_reg: i32,
+    /// Host-call slots and the range they span (empty range: none).
+    host_calls: std::collections::HashSet<u64>,
+    host_range: (u64, u64),
+    breakpoints: std::collections::HashSet<u64>,
+    /// A breakpoint at the pc a `resume` starts from is not reported again.
+    skip_breakpoint: Option<u64>,
+}
+
+impl State {
+    /// Whether the instruction at `addr` must not run: a host call or a
+    /// breakpoint.  Called from the code hooks before it executes.
+    fn special_stop(&mut self, addr: u64) -> Option<Stop> {
+        if addr.wrapping_sub(self.host_range.0) < self.host_range.1.wrapping_sub(self.host_range.0) {
+            return Some(if self.host_calls.contains(&addr) {
+                Stop::HostCall { pc: addr }
+            } else {
+                Stop::StrayHostPage { pc: addr }
+            });
+        }
+        if !self.breakpoints.is_empty() && self.breakpoints.contains(&addr) {
+            if self.skip_breakpoint == Some(addr) {
+                self.skip_breakpoint = None;
+                return None;
+            }
+            return Some(Stop::Breakpoint { pc: addr });
+        }
+        self.skip_breakpoint = None;
+        None
+    }
 }
 
 /// A Unicorn CPU implementing [`Engine`] for x86_64, arm64, sparc32, s390x
@@ -273,6 +314,9 @@ pub struct UnicornEngine {
     uc: Unicorn<'static, State>,
     trampoline: u64,
     trace_hook: Option<UcHookId>,
+    /// sparc32: code hooks over the host-call range and each breakpoint
+    /// (its general code hook covers the trampoline page only).
+    sparc_stop_hooks: Vec<UcHookId>,
     /// Code ran since the translation cache was last flushed.
     tb_dirty: bool,
 }
@@ -411,6 +455,8 @@ impl UnicornEngine {
                 if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
                     st.stop =
                         Some(if addr == st.trampoline { Stop::Returned } else { Stop::StrayTrampoline { pc: addr } });
+                } else if let Some(stop) = st.special_stop(addr) {
+                    st.stop = Some(stop);
                 } else if st.executed >= st.budget {
                     st.stop = Some(Stop::Budget { pc: addr });
                 } else {
@@ -481,7 +527,8 @@ impl UnicornEngine {
         })
         .map_err(uc_err)?;
 
-        let mut engine = UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, tb_dirty: false };
+        let mut engine =
+            UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, sparc_stop_hooks: Vec::new(), tb_dirty: false };
         // The trampoline page.
         engine.map_pages(trampoline, GRANULE, Perms::RX).map_err(|e| EngineError::Map {
             engine: ENGINE,
@@ -813,50 +860,34 @@ impl Engine for UnicornEngine {
             }
         }
         self.set_reg(Reg::Sp, sp)?;
-
-        {
-            let st = self.uc.get_data_mut();
-            st.budget = budget;
-            st.executed = 0;
-            st.pc = entry;
-            st.stop = None;
-            st.fault = None;
-        }
-        self.tb_dirty = true;
-        // `until` is inside the trampoline page, past its first instruction:
-        // the code hook always stops first; it only keeps Unicorn from
-        // treating some other address (0) as the exit.
-        let until = self.trampoline + STUB_OFFSET / 2;
-        let result = self.uc.emu_start(entry, until, 0, 0);
-
-        let (stop, fault, executed, last_pc) = {
-            let st = self.uc.get_data_mut();
-            (st.stop.take(), st.fault.take(), st.executed, st.pc)
-        };
-        if let Some(f) = fault {
-            return Ok(Outcome::Fault { pc: f.pc, addr: f.addr, access: f.access, unmapped: f.unmapped });
-        }
-        let outcome = match stop {
-            Some(Stop::Returned) => Outcome::Returned { value: self.reg(Reg::Ret)?, instructions: Some(executed) },
-            Some(Stop::Budget { pc }) => Outcome::BudgetExhausted { pc, budget },
-            Some(Stop::StrayTrampoline { pc }) => {
-                Outcome::Trap { pc, reason: format!("jumped into the trampoline page at {pc:#x} instead of its start") }
-            }
-            Some(Stop::Trap { pc, intno }) => {
-                Outcome::Trap { pc, reason: format!("{} (exception {intno:#x})", exception_name(self.cpu, intno)) }
-            }
-            None => match result {
-                Err(uc_error::INSN_INVALID) => Outcome::Trap { pc: last_pc, reason: "invalid instruction".into() },
-                Err(e) => Outcome::Trap { pc: last_pc, reason: format!("emulation stopped: {e} ({e:?})") },
-                Ok(()) => {
-                    let pc = self.reg(Reg::Pc)?;
-                    Outcome::Trap { pc, reason: "emulation stopped without a return, fault or trap".into() }
-                }
-            },
-        };
-        Ok(outcome)
+        self.uc.get_data_mut().skip_breakpoint = None;
+        self.run_from(entry, budget)
     }
 
+    fn resume(&mut self, budget: u64) -> Result<Outcome, EngineError> {
+        let pc = self.reg(Reg::Pc)?;
+        self.uc.get_data_mut().skip_breakpoint = Some(pc);
+        self.run_from(pc, budget)
+    }
+
+    fn set_host_calls(&mut self, addrs: &[u64]) -> Result<(), EngineError> {
+        let range = match (addrs.iter().min(), addrs.iter().max()) {
+            (Some(&lo), Some(&hi)) => (lo, hi + 1),
+            _ => (0, 0),
+        };
+        if range.0 < self.trampoline + GRANULE && self.trampoline < range.1 {
+            return Err(uc_err("host-call slots overlap the trampoline page"));
+        }
+        let st = self.uc.get_data_mut();
+        st.host_calls = addrs.iter().copied().collect();
+        st.host_range = range;
+        self.sparc_refresh_stop_hooks()
+    }
+
+    fn set_breakpoints(&mut self, addrs: &[u64]) -> Result<(), EngineError> {
+        self.uc.get_data_mut().breakpoints = addrs.iter().copied().collect();
+        self.sparc_refresh_stop_hooks()
+    }
     fn set_trace(&mut self, on: bool) {
         // The only capture: a Copy flag (see the SAFETY note on Send).
         let big_endian = matches!(self.cpu, Cpu::Sparc32 | Cpu::S390x);
@@ -919,3 +950,100 @@ const _: () = {
     const fn is_send<T: Send>() {}
     is_send::<UnicornEngine>();
 };
+
+
+impl UnicornEngine {
+    /// Run from `pc` until the trampoline, a stop, a fault or `budget`
+    /// more instructions.
+    fn run_from(&mut self, pc: u64, budget: u64) -> Result<Outcome, EngineError> {
+        {
+            let st = self.uc.get_data_mut();
+            st.budget = budget;
+            st.executed = 0;
+            st.pc = pc;
+            st.stop = None;
+            st.fault = None;
+        }
+        self.tb_dirty = true;
+        // `until` is inside the trampoline page, past its first instruction:
+        // the code hook always stops first; it only keeps Unicorn from
+        // treating some other address (0) as the exit.
+        let until = self.trampoline + STUB_OFFSET / 2;
+        let result = self.uc.emu_start(pc, until, 0, 0);
+
+        let (stop, fault, executed, last_pc) = {
+            let st = self.uc.get_data_mut();
+            (st.stop.take(), st.fault.take(), st.executed, st.pc)
+        };
+        if let Some(f) = fault {
+            return Ok(Outcome::Fault { pc: f.pc, addr: f.addr, access: f.access, unmapped: f.unmapped });
+        }
+        let outcome = match stop {
+            Some(Stop::Returned) => Outcome::Returned { value: self.reg(Reg::Ret)?, instructions: Some(executed) },
+            Some(Stop::HostCall { pc }) => {
+                // Stopped before the slot's first instruction: make sure the
+                // pc says so (the hook ran before Unicorn synced it).
+                self.set_reg(Reg::Pc, pc)?;
+                Outcome::HostCall { pc, instructions: Some(executed) }
+            }
+            Some(Stop::Breakpoint { pc }) => {
+                self.set_reg(Reg::Pc, pc)?;
+                Outcome::Breakpoint { pc, instructions: Some(executed) }
+            }
+            Some(Stop::StrayHostPage { pc }) => Outcome::Trap {
+                pc,
+                reason: format!("jumped into the kernel runtime's function page at {pc:#x}, not to a function"),
+            },
+            Some(Stop::Budget { pc }) => Outcome::BudgetExhausted { pc, budget },
+            Some(Stop::StrayTrampoline { pc }) => {
+                Outcome::Trap { pc, reason: format!("jumped into the trampoline page at {pc:#x} instead of its start") }
+            }
+            Some(Stop::Trap { pc, intno }) => {
+                Outcome::Trap { pc, reason: format!("{} (exception {intno:#x})", exception_name(self.cpu, intno)) }
+            }
+            None => match result {
+                Err(uc_error::INSN_INVALID) => Outcome::Trap { pc: last_pc, reason: "invalid instruction".into() },
+                Err(e) => Outcome::Trap { pc: last_pc, reason: format!("emulation stopped: {e} ({e:?})") },
+                Ok(()) => {
+                    let pc = self.reg(Reg::Pc)?;
+                    Outcome::Trap { pc, reason: "emulation stopped without a return, fault or trap".into() }
+                }
+            },
+        };
+        Ok(outcome)
+    }
+
+    /// sparc32's general code hook covers only the trampoline page (see
+    /// the module docs): host-call slots and breakpoints get hooks of
+    /// their own, rebuilt whenever either set changes.
+    fn sparc_refresh_stop_hooks(&mut self) -> Result<(), EngineError> {
+        if self.cpu != Cpu::Sparc32 {
+            return Ok(());
+        }
+        for id in self.sparc_stop_hooks.drain(..) {
+            let _ = self.uc.remove_hook(id);
+        }
+        let st = self.uc.get_data();
+        let mut ranges: Vec<(u64, u64)> = st.breakpoints.iter().map(|&a| (a, a)).collect();
+        if st.host_range.1 > st.host_range.0 {
+            ranges.push((st.host_range.0, st.host_range.1 - 1));
+        }
+        for (lo, hi) in ranges {
+            let id = self
+                .uc
+                .add_code_hook(lo, hi, |uc, addr, _size| {
+                    let st = uc.get_data_mut();
+                    if st.stop.is_none() {
+                        if let Some(stop) = st.special_stop(addr) {
+                            st.stop = Some(stop);
+                            let _ = uc.emu_stop();
+                        }
+                    }
+                })
+                .map_err(uc_err)?;
+            self.sparc_stop_hooks.push(id);
+        }
+        let _ = self.uc.ctl_flush_tb();
+        Ok(())
+    }
+}
