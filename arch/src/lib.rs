@@ -11,3 +11,4 @@ pub mod check;
 pub mod engine;
 pub mod isa;
 pub mod layout;
+pub mod runtime;

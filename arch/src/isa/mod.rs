@@ -197,6 +197,12 @@ pub trait Isa: Sync {
     /// lowcore's percpu_offset (memory at address 0).
     fn enter_cpu(&self, engine: &mut dyn Engine, variant: &Variant, ctx: &CpuContext) -> Result<(), EngineError>;
 
+    /// The arch's half of the kernel runtime that runs real kernel modules
+    /// (see [`crate::runtime`]).
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        None
+    }
+
     /// Extra pages to map before anything runs (default: none).  s390x
     /// returns its lowcore page at address 0 here.
     fn fixed_mappings(&self, _variant: &Variant) -> Vec<FixedMapping> {

@@ -36,6 +36,8 @@
 //! Only touched pages are mapped by the runner; `qemu-alpha` maps lazily
 //! anyway (1 GiB costs ~3 ms).
 
+pub mod runtime;
+
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
@@ -108,6 +110,9 @@ static INFO: IsaInfo = IsaInfo {
 };
 
 impl Isa for Alpha {
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        Some(&runtime::AlphaKernel)
+    }
     fn info(&self) -> &'static IsaInfo {
         &INFO
     }

@@ -25,6 +25,8 @@
 //! The page size is a field so 16 and 64 KiB kernels can be added as
 //! further adapters; [`ARM64`] is the 4 KiB one.
 
+pub mod runtime;
+
 use percpu_core::backend::BackendKind;
 use percpu_core::consts::{percpu_dynamic_reserve, PERCPU_MODULE_RESERVE};
 use percpu_core::first_chunk::FirstChunkKind;
@@ -89,6 +91,9 @@ static INFO: IsaInfo = IsaInfo {
 };
 
 impl Isa for Arm64 {
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        Some(&runtime::Arm64Kernel)
+    }
     fn info(&self) -> &'static IsaInfo {
         &INFO
     }

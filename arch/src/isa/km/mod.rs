@@ -34,6 +34,8 @@
 //! multi-node topology then makes several groups, which the km backend
 //! refuses.  [`Isa::setup_percpu`] reproduces that refusal.
 
+pub mod runtime;
+
 use percpu_core::alloc_info::{build_alloc_info, AllocInfoParams};
 use percpu_core::backend::BackendKind;
 use percpu_core::first_chunk::verify_for_km;
@@ -85,6 +87,9 @@ static INFO: IsaInfo = IsaInfo {
 };
 
 impl Isa for Km {
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        Some(&runtime::RiscvKernel)
+    }
     fn info(&self) -> &'static IsaInfo {
         &INFO
     }

@@ -21,6 +21,8 @@
 //! for that reason.  FAR dynamic chunks (top of vmalloc) are ~4 TiB from
 //! the first chunk.
 
+pub mod runtime;
+
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
@@ -85,6 +87,9 @@ static INFO: IsaInfo = IsaInfo {
 };
 
 impl Isa for S390x {
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        Some(&runtime::S390xKernel)
+    }
     fn info(&self) -> &'static IsaInfo {
         &INFO
     }

@@ -23,6 +23,8 @@
 //! sparc32; with thousands of CPUs the first chunk still fits lowmem but a
 //! vm chunk does not fit vmalloc).
 
+pub mod runtime;
+
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, Topology};
@@ -79,6 +81,9 @@ static INFO: IsaInfo = IsaInfo {
 };
 
 impl Isa for Sparc32 {
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        Some(&runtime::Sparc32Kernel)
+    }
     fn info(&self) -> &'static IsaInfo {
         &INFO
     }

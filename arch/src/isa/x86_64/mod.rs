@@ -23,6 +23,8 @@
 //! reserve) plus `PERCPU_DYNAMIC_RESERVE - PERCPU_FIRST_CHUNK_RESERVE` of
 //! dynamic space.
 
+pub mod runtime;
+
 use percpu_core::backend::BackendKind;
 use percpu_core::consts::{percpu_dynamic_reserve, PERCPU_MODULE_RESERVE};
 use percpu_core::first_chunk::FirstChunkKind;
@@ -91,6 +93,9 @@ static INFO: IsaInfo = IsaInfo {
 };
 
 impl Isa for X86_64 {
+    fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        Some(&runtime::X86_64Kernel)
+    }
     fn info(&self) -> &'static IsaInfo {
         &INFO
     }
