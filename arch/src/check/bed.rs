@@ -196,6 +196,8 @@ pub(crate) struct Bed<'s> {
     pub dyn_allocs: Vec<DynAlloc>,
     /// Units that belong to a CPU (others are never mapped).
     pub used_units: Vec<usize>,
+    /// The kernel runtime, when the bed runs real kernel modules.
+    pub kernel: Option<super::kernel::KernelRt>,
     mapped: HashSet<u64>,
     granule: u64,
 }
@@ -344,12 +346,67 @@ fn descriptors_of_rejected(name: &str, bytes: &[u8], page: u64) -> Option<(Vec<T
     Some((obj.tests, obj.abi))
 }
 
+/// Name of the runtime's kernel image in reports.
+pub(crate) const RUNTIME_IMAGE_NAME: &str = "kernel-runtime";
+
+/// The kernel image of a bed.
+#[derive(Clone, Copy)]
+pub enum KernelImage<'a> {
+    /// A kernel-image object (the shipped fixtures' `kernel.o`, your own).
+    Object { name: &'a str, bytes: &'a [u8] },
+    /// The kernel runtime, for real modules built from the tree with this ABI.
+    Runtime(&'a crate::runtime::RtAbi),
+}
+
+/// The runtime's kernel image for `sc`'s arch and the tree's ABI.
+fn runtime_kernel_image(sc: &Scenario, abi: &crate::runtime::RtAbi) -> Result<Vec<u8>, CheckError> {
+    let isa = sc.isa;
+    let karch = isa.kernel_abi().ok_or_else(|| CheckError::Layout {
+        arch: isa.name().into(),
+        variant: sc.variant.name.into(),
+        reason: "this arch has no kernel runtime".into(),
+    })?;
+    if abi.sizeof_long * 8 != isa.ptr_bits() {
+        return Err(CheckError::Layout {
+            arch: isa.name().into(),
+            variant: sc.variant.name.into(),
+            reason: format!(
+                "the modules' tree has {}-bit longs but {} is {}-bit: modules of another arch?",
+                abi.sizeof_long * 8,
+                isa.name(),
+                isa.ptr_bits()
+            ),
+        });
+    }
+    // The x86_64 zero-based area starts with a page the bed adds itself.
+    let probe = isa.percpu_config(&sc.variant, Topology::uma(sc.cpus.clone()), 0);
+    let first_page = if probe.per_cpu_start == 0 { isa.page_size() } else { 0 };
+    let spec = crate::runtime::image::ImageSpec {
+        e_machine: isa.elf_machine(),
+        is_64: isa.ptr_bits() == 64,
+        little_endian: !isa.big_endian(),
+        abi,
+        percpu_vars: karch.percpu_vars(abi),
+        static_bytes: karch.typical_static_size().saturating_sub(first_page),
+        thunks: karch.thunks(),
+        slot_fill: karch.slot_fill(),
+    };
+    Ok(crate::runtime::image::write(&spec))
+}
+
 impl<'s> Bed<'s> {
-    pub fn build(sc: &'s Scenario, kernel: (&str, &[u8]), modules: &[(&str, &[u8])]) -> Result<Self, CheckError> {
+    pub fn build(sc: &'s Scenario, kernel: KernelImage<'_>, modules: &[(&str, &[u8])]) -> Result<Self, CheckError> {
         let isa = sc.isa;
         let variant = sc.variant;
         let page = isa.page_size();
-        let (kname, kbytes) = kernel;
+        let runtime_image;
+        let (kname, kbytes, rt_abi) = match kernel {
+            KernelImage::Object { name, bytes } => (name, bytes, None),
+            KernelImage::Runtime(abi) => {
+                runtime_image = runtime_kernel_image(sc, abi)?;
+                (RUNTIME_IMAGE_NAME, &runtime_image[..], Some(abi))
+            }
+        };
         let kobj = check_machine(isa, kname, kbytes)?;
         if percpu_loader::load::role_of(&kobj) == percpu_loader::ObjectRole::Module {
             return Err(CheckError::NotKernelImage {
@@ -473,6 +530,7 @@ impl<'s> Bed<'s> {
             regions: Vec::new(),
             dyn_allocs: Vec::new(),
             used_units,
+            kernel: None,
             mapped: HashSet::new(),
             granule,
         };
@@ -529,6 +587,9 @@ impl<'s> Bed<'s> {
         bed.write(pco.value, &arr, "__per_cpu_offset[]")?;
         bed.sync_events()?;
         bed.objects.push(BedObject::new(kname, true, kernel_obj));
+        if let Some(abi) = rt_abi {
+            bed.setup_kernel_runtime(abi.clone(), &mask)?;
+        }
 
         // Modules, each with the exports of the kernel and earlier modules.
         let mbase = isa.module_base(&variant, sc.placement, first.base_addr);
@@ -570,6 +631,9 @@ impl<'s> Bed<'s> {
                     }
                 }
                 self.map_object_sections(&obj)?;
+                if self.kernel.is_some() {
+                    self.add_bug_table(&obj)?;
+                }
                 self.objects.push(BedObject::new(name, false, obj));
                 Ok(())
             }
@@ -600,6 +664,9 @@ impl<'s> Bed<'s> {
                     }
                     LoadError::PercpuAlloc { source, .. } => {
                         Err(CheckError::ReservedExhausted { object: name.to_string(), reason: source.to_string() })
+                    }
+                    LoadError::UnknownSymbol { symbol, .. } if self.kernel.is_some() => {
+                        Err(CheckError::UnknownImport { object: name.to_string(), symbol })
                     }
                     source => Err(CheckError::Load { object: name.to_string(), source: Box::new(source) }),
                 }
@@ -823,10 +890,11 @@ impl<'s> Bed<'s> {
         }
     }
 
-    /// The model's CPU context for `cpu`.
+    /// The model's CPU context for `cpu`: the percpu offset register, and
+    /// in kernel mode the current task, thread_info and preempt count.
     pub fn enter(&mut self, cpu: u32, abi: Option<&AbiNote>) -> Result<(), CheckError> {
         let off = self.offsets.get(cpu as usize).copied().flatten().unwrap_or(0);
-        let ctx = crate::isa::CpuContext {
+        let mut ctx = crate::isa::CpuContext {
             cpu,
             per_cpu_offset: off,
             percpu_area: self.cpu_ptr(self.per_cpu_start, cpu).unwrap_or(0),
@@ -834,7 +902,13 @@ impl<'s> Bed<'s> {
             ti_cpu_offset: abi.map(|a| a.ti_cpu_offset).unwrap_or(0),
             lowcore_percpu_offset: abi.map(|a| a.lowcore_percpu_offset).unwrap_or(0),
         };
-        if self.variant.model == OffsetModel::ThreadInfo {
+        if let Some(k) = &self.kernel {
+            ctx.thread_info = k.thread_info;
+            ctx.ti_cpu_offset = k.abi.ti_cpu.unwrap_or(0) as u32;
+            ctx.lowcore_percpu_offset = k.abi.lowcore.map_or(0, |l| l.percpu_offset as u32);
+            self.enter_kernel(cpu, off)?;
+        }
+        if self.variant.model == OffsetModel::ThreadInfo && self.kernel.is_none() {
             let at = self.runtime.thread_info + ctx.ti_cpu_offset as u64;
             self.write_uint(at, cpu as u64, 4, "thread_info cpu")?;
         }
@@ -861,7 +935,7 @@ mod tests {
     fn balance_work_unmaps_what_it_depopulates_and_destroys() {
         let sc = Scenario::new("x86_64", None, percpu_core::CpuSet::first_n(4)).unwrap();
         let kernel = shipped("x86_64", "kernel.o");
-        let mut bed = Bed::build(&sc, ("kernel.o", &kernel), &[]).unwrap();
+        let mut bed = Bed::build(&sc, KernelImage::Object { name: "kernel.o", bytes: &kernel }, &[]).unwrap();
         let a = bed.alloc_dynamic(16, 8, true, "a").unwrap();
         // Fill a's chunk so the next FAR allocation needs another chunk.
         let chunk_a = bed.percpu.classify_ptr(PcpuPtr(a)).unwrap().chunk;

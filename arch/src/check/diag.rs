@@ -74,10 +74,23 @@ pub enum FindingKind {
     WrongValue,
     /// A write outside the bytes the op names (and outside the stack).
     StrayWrite,
+    /// A read of percpu memory no correct code reads (freed memory, the
+    /// load image, an impossible CPU's offset).
+    StrayRead,
     /// A planted bug behaved on every CPU.
     NotCaught,
     /// The harness could not run the test.
     Harness,
+    /// A WARN in kernel code (the `__bug_table` or `warn_slowpath_fmt`).
+    Warn,
+    /// A BUG in kernel code: the run stopped there.
+    Bug,
+    /// The kernel runtime caught something (a bad free_percpu, a preempt
+    /// count left raised, the stack protector).
+    Kernel,
+    /// The module's init/exit did not do what its expectation file says
+    /// (return value, printk lines).
+    Expectation,
 }
 
 /// One finding, with its decoded address, pc and explanations.

@@ -109,6 +109,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         diagnostic: None,
         runs: Vec::new(),
         micros: 0,
+        printk: Vec::new(),
     };
     let mut notes: Vec<String> = bed.objects[oi]
         .truncations
@@ -213,19 +214,15 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         let snapshot = if full { Some(snapshot(bed, &ctx)?) } else { None };
         let words = word_window(bed, &ctx, cpu)?;
         let tr = Instant::now();
+        let mut state_before = None;
         let outcome = bed.enter(cpu, abi.as_ref()).and_then(|_| {
             let _ = bed.engine.take_trace();
-            let (entry, stack_top, budget) = (test.fn_addr, bed.stack.end, bed.sc.budget);
-            bed.engine.call(entry, &[test.index as u64], stack_top, budget).map_err(|source| CheckError::Engine {
-                arch: bed.isa.name().into(),
-                variant: bed.variant.name.into(),
-                what: format!("calling `{}` on cpu {cpu}", test.name),
-                source,
-            })
+            state_before = bed.kernel_state(cpu);
+            bed.kernel_call(test.fn_addr, &[test.index as u64], cpu, &test.name)
         });
         let micros = tr.elapsed().as_micros() as u64;
-        let trace = bed.engine.take_trace();
-        let outcome = match outcome {
+        let mut trace = bed.engine.take_trace();
+        let (outcome, klog) = match outcome {
             Ok(o) => o,
             Err(e) => {
                 let f = Finding::new(FindingKind::Harness, e.to_string());
@@ -237,14 +234,28 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
                     micros,
                     summary: Some(d.summary.clone()),
                     diagnostic: Some(d),
+                    printk: Vec::new(),
                 });
                 continue;
             }
         };
+        trace.extend(klog.host_writes.iter().copied());
         if bed.sc.trace {
             log_trace(bed, &object, &test, cpu, &trace);
         }
-        let findings = evaluate(bed, &ctx, cpu, &outcome, &trace, snapshot.as_deref(), words.as_ref())?;
+        let mut findings = evaluate(bed, &ctx, cpu, &outcome, &trace, snapshot.as_deref(), words.as_ref())?;
+        let state_after = bed.kernel_state(cpu);
+        findings.extend(super::kernel::log_findings(&klog, state_before, state_after));
+        // Dynamic allocations the test made itself and did not free.
+        for (p, size) in &klog.allocations {
+            if bed.dyn_allocs.iter().any(|d| d.ptr == *p) {
+                findings.push(Finding::new(
+                    FindingKind::Kernel,
+                    format!("leaked a percpu allocation: {size} bytes at {p:#x} (alloc_percpu without free_percpu)"),
+                ));
+                bed.free_dynamic(*p)?;
+            }
+        }
         let instructions = match outcome {
             Outcome::Returned { instructions, .. } => instructions,
             Outcome::BudgetExhausted { budget, .. } => Some(budget),
@@ -275,7 +286,8 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         } else {
             Status::Fail
         };
-        let mut run = CpuRun { cpu, status, instructions, micros, diagnostic: None, summary: None };
+        let printk = klog.printk.iter().map(|l| l.text.clone()).collect();
+        let mut run = CpuRun { cpu, status, instructions, micros, diagnostic: None, summary: None, printk };
         if !findings.is_empty() {
             let d = diag(bed, &object, &test, Some(cpu), status, findings, notes.clone());
             run.summary = Some(d.summary.clone());
@@ -327,7 +339,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
 
 /// Put back what every recorded write overwrote (outside the stack),
 /// newest first, where the engine could read the old bytes.
-fn undo_writes(bed: &mut Bed<'_>, trace: &[MemAccess]) -> Result<(), CheckError> {
+pub(crate) fn undo_writes(bed: &mut Bed<'_>, trace: &[MemAccess]) -> Result<(), CheckError> {
     let mut undone = 0usize;
     for w in trace.iter().rev().filter(|a| a.access == Access::Write) {
         let in_stack = bed.stack.contains(&w.addr) && w.addr.wrapping_add(w.size as u64) <= bed.stack.end;
@@ -478,6 +490,11 @@ fn evaluate(
         Outcome::BudgetExhausted { pc, budget } => {
             let mut f =
                 Finding::new(FindingKind::Runaway, format!("runaway code: the {budget}-instruction budget ran out"));
+            f.pc = Some(bed.code_loc(pc));
+            out.push(f);
+        }
+        Outcome::HostCall { pc, .. } | Outcome::Breakpoint { pc, .. } => {
+            let mut f = Finding::new(FindingKind::Trap, "stopped in the kernel runtime's function page".to_string());
             f.pc = Some(bed.code_loc(pc));
             out.push(f);
         }

@@ -62,7 +62,10 @@
 mod bed;
 mod diag;
 mod exec;
+mod kernel;
+mod module_run;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
@@ -72,7 +75,10 @@ use percpu_core::CpuSet;
 use percpu_loader::LoadError;
 use serde::Serialize;
 
+pub use bed::KernelImage;
 pub use diag::{AddrInfo, CodeLoc, Diagnostic, Finding, FindingKind};
+pub use kernel::{KernelLog, KernelWarn, PrintkLine};
+pub use module_run::{ModuleExpect, MODULE_TEST};
 
 use crate::engine::EngineError;
 use crate::isa::{self, Isa, ModulePlacement, Variant};
@@ -80,6 +86,9 @@ use crate::isa::{self, Isa, ModulePlacement, Variant};
 /// Up to this many possible CPUs every unit's copy of the target is read
 /// back after every run (beyond it, see the module docs).
 pub const FULL_CHECK_CPUS: usize = 64;
+
+/// printk lines of a test shown in the table.
+pub const MAX_PRINTK_SHOWN: usize = 12;
 
 /// Default instruction budget per call.
 pub const DEFAULT_BUDGET: u64 = 1_000_000;
@@ -103,6 +112,8 @@ pub struct Scenario {
     pub only: Option<Vec<String>>,
     /// Which possible CPUs each test runs on.
     pub run_on: RunOn,
+    /// Only load the objects: an object with nothing to run is not an error.
+    pub load_only: bool,
 }
 
 /// Which of the possible CPUs a test (without `ONCE`) runs on.  Every
@@ -176,6 +187,7 @@ impl fmt::Debug for Scenario {
             .field("trace", &self.trace)
             .field("only", &self.only)
             .field("run_on", &self.run_on)
+            .field("load_only", &self.load_only)
             .finish()
     }
 }
@@ -204,6 +216,7 @@ impl Scenario {
             trace: false,
             only: None,
             run_on: RunOn::All,
+            load_only: false,
         })
     }
     pub fn nodes(mut self, nodes: u32) -> Self {
@@ -220,6 +233,10 @@ impl Scenario {
     }
     pub fn trace(mut self, trace: bool) -> Self {
         self.trace = trace;
+        self
+    }
+    pub fn load_only(mut self, load_only: bool) -> Self {
+        self.load_only = load_only;
         self
     }
     pub fn run_on(mut self, run_on: RunOn) -> Self {
@@ -274,6 +291,9 @@ pub struct CpuRun {
     pub diagnostic: Option<Diagnostic>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// What the kernel printed during the run (real modules).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub printk: Vec<String>,
 }
 
 /// Full diagnostics per test (later misbehaving runs get a summary line).
@@ -296,6 +316,9 @@ pub struct TestReport {
     pub diagnostic: Option<Diagnostic>,
     pub runs: Vec<CpuRun>,
     pub micros: u64,
+    /// The first run's printk output, `[cpu N] text` (real modules).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub printk: Vec<String>,
 }
 
 /// An object that was loaded (or rejected).
@@ -403,6 +426,12 @@ impl fmt::Display for ScenarioReport {
         for t in &self.tests {
             let bug = if t.expect_caught { " (planted bug)" } else { "" };
             writeln!(f, "  {:<7} {}:{}{bug}", t.status.to_string(), t.object, t.test)?;
+            for line in t.printk.iter().take(MAX_PRINTK_SHOWN) {
+                writeln!(f, "          | {line}")?;
+            }
+            if t.printk.len() > MAX_PRINTK_SHOWN {
+                writeln!(f, "          | ... {} more lines (--format json has them all)", t.printk.len() - MAX_PRINTK_SHOWN)?;
+            }
             if let (Some(d), Status::Fail | Status::Error) = (&t.diagnostic, t.status) {
                 for line in d.to_string().lines() {
                     writeln!(f, "          {line}")?;
@@ -462,6 +491,10 @@ pub enum CheckError {
         #[source]
         source: Box<LoadError>,
     },
+    #[error("{object}: Unknown symbol {symbol}: the percpu-bed kernel runtime does not provide it (it provides the percpu, printk, WARN, preempt and bitmap functions real percpu code imports; see `percpu-bed run --help`)")]
+    UnknownImport { object: String, symbol: String },
+    #[error("{object} has nothing to run: no test descriptors (.percpu_bed.tests) and no init_module; pass --load-only to only load it")]
+    NothingToRun { object: String },
     #[error("cannot load {object}: the reserved chunk is exhausted: {reason}")]
     ReservedExhausted { object: String, reason: String },
     #[error("percpu setup for {arch}/{variant}: {source}")]
@@ -500,7 +533,22 @@ pub fn run(
     kernel: (&str, &[u8]),
     modules: &[(&str, &[u8])],
 ) -> Result<ScenarioReport, CheckError> {
-    run_bed(scenario, kernel, modules, |_| ()).map(|(report, ())| report)
+    let kernel = KernelImage::Object { name: kernel.0, bytes: kernel.1 };
+    run_bed(scenario, kernel, modules, &HashMap::new(), |_| ()).map(|(report, ())| report)
+}
+
+/// Run real kernel modules (built from a kernel tree whose runtime ABI is
+/// `abi`) on the kernel runtime: each module's init and exit on every
+/// possible CPU (checked against `expects`, by object name; the default
+/// expectation is init returning 0), then its test descriptors if it has
+/// any.
+pub fn run_kernel_modules(
+    scenario: &Scenario,
+    abi: &crate::runtime::RtAbi,
+    modules: &[(&str, &[u8])],
+    expects: &HashMap<String, ModuleExpect>,
+) -> Result<ScenarioReport, CheckError> {
+    run_bed(scenario, KernelImage::Runtime(abi), modules, expects, |_| ()).map(|(report, ())| report)
 }
 
 /// [`run`], also handing back the allocator's final state, after every
@@ -510,15 +558,17 @@ pub fn run_with_map(
     kernel: (&str, &[u8]),
     modules: &[(&str, &[u8])],
 ) -> Result<(ScenarioReport, ChunkMapView), CheckError> {
-    run_bed(scenario, kernel, modules, |bed| bed.percpu.chunk_map())
+    let kernel = KernelImage::Object { name: kernel.0, bytes: kernel.1 };
+    run_bed(scenario, kernel, modules, &HashMap::new(), |bed| bed.percpu.chunk_map())
 }
 
 /// Build the bed, run every test, and let `last` look at the bed before it
 /// is dropped.
 fn run_bed<T>(
     scenario: &Scenario,
-    kernel: (&str, &[u8]),
+    kernel: KernelImage<'_>,
     modules: &[(&str, &[u8])],
+    expects: &HashMap<String, ModuleExpect>,
     last: impl FnOnce(&bed::Bed) -> T,
 ) -> Result<(ScenarioReport, T), CheckError> {
     let t0 = Instant::now();
@@ -533,6 +583,14 @@ fn run_bed<T>(
         });
     }
     let mut bed = bed::Bed::build(scenario, kernel, modules)?;
+    if !scenario.load_only {
+        for o in bed.objects.iter().filter(|o| !o.kernel && o.rejected.is_none()) {
+            let init = o.loaded.as_ref().is_some_and(|l| l.symbol("init_module").is_some());
+            if o.tests.is_empty() && !init {
+                return Err(CheckError::NothingToRun { object: o.name.clone() });
+            }
+        }
+    }
     let setup_micros = t0.elapsed().as_micros() as u64;
     let t1 = Instant::now();
     let mut tests = Vec::new();
@@ -543,6 +601,20 @@ fn run_bed<T>(
     for oi in 0..bed.objects.len() {
         if let Some(only) = &scenario.only {
             if !only.iter().any(|n| *n == bed.objects[oi].name) {
+                continue;
+            }
+        }
+        let is_module = !bed.objects[oi].kernel;
+        if is_module && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || bed.objects[oi].rejected.is_some()) {
+            let default = ModuleExpect::default();
+            let expect = expects.get(&bed.objects[oi].name).unwrap_or(&default);
+            let report = module_run::run_module(&mut bed, oi, expect)?;
+            counts.add(report.status);
+            instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
+            uncounted_runs += report.runs.iter().filter(|r| r.instructions.is_none()).count();
+            runs += report.runs.len();
+            tests.push(report);
+            if bed.objects[oi].rejected.is_some() {
                 continue;
             }
         }
