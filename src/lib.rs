@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod kbuild;
+pub mod kmod;
 pub mod map;
 pub mod matrix;
 pub mod output;

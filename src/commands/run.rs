@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
 use percpu_bed::output::{emit, Format};
-use percpu_bed::scenario::{kernel_and_modules, possible_cpus};
+use percpu_bed::kmod;
+use percpu_bed::scenario::{kernel_and_modules, possible_cpus, read_object, Object};
 
 /// Load a kernel-image object and module objects, run their tests on every
 /// possible CPU of an emulated arch, and check every unit's memory.
@@ -47,9 +48,19 @@ pub struct Args {
     #[arg(long)]
     explain: bool,
     /// The kernel-image object (default: the shipped one for the arch, or
-    /// the given object that defines the static percpu area).
+    /// the given object that defines the static percpu area).  Not used
+    /// with real kernel modules, which run on percpu-bed's kernel runtime.
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Real kernel modules: the `percpu-bed kbuild` output directory (or
+    /// its percpu-bed-kbuild.json) with the runtime ABI of the tree they
+    /// were built from (default: the manifest beside the first module).
+    #[arg(long, value_name = "DIR")]
+    kbuild: Option<PathBuf>,
+    /// Only load the objects (relocate, place percpu): an object with
+    /// nothing to run is then not an error.
+    #[arg(long)]
+    load_only: bool,
     /// Objects to load and test (default: every shipped fixture of the arch).
     objects: Vec<PathBuf>,
 }
@@ -90,10 +101,37 @@ pub fn run(args: Args) -> Result<u8> {
         }
     }
 
-    let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
-    let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
+    scenario = scenario.load_only(args.load_only);
 
-    let report = check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?;
+    // Real kernel modules (built by a tree's Kbuild) run on the kernel runtime.
+    let objects: Vec<(PathBuf, Object)> =
+        args.objects.iter().map(|p| read_object(p).map(|o| (p.clone(), o))).collect::<Result<_>>()?;
+    let real = objects.iter().filter(|(_, o)| kmod::is_kernel_module(&o.bytes)).count();
+    let report = if real > 0 {
+        if real != objects.len() {
+            let fixtures: Vec<&str> =
+                objects.iter().filter(|(_, o)| !kmod::is_kernel_module(&o.bytes)).map(|(_, o)| o.name.as_str()).collect();
+            bail!(
+                "real kernel modules (built by a kernel tree's Kbuild) and percpu-bed fixtures cannot run together:                  the fixtures ({}) need a fixture kernel image, the modules percpu-bed's kernel runtime",
+                fixtures.join(", ")
+            );
+        }
+        if args.kernel.is_some() {
+            bail!("--kernel is for fixtures: real kernel modules run on percpu-bed's kernel runtime");
+        }
+        let paths: Vec<PathBuf> = objects.iter().map(|(p, _)| p.clone()).collect();
+        let rt = kmod::runtime_abi(args.kbuild.as_deref(), &paths)?;
+        tracing::info!("runtime ABI of Linux {} from {}: {}", rt.abi.kernel_version(), rt.from.display(), kmod::describe_abi(&rt.abi));
+        scenario = real_module_variant(scenario, args.variant.as_deref(), &rt.abi)?;
+        let pairs: Vec<(PathBuf, &Object)> = objects.iter().map(|(p, o)| (p.clone(), o)).collect();
+        let expects = kmod::expectations(&pairs)?;
+        let module_refs: Vec<(&str, &[u8])> = objects.iter().map(|(_, m)| (m.name.as_str(), m.bytes.as_slice())).collect();
+        check::run_kernel_modules(&scenario, &rt.abi, &module_refs, &expects)?
+    } else {
+        let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
+        let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
+        check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?
+    };
     match args.format {
         Format::Table => {
             emit(&report.to_string())?;
@@ -108,4 +146,30 @@ pub fn run(args: Args) -> Result<u8> {
         Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
     }
     Ok(if report.unexpected().is_empty() { 0 } else { 1 })
+}
+
+/// The variant real modules of a kernel version need: x86_64 code is
+/// zero-based until 6.15 and relative from it; arm64 modules read
+/// TPIDR_EL1 until the kernel patches their alternatives, which percpu-bed
+/// does not apply, so they run at EL1.
+fn real_module_variant(scenario: Scenario, asked: Option<&str>, abi: &percpu_arch::runtime::RtAbi) -> Result<Scenario> {
+    let want = match scenario.isa.name() {
+        "x86_64" if abi.version() >= (6, 15) => Some("relative"),
+        "x86_64" => Some("zero-based"),
+        "arm64" => Some("el1"),
+        _ => None,
+    };
+    let Some(want) = want else { return Ok(scenario) };
+    if let Some(a) = asked {
+        if a != want {
+            bail!(
+                "real {} modules of Linux {} need --variant {want} (their code was built for it), not --variant {a}",
+                scenario.isa.name(),
+                abi.kernel_version()
+            );
+        }
+    }
+    let mut s = scenario;
+    s.variant = *s.isa.variant(want).expect("known variant");
+    Ok(s)
 }

@@ -428,7 +428,8 @@ fn build_target(
             let probe = dir.join(format!("{}.ko", rtabi::PROBE_MODULE));
             rt = Some(rtabi::read_probe(target, &probe)?);
         }
-        entries.extend(result);
+        // The probe is data for the manifest, not a module to run.
+        entries.extend(result.into_iter().filter(|m| m.name != rtabi::PROBE_MODULE));
     }
     let rt = rt.ok_or_else(|| KbuildError::RtAbi { target: target.name.into(), reason: "the probe was not built".into() })?;
 

@@ -1,0 +1,175 @@
+//! Real kernel modules on the command line: telling them from fixtures,
+//! finding the tree's runtime ABI (the `percpu-bed kbuild` manifest beside
+//! them, or a build directory), and their expectation files.
+//!
+//! # Expectation files
+//!
+//! `<module>.expect.toml` beside `<module>.ko` says what the module's init
+//! must do (every key is optional):
+//!
+//! ```toml
+//! [init]
+//! returns = -11                 # init_module's return value (default 0)
+//! printk = ["percpu test done"] # lines init must print, in this order
+//!
+//! [planted]                     # the module is a planted bug: it must be caught
+//! bug = "reserved chunk exhausted by a big module percpu (bugzilla 204119)"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use percpu_arch::check::ModuleExpect;
+use percpu_arch::runtime::RtAbi;
+use percpu_loader::ElfObject;
+use serde::Deserialize;
+
+use crate::kbuild::manifest::{Manifest, MANIFEST_FILE};
+use crate::kbuild::modules::expect_file_name;
+use crate::scenario::Object;
+
+/// Whether an object is a module built by a kernel tree's Kbuild (it has a
+/// `.modinfo` with a `vermagic=`), as opposed to a percpu-bed fixture.
+pub fn is_kernel_module(bytes: &[u8]) -> bool {
+    let Ok(obj) = ElfObject::parse("object", bytes) else { return false };
+    obj.sections
+        .iter()
+        .find(|s| s.name == ".modinfo")
+        .is_some_and(|s| obj.section_data(s.index).windows(9).any(|w| w == b"vermagic="))
+}
+
+/// The `vermagic=` of a module (`6.1.192 SMP preempt mod_unload`).
+pub fn vermagic(bytes: &[u8]) -> Option<String> {
+    let obj = ElfObject::parse("object", bytes).ok()?;
+    let s = obj.sections.iter().find(|s| s.name == ".modinfo")?;
+    obj.section_data(s.index)
+        .split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"vermagic="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Where the runtime ABI of real modules comes from.
+pub struct RuntimeSource {
+    pub abi: RtAbi,
+    /// The manifest, when it came from one.
+    pub manifest: Option<Manifest>,
+    /// Where it was found (for reports).
+    pub from: PathBuf,
+}
+
+/// The runtime ABI for `modules`: from `kbuild` (a `percpu-bed kbuild`
+/// output directory or its manifest, or a Kbuild `O=` directory in which
+/// `pcpubed_rtabi.ko` was built), else from the manifest beside the first
+/// module.
+pub fn runtime_abi(kbuild: Option<&Path>, module_paths: &[PathBuf]) -> Result<RuntimeSource> {
+    let candidates: Vec<PathBuf> = match kbuild {
+        Some(p) if p.is_file() => vec![p.to_path_buf()],
+        Some(p) => vec![p.join(MANIFEST_FILE), p.join(format!("{}.ko", crate::kbuild::rtabi::PROBE_MODULE))],
+        None => module_paths
+            .iter()
+            .filter_map(|m| m.parent())
+            .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+            .map(|d| d.join(MANIFEST_FILE))
+            .collect(),
+    };
+    for c in &candidates {
+        if !c.is_file() {
+            continue;
+        }
+        if c.extension().is_some_and(|e| e == "ko") {
+            let bytes = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
+            let obj = ElfObject::parse(&c.display().to_string(), &bytes)?;
+            let recs = percpu_loader::rtabi::read(&obj)?
+                .with_context(|| format!("{} has no {}", c.display(), percpu_loader::rtabi::SECTION))?;
+            return Ok(RuntimeSource { abi: RtAbi::from_records(&recs)?, manifest: None, from: c.clone() });
+        }
+        let m = Manifest::read(c)?;
+        let abi = RtAbi::from_records(&m.rtabi).with_context(|| format!("in {}", c.display()))?;
+        return Ok(RuntimeSource { abi, manifest: Some(m), from: c.clone() });
+    }
+    bail!(
+        "real kernel modules need the runtime ABI of the tree they were built from (structure offsets from its \
+         headers), and none was found: looked for {}. Build them with `percpu-bed kbuild` (which writes {MANIFEST_FILE} \
+         beside them), or pass --kbuild DIR (a kbuild output directory)",
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExpectFile {
+    #[serde(default)]
+    init: InitExpect,
+    planted: Option<Planted>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InitExpect {
+    #[serde(default)]
+    returns: i64,
+    #[serde(default)]
+    printk: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Planted {
+    bug: String,
+}
+
+/// Parse an expectation file's text.
+pub fn parse_expect(text: &str, path: &Path) -> Result<ModuleExpect> {
+    let f: ExpectFile = toml::from_str(text).with_context(|| format!("{}: not a valid expectation file", path.display()))?;
+    if !(i32::MIN as i64..=i32::MAX as i64).contains(&f.init.returns) {
+        bail!("{}: init.returns = {} does not fit an int", path.display(), f.init.returns);
+    }
+    Ok(ModuleExpect { init_returns: f.init.returns, printk: f.init.printk, planted: f.planted.map(|p| p.bug) })
+}
+
+/// The expectation of every module that has a file beside it, by object name.
+pub fn expectations(modules: &[(PathBuf, &Object)]) -> Result<HashMap<String, ModuleExpect>> {
+    let mut out = HashMap::new();
+    for (path, obj) in modules {
+        let stem = obj.name.strip_suffix(".ko").unwrap_or(&obj.name);
+        let file = path.with_file_name(expect_file_name(stem));
+        if file.is_file() {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            out.insert(obj.name.clone(), parse_expect(&text, &file)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The records of a runtime ABI as `name = value` lines, for `-v` logs.
+pub fn describe_abi(abi: &RtAbi) -> String {
+    let r: &BTreeMap<String, u64> = &abi.records;
+    r.iter().map(|(k, v)| format!("{k}={v:#x}")).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectation_files_parse_and_refuse_typos() {
+        let p = Path::new("m.expect.toml");
+        let e = parse_expect("[init]\nreturns = -11\nprintk = [\"done\"]\n", p).unwrap();
+        assert_eq!((e.init_returns, e.printk.as_slice(), e.planted.as_deref()), (-11, &["done".to_string()][..], None));
+        let e = parse_expect("[planted]\nbug = \"x\"\n", p).unwrap();
+        assert_eq!((e.init_returns, e.planted.as_deref()), (0, Some("x")));
+        assert!(parse_expect("[init]\nreturn = 0\n", p).unwrap_err().to_string().contains("m.expect.toml"));
+        assert!(parse_expect("[init]\nreturns = 4294967296\n", p).is_err());
+        assert_eq!(parse_expect("", p).unwrap(), ModuleExpect::default());
+    }
+
+    #[test]
+    fn fixtures_are_not_kernel_modules() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/obj/x86_64");
+        let b = std::fs::read(dir.join("mod_basic.o")).unwrap();
+        assert!(!is_kernel_module(&b));
+        assert!(vermagic(&b).is_none());
+        assert!(!is_kernel_module(b"not an elf"));
+    }
+}
