@@ -9,7 +9,9 @@
 //!
 //! ```toml
 //! [init]
-//! returns = -11                 # init_module's return value (default 0)
+//! returns = "-EAGAIN"           # init_module's return value (default 0): an
+//!                               # int, or an errno name as the tree defines it
+//!                               # (alpha's EAGAIN is 35, everyone else's 11)
 //! printk = ["percpu test done"] # lines init must print, in this order
 //!
 //! [planted]                     # the module is a planted bug: it must be caught
@@ -108,9 +110,23 @@ struct ExpectFile {
 #[serde(deny_unknown_fields)]
 struct InitExpect {
     #[serde(default)]
-    returns: i64,
+    returns: Returns,
     #[serde(default)]
     printk: Vec<String>,
+}
+
+/// `returns = -11` or `returns = "-EAGAIN"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Returns {
+    Value(i64),
+    Errno(String),
+}
+
+impl Default for Returns {
+    fn default() -> Self {
+        Returns::Value(0)
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,24 +135,42 @@ struct Planted {
     bug: String,
 }
 
-/// Parse an expectation file's text.
-pub fn parse_expect(text: &str, path: &Path) -> Result<ModuleExpect> {
+/// Parse an expectation file's text; errno names are looked up in the
+/// tree's runtime ABI.
+pub fn parse_expect(text: &str, path: &Path, abi: &RtAbi) -> Result<ModuleExpect> {
     let f: ExpectFile = toml::from_str(text).with_context(|| format!("{}: not a valid expectation file", path.display()))?;
-    if !(i32::MIN as i64..=i32::MAX as i64).contains(&f.init.returns) {
-        bail!("{}: init.returns = {} does not fit an int", path.display(), f.init.returns);
+    let returns = match f.init.returns {
+        Returns::Value(v) => v,
+        Returns::Errno(name) => {
+            let (neg, bare) = match name.trim().strip_prefix('-') {
+                Some(b) => (true, b.trim()),
+                None => (false, name.trim()),
+            };
+            let v = abi.errno(bare).with_context(|| {
+                format!(
+                    "{}: init.returns = {name:?}: {bare} is not an errno the tree's runtime ABI records \
+                     (give a number, or add it to pcpubed_rtabi.c)",
+                    path.display()
+                )
+            })?;
+            if neg { -v } else { v }
+        }
+    };
+    if !(i32::MIN as i64..=i32::MAX as i64).contains(&returns) {
+        bail!("{}: init.returns = {returns} does not fit an int", path.display());
     }
-    Ok(ModuleExpect { init_returns: f.init.returns, printk: f.init.printk, planted: f.planted.map(|p| p.bug) })
+    Ok(ModuleExpect { init_returns: returns, printk: f.init.printk, planted: f.planted.map(|p| p.bug) })
 }
 
 /// The expectation of every module that has a file beside it, by object name.
-pub fn expectations(modules: &[(PathBuf, &Object)]) -> Result<HashMap<String, ModuleExpect>> {
+pub fn expectations(modules: &[(PathBuf, &Object)], abi: &RtAbi) -> Result<HashMap<String, ModuleExpect>> {
     let mut out = HashMap::new();
     for (path, obj) in modules {
         let stem = obj.name.strip_suffix(".ko").unwrap_or(&obj.name);
         let file = path.with_file_name(expect_file_name(stem));
         if file.is_file() {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            out.insert(obj.name.clone(), parse_expect(&text, &file)?);
+            out.insert(obj.name.clone(), parse_expect(&text, &file, abi)?);
         }
     }
     Ok(out)
@@ -152,16 +186,47 @@ pub fn describe_abi(abi: &RtAbi) -> String {
 mod tests {
     use super::*;
 
+    /// A runtime ABI with alpha's EAGAIN, as the probe records it.
+    fn alpha_like_abi() -> RtAbi {
+        let mut r: BTreeMap<String, u64> = [
+            ("linux_version_code", 0x6_01_c0),
+            ("nr_cpus", 32),
+            ("page_size", 0x2000),
+            ("sizeof_long", 8),
+            ("sizeof_task_struct", 0x1000),
+            ("sizeof_thread_info", 0x80),
+            ("errno_EAGAIN", 35),
+            ("errno_EINVAL", 22),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        r.insert("ti_cpu".into(), 0x10);
+        RtAbi::from_records(&r).unwrap()
+    }
+
     #[test]
     fn expectation_files_parse_and_refuse_typos() {
         let p = Path::new("m.expect.toml");
-        let e = parse_expect("[init]\nreturns = -11\nprintk = [\"done\"]\n", p).unwrap();
+        let abi = alpha_like_abi();
+        let e = parse_expect("[init]\nreturns = -11\nprintk = [\"done\"]\n", p, &abi).unwrap();
         assert_eq!((e.init_returns, e.printk.as_slice(), e.planted.as_deref()), (-11, &["done".to_string()][..], None));
-        let e = parse_expect("[planted]\nbug = \"x\"\n", p).unwrap();
+        let e = parse_expect("[planted]\nbug = \"x\"\n", p, &abi).unwrap();
         assert_eq!((e.init_returns, e.planted.as_deref()), (0, Some("x")));
-        assert!(parse_expect("[init]\nreturn = 0\n", p).unwrap_err().to_string().contains("m.expect.toml"));
-        assert!(parse_expect("[init]\nreturns = 4294967296\n", p).is_err());
-        assert_eq!(parse_expect("", p).unwrap(), ModuleExpect::default());
+        assert!(parse_expect("[init]\nreturn = 0\n", p, &abi).unwrap_err().to_string().contains("m.expect.toml"));
+        assert!(parse_expect("[init]\nreturns = 4294967296\n", p, &abi).is_err());
+        assert_eq!(parse_expect("", p, &abi).unwrap(), ModuleExpect::default());
+    }
+
+    #[test]
+    fn errno_names_take_the_trees_values() {
+        let p = Path::new("m.expect.toml");
+        let abi = alpha_like_abi();
+        assert_eq!(parse_expect("[init]\nreturns = \"-EAGAIN\"\n", p, &abi).unwrap().init_returns, -35);
+        assert_eq!(parse_expect("[init]\nreturns = \"EINVAL\"\n", p, &abi).unwrap().init_returns, 22);
+        let e = parse_expect("[init]\nreturns = \"-EWHAT\"\n", p, &abi).unwrap_err();
+        assert!(format!("{e:#}").contains("EWHAT is not an errno"), "{e:#}");
+        assert_eq!(abi.errno_name(35), Some("EAGAIN"));
     }
 
     #[test]

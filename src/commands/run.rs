@@ -112,7 +112,8 @@ pub fn run(args: Args) -> Result<u8> {
             let fixtures: Vec<&str> =
                 objects.iter().filter(|(_, o)| !kmod::is_kernel_module(&o.bytes)).map(|(_, o)| o.name.as_str()).collect();
             bail!(
-                "real kernel modules (built by a kernel tree's Kbuild) and percpu-bed fixtures cannot run together:                  the fixtures ({}) need a fixture kernel image, the modules percpu-bed's kernel runtime",
+                "real kernel modules (built by a kernel tree's Kbuild) and percpu-bed fixtures cannot run together: \
+                 the fixtures ({}) need a fixture kernel image, the modules percpu-bed's kernel runtime",
                 fixtures.join(", ")
             );
         }
@@ -124,7 +125,7 @@ pub fn run(args: Args) -> Result<u8> {
         tracing::info!("runtime ABI of Linux {} from {}: {}", rt.abi.kernel_version(), rt.from.display(), kmod::describe_abi(&rt.abi));
         scenario = real_module_variant(scenario, args.variant.as_deref(), &rt.abi)?;
         let pairs: Vec<(PathBuf, &Object)> = objects.iter().map(|(p, o)| (p.clone(), o)).collect();
-        let expects = kmod::expectations(&pairs)?;
+        let expects = kmod::expectations(&pairs, &rt.abi)?;
         let module_refs: Vec<(&str, &[u8])> = objects.iter().map(|(_, m)| (m.name.as_str(), m.bytes.as_slice())).collect();
         check::run_kernel_modules(&scenario, &rt.abi, &module_refs, &expects)?
     } else {

@@ -1,6 +1,6 @@
 //! Running one test descriptor on every possible CPU and checking it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use percpu_loader::{Op, RetKind, TestDescriptor};
@@ -110,6 +110,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         runs: Vec::new(),
         micros: 0,
         printk: Vec::new(),
+        emulated: BTreeMap::new(),
     };
     let mut notes: Vec<String> = bed.objects[oi]
         .truncations

@@ -3,7 +3,7 @@
 //! allocations), the host implementations of the kernel functions, and the
 //! call loop every test and module function runs through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use percpu_core::alloc::{AllocRequest, PcpuPtr};
@@ -69,8 +69,9 @@ pub struct KernelLog {
     pub allocations: Vec<(u64, u64)>,
     pub frees: usize,
     pub host_calls: usize,
-    /// Privileged instructions emulated on the host (alpha PAL calls).
-    pub emulated: usize,
+    /// Privileged instructions emulated on the host (alpha PAL calls), by
+    /// instruction.
+    pub emulated: BTreeMap<String, u64>,
     /// Writes host functions made into guest memory (memset, memcpy), for
     /// the same checks as the guest's own.
     #[serde(skip)]
@@ -599,8 +600,8 @@ impl Bed<'_> {
                     let action = karch.handle_trap(self.engine.as_mut(), pc, insn, &mut irq, cpu).map_err(&err)?;
                     self.rt().irq = irq;
                     match action {
-                        Some(TrapAction::Emulated { what: _ }) => {
-                            self.rt().log.emulated += 1;
+                        Some(TrapAction::Emulated { what }) => {
+                            *self.rt().log.emulated.entry(what.to_string()).or_default() += 1;
                             true
                         }
                         Some(TrapAction::Bug { file, line, what }) => {

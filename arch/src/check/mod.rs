@@ -65,7 +65,7 @@ mod exec;
 mod kernel;
 mod module_run;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Instant;
 
@@ -319,6 +319,10 @@ pub struct TestReport {
     /// The first run's printk output, `[cpu N] text` (real modules).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub printk: Vec<String>,
+    /// Where the bed bent real code to run it, over all runs (alpha's
+    /// privileged PAL calls emulated on the host), with counts.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub emulated: BTreeMap<String, u64>,
 }
 
 /// An object that was loaded (or rejected).
@@ -431,6 +435,10 @@ impl fmt::Display for ScenarioReport {
             }
             if t.printk.len() > MAX_PRINTK_SHOWN {
                 writeln!(f, "          | ... {} more lines (--format json has them all)", t.printk.len() - MAX_PRINTK_SHOWN)?;
+            }
+            if !t.emulated.is_empty() {
+                let what: Vec<String> = t.emulated.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+                writeln!(f, "          ~ emulated on the host (privileged in the emulator): {}", what.join(", "))?;
             }
             if let (Some(d), Status::Fail | Status::Error) = (&t.diagnostic, t.status) {
                 for line in d.to_string().lines() {

@@ -25,7 +25,7 @@
 //! Writes to the module's own ordinary data, the stack and the current
 //! task are the module's business and never findings.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use percpu_core::percpu::Region;
@@ -273,6 +273,7 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         runs: Vec::new(),
         micros: 0,
         printk: Vec::new(),
+        emulated: BTreeMap::new(),
     };
     if let Some(msg) = bed.objects[oi].rejected.clone() {
         let status = if planted.is_some() { Status::Caught } else { Status::Fail };
@@ -302,19 +303,31 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         let live_before: Vec<u64> = bed.dyn_allocs.iter().map(|d| d.ptr).collect();
         let (outcome, log, mut findings) = bed.module_call(init, cpu, "init_module", reads_traced)?;
         let mut printk = log.printk.clone();
+        for (what, n) in &log.emulated {
+            *report.emulated.entry(what.clone()).or_default() += n;
+        }
         let mut instructions = outcome.instructions();
         if let Outcome::Returned { value, .. } = outcome {
             let got = value as u32 as i32 as i64;
             if got != expect.init_returns {
+                let abi = bed.kernel.as_ref().map(|k| &k.abi);
                 findings.push(Finding::new(
                     FindingKind::Expectation,
-                    format!("init_module returned {got}, expected {}{}", expect.init_returns, errno_name(got)),
+                    format!(
+                        "init_module returned {got}{}, expected {}{}",
+                        errno_name(abi, got),
+                        expect.init_returns,
+                        errno_name(abi, expect.init_returns)
+                    ),
                 ));
             }
             if got == 0 && findings.is_empty() {
                 if let Some(exit) = exit {
                     let (out2, log2, f2) = bed.module_call(exit, cpu, "cleanup_module", reads_traced)?;
                     printk.extend(log2.printk.iter().cloned());
+                    for (what, n) in &log2.emulated {
+                        *report.emulated.entry(what.clone()).or_default() += n;
+                    }
                     findings.extend(f2);
                     instructions = instructions.zip(out2.instructions()).map(|(a, b)| a + b);
                 }
@@ -396,20 +409,11 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
     Ok(report)
 }
 
-/// ` (-EAGAIN)` for a negative errno the kernel's modules return.
-fn errno_name(v: i64) -> String {
-    let name = match v {
-        -1 => "EPERM",
-        -2 => "ENOENT",
-        -5 => "EIO",
-        -11 => "EAGAIN",
-        -12 => "ENOMEM",
-        -14 => "EFAULT",
-        -16 => "EBUSY",
-        -19 => "ENODEV",
-        -22 => "EINVAL",
-        -38 => "ENOSYS",
-        _ => return String::new(),
-    };
-    format!(" (-{name})")
+/// ` (-EAGAIN)` for a negative errno, named as the tree names it (alpha's
+/// EAGAIN is 35).
+fn errno_name(abi: Option<&crate::runtime::RtAbi>, v: i64) -> String {
+    match abi.and_then(|a| if v < 0 { a.errno_name(-v) } else { None }) {
+        Some(name) => format!(" (-{name})"),
+        None => String::new(),
+    }
 }

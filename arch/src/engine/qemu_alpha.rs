@@ -777,6 +777,13 @@ pub struct QemuAlphaEngine {
     pending_interrupts: u32,
     /// Last known PC (for reports after the guest died).
     last_pc: u64,
+    /// `Z0` breakpoints on the kernel runtime's host-call slots and on
+    /// a module's WARN/BUG sites ([`Engine::set_host_calls`],
+    /// [`Engine::set_breakpoints`]).
+    host_calls: Vec<u64>,
+    breakpoints: Vec<u64>,
+    /// The stack of the call in progress (for [`Engine::resume`]).
+    call_stack_top: u64,
 }
 
 impl QemuAlphaEngine {
@@ -846,6 +853,9 @@ impl QemuAlphaEngine {
             dead: None,
             pending_interrupts: 0,
             last_pc: HARNESS_ENTRY,
+            host_calls: Vec::new(),
+            breakpoints: Vec::new(),
+            call_stack_top: HARNESS_STACK_TOP,
         };
         let pc = e.raw_reg(regnum::PC)?;
         if pc != HARNESS_ENTRY {
@@ -978,7 +988,7 @@ impl QemuAlphaEngine {
     // -- running -----------------------------------------------------------
 
     /// Flush registers, resume (`c` or `s`), wait up to `within`.
-    fn resume(&mut self, step: bool, within: Duration) -> Result<Option<StopReply>, EngineError> {
+    fn resume_guest(&mut self, step: bool, within: Duration) -> Result<Option<StopReply>, EngineError> {
         self.flush_regs()?;
         self.regs = None;
         let r = if step { self.client.resume_step() } else { self.client.resume_continue() };
@@ -1008,7 +1018,7 @@ impl QemuAlphaEngine {
     /// engine's own stubs, which stop after one instruction).
     fn run_stub(&mut self) -> Result<StopReply, EngineError> {
         for _ in 0..4 {
-            match self.resume(false, self.cfg.timeout)? {
+            match self.resume_guest(false, self.cfg.timeout)? {
                 Some(s) if self.stale_interrupt(&s) => continue,
                 Some(s) => return Ok(s),
                 None => {
@@ -1278,6 +1288,8 @@ impl QemuAlphaEngine {
             gdb_signal::SIGTRAP if pc == RETURN_TRAMPOLINE => {
                 Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions }
             }
+            gdb_signal::SIGTRAP if self.host_calls.contains(&pc) => Outcome::HostCall { pc, instructions },
+            gdb_signal::SIGTRAP if self.breakpoints.contains(&pc) => Outcome::Breakpoint { pc, instructions },
             gdb_signal::SIGTRAP if self.syscall_traps.contains(&pc) => {
                 Outcome::Trap { pc, reason: "call_pal callsys (system call from guest code) (not executed)".into() }
             }
@@ -1296,7 +1308,7 @@ impl QemuAlphaEngine {
     /// retried.
     fn step_once(&mut self, pc: u64) -> Result<StopReply, EngineError> {
         loop {
-            let stop = match self.resume(true, self.cfg.timeout)? {
+            let stop = match self.resume_guest(true, self.cfg.timeout)? {
                 Some(s) => s,
                 None => {
                     let e = EngineError::Timeout {
@@ -1385,6 +1397,9 @@ impl QemuAlphaEngine {
             if pc == RETURN_TRAMPOLINE {
                 return Ok(Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions: Some(executed) });
             }
+            if let Some(stop) = self.runtime_stop(pc, Some(executed)) {
+                return Ok(stop);
+            }
             let word = self.fetch_insn(pc)?;
             if let Some(reason) = word.and_then(forbidden_pal) {
                 return Ok(Outcome::Trap { pc, reason: format!("{reason} (not executed)") });
@@ -1431,7 +1446,7 @@ impl QemuAlphaEngine {
         let mut stores_left = (remaining / self.cfg.store_charge.max(1)).max(remaining.min(64));
         loop {
             let t = Instant::now();
-            let stop = match self.resume(false, left)? {
+            let stop = match self.resume_guest(false, left)? {
                 Some(s) if self.stale_interrupt(&s) => {
                     left = left.saturating_sub(t.elapsed());
                     continue;
@@ -1482,6 +1497,49 @@ impl QemuAlphaEngine {
                 self.poison(Err(e))
             }
         }
+    }
+
+    /// The stop a call makes before executing the instruction at `pc`, if
+    /// it is a host-call slot or a breakpoint (the stepping path checks
+    /// before each step: a step onto a `Z0` stops without executing).
+    fn runtime_stop(&self, pc: u64, instructions: Option<u64>) -> Option<Outcome> {
+        if self.host_calls.contains(&pc) {
+            Some(Outcome::HostCall { pc, instructions })
+        } else if self.breakpoints.contains(&pc) {
+            Some(Outcome::Breakpoint { pc, instructions })
+        } else {
+            None
+        }
+    }
+
+    /// Replace the set of runtime `Z0` breakpoints in `which` by `addrs`.
+    fn replace_breakpoints(&mut self, host_calls: bool, addrs: &[u64]) -> Result<(), EngineError> {
+        self.alive()?;
+        let old = if host_calls { std::mem::take(&mut self.host_calls) } else { std::mem::take(&mut self.breakpoints) };
+        let others: Vec<u64> = if host_calls { self.breakpoints.clone() } else { self.host_calls.clone() };
+        let keep = |a: &u64| others.contains(a) || self.syscall_traps.contains(a);
+        let lift: Vec<u64> = old.iter().copied().filter(|a| !addrs.contains(a) && !keep(a)).collect();
+        let plant: Vec<u64> = addrs.iter().copied().filter(|a| !old.contains(a) && !keep(a)).collect();
+        for a in lift {
+            let r = self.client.remove_breakpoint(a, 4);
+            self.poison(r)?;
+        }
+        for a in plant {
+            if a % 4 != 0 {
+                return Err(self.err(format!("breakpoint address {a:#x} is not instruction aligned")));
+            }
+            let r = self.client.insert_breakpoint(a, 4);
+            self.poison(r)?;
+        }
+        let mut new = addrs.to_vec();
+        new.sort_unstable();
+        new.dedup();
+        if host_calls {
+            self.host_calls = new;
+        } else {
+            self.breakpoints = new;
+        }
+        Ok(())
     }
 
     fn describe_access(&mut self, pc: u64, op: MemOp) -> Result<MemAccess, EngineError> {
@@ -1758,6 +1816,7 @@ impl Engine for QemuAlphaEngine {
             r[regnum::PC] = entry;
         }
         self.dirty = true;
+        self.call_stack_top = stack_top;
         let out = self.run_call(budget, stack_top)?;
         if let Outcome::Fault { pc, .. } | Outcome::Trap { pc, .. } | Outcome::BudgetExhausted { pc, .. } = out {
             self.last_pc = pc;
@@ -1775,6 +1834,38 @@ impl Engine for QemuAlphaEngine {
 
     fn take_trace(&mut self) -> Vec<MemAccess> {
         std::mem::take(&mut self.trace)
+    }
+
+    fn set_host_calls(&mut self, addrs: &[u64]) -> Result<(), EngineError> {
+        self.replace_breakpoints(true, addrs)
+    }
+
+    fn set_breakpoints(&mut self, addrs: &[u64]) -> Result<(), EngineError> {
+        self.replace_breakpoints(false, addrs)
+    }
+
+    fn resume(&mut self, budget: u64) -> Result<Outcome, EngineError> {
+        self.alive()?;
+        let pc = self.raw_reg(regnum::PC)?;
+        let mut budget = budget;
+        // A `Z0` at the pc would stop again before the instruction: lift
+        // it for one step (as a debugger steps off a breakpoint).
+        if self.runtime_stop(pc, None).is_some() && budget > 0 {
+            let r = self.client.remove_breakpoint(pc, 4);
+            self.poison(r)?;
+            let stop = self.step_once(pc);
+            let r = self.client.insert_breakpoint(pc, 4);
+            self.poison(r)?;
+            match stop? {
+                StopReply::Signal { signal: gdb_signal::SIGTRAP, .. } => budget -= 1,
+                other => return self.classify(other, Some(0)),
+            }
+        }
+        let out = self.run_call(budget, self.call_stack_top)?;
+        if let Outcome::Fault { pc, .. } | Outcome::Trap { pc, .. } | Outcome::BudgetExhausted { pc, .. } = out {
+            self.last_pc = pc;
+        }
+        Ok(out)
     }
 }
 

@@ -109,6 +109,20 @@ pub struct Lowcore {
 pub struct RtAbiError(pub String);
 
 impl RtAbi {
+    /// The tree's value of error number `name` (`EAGAIN`), positive.
+    pub fn errno(&self, name: &str) -> Option<i64> {
+        self.records.get(&format!("errno_{name}")).map(|&v| v as i64)
+    }
+
+    /// The name of positive error number `value` in this tree, if the
+    /// probe recorded it.
+    pub fn errno_name(&self, value: i64) -> Option<&str> {
+        self.records
+            .iter()
+            .find(|(k, &v)| k.starts_with("errno_") && v as i64 == value)
+            .map(|(k, _)| &k["errno_".len()..])
+    }
+
     pub fn from_records(records: &BTreeMap<String, u64>) -> Result<RtAbi, RtAbiError> {
         let get = |k: &str| records.get(k).copied();
         let need = |k: &str| get(k).ok_or_else(|| RtAbiError(format!("record `{k}` is missing")));
