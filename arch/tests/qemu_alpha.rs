@@ -597,3 +597,47 @@ fn writes_are_traced_by_stepping_without_shared_memory() {
     e.read(cell, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), 0x1_0000_0008);
 }
+
+/// A function that calls a host-call slot (its address in `$16`) and
+/// then executes a WARN site: the engine reports the host call, then the
+/// breakpoint the host's return lands on, and resumes off it.
+///
+/// ```text
+///  0: lda sp,-16(sp)   4: stq ra,0(sp)   8: mov a0,t12   c: jsr ra,(t12)
+/// 10: lda v0,42        14: ldq ra,0(sp)  18: lda sp,16(sp) 1c: ret
+/// ```
+#[test]
+fn host_call_then_breakpoint_then_resume() {
+    let Some(mut e) = engine() else { return };
+    const CODE: u64 = 0x10_0000_0000;
+    let slot = CODE + 0x1000;
+    e.map(CODE, 0x2000, Perms::RX).unwrap();
+    let code = [0x23de_fff0, 0xb75e_0000, 0x47f0_041b, 0x6b5b_4000, 0x201f_002a, 0xa75e_0000, 0x23de_0010, 0x6bfa_8001];
+    e.write(CODE, &words(&code)).unwrap();
+    e.write(slot, &words(&[0x80])).unwrap(); // call_pal bpt: never reached
+    e.set_host_calls(&[slot]).unwrap();
+    e.set_breakpoints(&[CODE + 0x10]).unwrap();
+    match e.call(CODE, &[slot], STACK, 10_000).unwrap() {
+        Outcome::HostCall { pc, .. } => assert_eq!(pc, slot),
+        o => panic!("{o:?}"),
+    }
+    // The host "implements" the function: return to $26.
+    let ra = e.reg(Reg::ReturnAddress).unwrap();
+    assert_eq!(ra, CODE + 0x10);
+    e.set_reg(Reg::Pc, ra).unwrap();
+    // Returning onto the breakpoint reports it (it was not the stop).
+    match e.resume(10_000).unwrap() {
+        Outcome::Breakpoint { pc, .. } => assert_eq!(pc, CODE + 0x10),
+        o => panic!("{o:?}"),
+    }
+    // Resuming from the breakpoint it stopped at executes the instruction.
+    match e.resume(10_000).unwrap() {
+        Outcome::Returned { value, .. } => assert_eq!(value, 42),
+        o => panic!("{o:?}"),
+    }
+    // With the slots and breakpoints cleared, the same call runs into the
+    // slot's `call_pal bpt`.
+    e.set_host_calls(&[]).unwrap();
+    e.set_breakpoints(&[]).unwrap();
+    assert!(matches!(e.call(CODE, &[slot], STACK, 10_000).unwrap(), Outcome::Trap { .. }));
+}

@@ -670,3 +670,42 @@ fn kernel_like_high_addresses_work_on_64_bit_arches() {
         );
     }
 }
+
+/// x86_64: `call slot; ud2; mov $42,%eax; ret` with a host-call slot and a
+/// breakpoint on the `ud2` (a WARN site).  The host call stops first; the
+/// host's return lands on the breakpoint, which is reported; resuming from
+/// the breakpoint it stopped at runs the `ud2` itself.
+#[test]
+fn host_call_then_breakpoint_then_resume() {
+    let (mut e, _) = setup(Cpu::X86_64);
+    let (entry, slot) = (CODE + 0x100, CODE + 0x800);
+    #[rustfmt::skip]
+    let code = [
+        0xe8, 0xfb, 0x06, 0x00, 0x00, // call CODE+0x800
+        0x0f, 0x0b,                   // ud2
+        0xb8, 0x2a, 0x00, 0x00, 0x00, // mov $42, %eax
+        0xc3,                         // ret
+    ];
+    e.write(entry, &code).unwrap();
+    e.write(slot, &[0xcc]).unwrap(); // int3: never reached
+    e.set_host_calls(&[slot]).unwrap();
+    e.set_breakpoints(&[entry + 5]).unwrap();
+    match e.call(entry, &[], STACK_TOP, BUDGET).unwrap() {
+        Outcome::HostCall { pc, instructions } => assert_eq!((pc, instructions), (slot, Some(1))),
+        o => panic!("{o:?}"),
+    }
+    // The host returns: pop the return address.
+    let sp = e.reg(Reg::Sp).unwrap();
+    let mut ra = [0u8; 8];
+    e.read(sp, &mut ra).unwrap();
+    e.set_reg(Reg::Sp, sp + 8).unwrap();
+    e.set_reg(Reg::Pc, u64::from_le_bytes(ra)).unwrap();
+    match e.resume(BUDGET).unwrap() {
+        Outcome::Breakpoint { pc, instructions } => assert_eq!((pc, instructions), (entry + 5, Some(0))),
+        o => panic!("{o:?}"),
+    }
+    // Not moved past: the ud2 runs (the runtime moves past it instead).
+    assert!(matches!(e.resume(BUDGET).unwrap(), Outcome::Trap { pc, .. } if pc == entry + 5));
+    e.set_reg(Reg::Pc, entry + 7).unwrap();
+    assert!(matches!(e.resume(BUDGET).unwrap(), Outcome::Returned { value: 42, .. }));
+}

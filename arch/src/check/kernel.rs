@@ -786,6 +786,7 @@ impl Bed<'_> {
                 variant: self.variant.name.into(),
                 reason: format!("{}: {e}", obj.name),
             })?;
+        tracing::debug!(object = %obj.name, sites = sites.len(), "WARN/BUG sites from __bug_table");
         let rt = self.kernel.as_mut().expect("kernel mode");
         for s in sites {
             rt.bugs.insert(s.addr, (obj.name.clone(), s));

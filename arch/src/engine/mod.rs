@@ -234,7 +234,9 @@ pub trait Engine {
     /// have moved) for at most `budget` more instructions; it ends as
     /// [`Engine::call`]'s does (returning to the same trampoline).  A
     /// breakpoint at the pc resumed from is not reported again before the
-    /// instruction there executes.
+    /// instruction there executes if the call stopped at that breakpoint;
+    /// one the pc reaches otherwise (a host call returning onto a WARN's
+    /// `ud2`) is reported.
     fn resume(&mut self, _budget: u64) -> Result<Outcome, EngineError> {
         Err(EngineError::Engine { engine: self.name(), reason: "resuming a call is not supported".into() })
     }

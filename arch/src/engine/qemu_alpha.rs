@@ -784,6 +784,8 @@ pub struct QemuAlphaEngine {
     breakpoints: Vec<u64>,
     /// The stack of the call in progress (for [`Engine::resume`]).
     call_stack_top: u64,
+    /// The breakpoint the call last stopped at, to step off on resume.
+    last_breakpoint: Option<u64>,
 }
 
 impl QemuAlphaEngine {
@@ -856,6 +858,7 @@ impl QemuAlphaEngine {
             host_calls: Vec::new(),
             breakpoints: Vec::new(),
             call_stack_top: HARNESS_STACK_TOP,
+            last_breakpoint: None,
         };
         let pc = e.raw_reg(regnum::PC)?;
         if pc != HARNESS_ENTRY {
@@ -1512,6 +1515,14 @@ impl QemuAlphaEngine {
         }
     }
 
+    /// Remember a runtime stop's pc, so that resume steps off it.
+    fn note_stop(&mut self, out: &Outcome) {
+        self.last_breakpoint = match *out {
+            Outcome::HostCall { pc, .. } | Outcome::Breakpoint { pc, .. } => Some(pc),
+            _ => None,
+        };
+    }
+
     /// Replace the set of runtime `Z0` breakpoints in `which` by `addrs`.
     fn replace_breakpoints(&mut self, host_calls: bool, addrs: &[u64]) -> Result<(), EngineError> {
         self.alive()?;
@@ -1817,7 +1828,9 @@ impl Engine for QemuAlphaEngine {
         }
         self.dirty = true;
         self.call_stack_top = stack_top;
+        self.last_breakpoint = None;
         let out = self.run_call(budget, stack_top)?;
+        self.note_stop(&out);
         if let Outcome::Fault { pc, .. } | Outcome::Trap { pc, .. } | Outcome::BudgetExhausted { pc, .. } = out {
             self.last_pc = pc;
         }
@@ -1848,9 +1861,10 @@ impl Engine for QemuAlphaEngine {
         self.alive()?;
         let pc = self.raw_reg(regnum::PC)?;
         let mut budget = budget;
-        // A `Z0` at the pc would stop again before the instruction: lift
-        // it for one step (as a debugger steps off a breakpoint).
-        if self.runtime_stop(pc, None).is_some() && budget > 0 {
+        // A `Z0` the call stopped at would stop it again before the
+        // instruction: lift it for one step (as a debugger steps off a
+        // breakpoint).
+        if self.last_breakpoint.take() == Some(pc) && budget > 0 {
             let r = self.client.remove_breakpoint(pc, 4);
             self.poison(r)?;
             let stop = self.step_once(pc);
@@ -1862,6 +1876,7 @@ impl Engine for QemuAlphaEngine {
             }
         }
         let out = self.run_call(budget, self.call_stack_top)?;
+        self.note_stop(&out);
         if let Outcome::Fault { pc, .. } | Outcome::Trap { pc, .. } | Outcome::BudgetExhausted { pc, .. } = out {
             self.last_pc = pc;
         }

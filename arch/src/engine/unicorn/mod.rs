@@ -279,8 +279,11 @@ struct State {
     host_calls: std::collections::HashSet<u64>,
     host_range: (u64, u64),
     breakpoints: std::collections::HashSet<u64>,
-    /// A breakpoint at the pc a `resume` starts from is not reported again.
+    /// A breakpoint at the pc a `resume` starts from is not reported again
+    /// if the call stopped there (`last_breakpoint`); one reached by
+    /// returning from a host call is.
     skip_breakpoint: Option<u64>,
+    last_breakpoint: Option<u64>,
 }
 
 impl State {
@@ -860,13 +863,15 @@ impl Engine for UnicornEngine {
             }
         }
         self.set_reg(Reg::Sp, sp)?;
-        self.uc.get_data_mut().skip_breakpoint = None;
+        let st = self.uc.get_data_mut();
+        (st.skip_breakpoint, st.last_breakpoint) = (None, None);
         self.run_from(entry, budget)
     }
 
     fn resume(&mut self, budget: u64) -> Result<Outcome, EngineError> {
         let pc = self.reg(Reg::Pc)?;
-        self.uc.get_data_mut().skip_breakpoint = Some(pc);
+        let st = self.uc.get_data_mut();
+        st.skip_breakpoint = st.last_breakpoint.take().filter(|&b| b == pc);
         self.run_from(pc, budget)
     }
 
@@ -988,6 +993,7 @@ impl UnicornEngine {
             }
             Some(Stop::Breakpoint { pc }) => {
                 self.set_reg(Reg::Pc, pc)?;
+                self.uc.get_data_mut().last_breakpoint = Some(pc);
                 Outcome::Breakpoint { pc, instructions: Some(executed) }
             }
             Some(Stop::StrayHostPage { pc }) => Outcome::Trap {
