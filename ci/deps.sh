@@ -4,6 +4,8 @@
 #   ci/deps.sh            build + run: cmake, clang/libclang (Unicorn's vendored
 #                         build and bindgen), pkg-config, qemu-user (qemu-alpha)
 #   ci/deps.sh --cross    also the cross compilers fixtures/build uses
+#   ci/deps.sh --kbuild   the cross compilers and what a kernel tree's Kbuild
+#                         needs (percpu-bed kbuild, ci/kernel.sh)
 #
 # As root it installs what is missing with apt-get; otherwise it uses sudo
 # when that works without a password, and if neither is possible it prints
@@ -11,9 +13,12 @@
 set -euo pipefail
 
 pkgs=(cmake clang libclang-dev pkg-config qemu-user binutils-multiarch xz-utils)
-if [[ "${1:-}" == "--cross" ]]; then
+if [[ "${1:-}" == "--cross" || "${1:-}" == "--kbuild" ]]; then
   pkgs+=(gcc-aarch64-linux-gnu gcc-sparc64-linux-gnu gcc-alpha-linux-gnu
          gcc-s390x-linux-gnu gcc-riscv64-linux-gnu)
+fi
+if [[ "${1:-}" == "--kbuild" ]]; then
+  pkgs+=(gcc make flex bison bc libelf-dev libssl-dev python3 rsync kmod)
 fi
 
 missing=()
