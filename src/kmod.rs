@@ -51,6 +51,18 @@ pub fn vermagic(bytes: &[u8]) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// The one arch variant real modules of this tree run on, where the arch
+/// has several: the code is compiled for one percpu model (x86_64's
+/// zero-based offsets until 6.15, %gs-relative from 6.15; arm64 EL1).
+pub fn variant_for(arch: &str, abi: &RtAbi) -> Option<&'static str> {
+    match arch {
+        "x86_64" if abi.version() >= (6, 15) => Some("relative"),
+        "x86_64" => Some("zero-based"),
+        "arm64" => Some("el1"),
+        _ => None,
+    }
+}
+
 /// Where the runtime ABI of real modules comes from.
 pub struct RuntimeSource {
     pub abi: RtAbi,

@@ -154,13 +154,7 @@ pub fn run(args: Args) -> Result<u8> {
 /// TPIDR_EL1 until the kernel patches their alternatives, which percpu-bed
 /// does not apply, so they run at EL1.
 fn real_module_variant(scenario: Scenario, asked: Option<&str>, abi: &percpu_arch::runtime::RtAbi) -> Result<Scenario> {
-    let want = match scenario.isa.name() {
-        "x86_64" if abi.version() >= (6, 15) => Some("relative"),
-        "x86_64" => Some("zero-based"),
-        "arm64" => Some("el1"),
-        _ => None,
-    };
-    let Some(want) = want else { return Ok(scenario) };
+    let Some(want) = kmod::variant_for(scenario.isa.name(), abi) else { return Ok(scenario) };
     if let Some(a) = asked {
         if a != want {
             bail!(

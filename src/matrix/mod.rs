@@ -304,6 +304,14 @@ impl JobObjects for ObjectCache {
 fn execute(job: &Job, objects: &impl JobObjects) -> anyhow::Result<ScenarioReport> {
     let scenario = job.scenario()?;
     let loaded = job.objects.iter().map(|p| objects.object(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(dir) = &job.kbuild {
+        let rt = crate::kmod::runtime_abi(Some(dir), &job.objects)?;
+        let pairs: Vec<(std::path::PathBuf, &crate::scenario::Object)> =
+            job.objects.iter().cloned().zip(loaded.iter().map(|o| o.as_ref())).collect();
+        let expects = crate::kmod::expectations(&pairs, &rt.abi)?;
+        let modules: Vec<(&str, &[u8])> = loaded.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
+        return Ok(check::run_kernel_modules(&scenario, &rt.abi, &modules, &expects)?);
+    }
     let (kernel, modules) = loaded.split_first().expect("a job has a kernel image");
     let modules: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
     Ok(check::run(&scenario, (&kernel.name, &kernel.bytes), &modules)?)

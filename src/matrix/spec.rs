@@ -68,6 +68,16 @@ pub struct FixtureSet {
     /// `kernel.o` and modules.  Relative paths are relative to the matrix
     /// file.  Default: the shipped fixtures.
     pub dir: Option<PathBuf>,
+    /// Real kernel modules instead of fixtures: a `percpu-bed kbuild -o`
+    /// directory (one subdirectory per target with its `.ko` files,
+    /// expectation files and manifest), run on the kernel runtime.
+    /// Relative to the matrix file.  Jobs an arch's build cannot take (no
+    /// modules built for it, another variant, more CPUs than its
+    /// NR_CPUS) are skipped with the reason.
+    pub kbuild: Option<PathBuf>,
+    /// Arches (`arch` or `arch/variant`) this set runs on; default all.
+    /// Others get no row for it.
+    pub only: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,8 +146,13 @@ pub struct Job {
     pub placement: ModulePlacement,
     pub run_on: RunOn,
     pub budget: u64,
-    /// The kernel image first, then the modules.
+    /// The kernel image first, then the modules (real modules only, for
+    /// a `kbuild` set).
     pub objects: Vec<PathBuf>,
+    /// A `kbuild` set's target directory (its manifest has the runtime
+    /// ABI): the objects are real kernel modules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kbuild: Option<PathBuf>,
     /// Latent planted bugs: pattern -> reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub latent: BTreeMap<String, String>,
@@ -196,7 +211,7 @@ impl Plan {
             return Err(invalid("no [[config]] entries".into()));
         }
         let sets = if file.fixture_sets.is_empty() {
-            vec![FixtureSet { name: "all".into(), objects: Vec::new(), dir: None }]
+            vec![FixtureSet { name: "all".into(), objects: Vec::new(), dir: None, kbuild: None, only: None }]
         } else {
             file.fixture_sets.clone()
         };
@@ -222,6 +237,14 @@ impl Plan {
         }
         let arch_names: Vec<String> = variants.iter().map(|(a, v)| format!("{}/{}", a.name(), v.name)).collect();
         let names_arch = |pat: &str| arch_names.iter().any(|n| n == pat || n.split('/').next() == Some(pat));
+
+        for set in &sets {
+            for pat in set.only.iter().flatten() {
+                if !names_arch(pat) {
+                    return Err(invalid(format!("fixture set `{}`: `{pat}` names no arch or arch/variant of this matrix", set.name)));
+                }
+            }
+        }
 
         // Configurations.
         for c in &file.configs {
@@ -257,8 +280,17 @@ impl Plan {
         for (adapter, variant) in &variants {
             let arch_variant = format!("{}/{}", adapter.name(), variant.name);
             for set in &sets {
+                if set.only.as_ref().is_some_and(|o| !o.iter().any(|p| *p == arch_variant || p == adapter.name())) {
+                    continue;
+                }
                 let row = if several_sets { format!("{arch_variant}/{}", set.name) } else { arch_variant.clone() };
-                let objects = set_objects(set, variant.fixture_dir, path, fixtures_dir).map_err(&invalid)?;
+                let (objects, kbuild, nr_cpus, set_skip) = match &set.kbuild {
+                    None => (set_objects(set, variant.fixture_dir, path, fixtures_dir).map_err(&invalid)?, None, None, None),
+                    Some(_) => {
+                        let k = kbuild_objects(set, adapter.name(), variant.name, path).map_err(&invalid)?;
+                        (k.objects, k.dir, k.nr_cpus, k.skip)
+                    }
+                };
                 for c in &file.configs {
                     let applies = |pat: &String| *pat == arch_variant || *pat == adapter.name();
                     if c.only.as_ref().is_some_and(|only| !only.iter().any(applies)) {
@@ -274,7 +306,16 @@ impl Plan {
                         PlacementChoice::Near => ModulePlacement::Near,
                         PlacementChoice::Far => ModulePlacement::Far,
                     };
-                    let skipped = c.skip.iter().find(|(pat, _)| applies(pat)).map(|(_, reason)| reason.clone());
+                    let too_many = nr_cpus.filter(|&n| cpus.iter().any(|c| c >= n)).map(|n| {
+                        format!("the tree's {} build has NR_CPUS={n}; this config needs cpu {}", adapter.name(), cpus.iter().last().unwrap_or(0))
+                    });
+                    let skipped = c
+                        .skip
+                        .iter()
+                        .find(|(pat, _)| applies(pat))
+                        .map(|(_, reason)| reason.clone())
+                        .or_else(|| set_skip.clone())
+                        .or(too_many);
                     jobs.push(Job {
                         id: format!("{row}:{}", c.name),
                         row: row.clone(),
@@ -288,6 +329,7 @@ impl Plan {
                         run_on: c.sample_cpus.map_or(RunOn::All, RunOn::Sample),
                         budget: c.budget.unwrap_or(percpu_arch::check::DEFAULT_BUDGET),
                         objects: objects.clone(),
+                        kbuild: kbuild.clone(),
                         latent: c.latent.clone(),
                         skipped,
                     });
@@ -368,6 +410,54 @@ fn set_objects(set: &FixtureSet, fixture_dir: &str, matrix: &Path, shipped: &Pat
         return Err(format!("fixture set `{}`: no object in {} matches {:?}", set.name, dir.display(), set.objects));
     }
     Ok(picked)
+}
+
+/// A `kbuild` set's modules for one arch variant, or why it has none.
+struct KbuildObjects {
+    objects: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+    nr_cpus: Option<u32>,
+    skip: Option<String>,
+}
+
+fn kbuild_objects(set: &FixtureSet, arch: &str, variant: &str, matrix: &Path) -> Result<KbuildObjects, String> {
+    let root = set.kbuild.as_ref().expect("a kbuild set");
+    let root = if root.is_relative() { matrix.parent().unwrap_or(Path::new(".")).join(root) } else { root.clone() };
+    let fail = |m: String| format!("fixture set `{}`: {m}", set.name);
+    if set.dir.is_some() {
+        return Err(fail("give `dir` (fixtures) or `kbuild` (real modules), not both".into()));
+    }
+    if !root.is_dir() {
+        return Err(fail(format!("{} is not a directory: build it with `percpu-bed kbuild -o {}`", root.display(), root.display())));
+    }
+    let skip = |reason: String| Ok(KbuildObjects { objects: Vec::new(), dir: None, nr_cpus: None, skip: Some(reason) });
+    let Some(target) = crate::kbuild::target::lookup(arch) else {
+        return skip(format!("kbuild has no target for {arch}"));
+    };
+    let dir = root.join(target.name);
+    if !dir.join(crate::kbuild::manifest::MANIFEST_FILE).is_file() {
+        return skip(format!("no modules built for {} in {} (percpu-bed kbuild --arch {})", target.name, root.display(), target.name));
+    }
+    let abi = crate::kmod::runtime_abi(Some(&dir), &[]).map_err(|e| fail(format!("{e:#}")))?.abi;
+    if let Some(want) = crate::kmod::variant_for(arch, &abi) {
+        if want != variant {
+            return skip(format!("real modules of Linux {} are built for {arch}/{want}", abi.kernel_version()));
+        }
+    }
+    let mut objects: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| fail(format!("cannot list {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            set.objects.is_empty() || set.objects.iter().any(|pat| glob_match(pat, &name))
+        })
+        .collect();
+    objects.sort();
+    if objects.is_empty() {
+        return Err(fail(format!("no module in {} matches {:?}", dir.display(), set.objects)));
+    }
+    Ok(KbuildObjects { objects, dir: Some(dir), nr_cpus: Some(abi.nr_cpus), skip: None })
 }
 
 fn glob_match(pattern: &str, text: &str) -> bool {
@@ -514,4 +604,71 @@ mod tests {
             assert!(p.jobs.iter().any(|j| j.arch == *arch), "{arch} is not in the shipped matrix");
         }
     }
+    /// A `percpu-bed kbuild -o` directory with an x86_64 and a sparc32
+    /// target (manifests only; the modules are empty files: planning never
+    /// reads them).
+    fn kbuild_dir(root: &Path) {
+        for (target, bed_arch, nr_cpus) in [("x86_64", "x86_64", 64u64), ("sparc32", "sparc32", 32)] {
+            let d = root.join(target);
+            std::fs::create_dir_all(&d).unwrap();
+            let rtabi = serde_json::json!({
+                "linux_version_code": 0x601c0, "nr_cpus": nr_cpus, "page_size": 4096, "sizeof_long": 8,
+                "sizeof_task_struct": 0x1000, "sizeof_thread_info": 0x20, "ti_cpu": 0x10,
+            });
+            let m = serde_json::json!({
+                "format": 1, "generator": "test", "tree": {}, "target": target, "bed_arch": bed_arch,
+                "kbuild_arch": target, "cross_compile": "", "compiler": "", "defconfig": "",
+                "rtabi": rtabi, "steps": [], "modules": [],
+            });
+            std::fs::write(d.join(crate::kbuild::manifest::MANIFEST_FILE), m.to_string()).unwrap();
+            std::fs::write(d.join("percpu_test.ko"), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn kbuild_sets_run_real_modules_and_skip_what_a_build_cannot_take() {
+        let dir = std::env::temp_dir().join(format!("percpu-bed-kbuild-set-{}", std::process::id()));
+        kbuild_dir(&dir.join("out"));
+        let matrix = dir.join("m.toml");
+        let text = r#"
+            [[arch]]
+            name = "x86_64"
+            [[arch]]
+            name = "sparc32"
+            [[arch]]
+            name = "s390x"
+            [[fixtures]]
+            name = "real"
+            kbuild = "out"
+            [[fixtures]]
+            name = "real-x86"
+            kbuild = "out"
+            only = ["x86_64/zero-based"]
+            [[config]]
+            name = "cpus-4"
+            cpus = 4
+            [[config]]
+            name = "cpus-64"
+            cpus = 64
+        "#;
+        let p = Plan::parse(text, &matrix, &shipped()).unwrap();
+        let job = |id: &str| p.jobs.iter().find(|j| j.id == id).unwrap_or_else(|| panic!("no job {id}"));
+        let ok = job("x86_64/zero-based/real:cpus-4");
+        assert!(ok.skipped.is_none() && ok.kbuild.as_ref().unwrap().ends_with("out/x86_64"));
+        assert!(ok.objects.len() == 1 && ok.objects[0].ends_with("percpu_test.ko"));
+        let why = |id: &str| job(id).skipped.clone().unwrap_or_default();
+        assert!(why("x86_64/relative/real:cpus-4").contains("built for x86_64/zero-based"));
+        assert!(why("sparc32/default/real:cpus-64").contains("NR_CPUS=32"));
+        assert!(job("sparc32/default/real:cpus-4").skipped.is_none());
+        assert!(why("s390x/default/real:cpus-4").contains("no modules built for s390x"));
+        assert!(p.rows.contains(&"x86_64/zero-based/real-x86".to_string()));
+        assert!(!p.rows.iter().any(|r| r.ends_with("relative/real-x86") || r.starts_with("sparc32/default/real-x86")));
+
+        let e = Plan::parse(&text.replace("kbuild = \"out\"", "kbuild = \"missing\""), &matrix, &shipped());
+        assert!(e.unwrap_err().to_string().contains("percpu-bed kbuild -o"));
+        let e = Plan::parse(&text.replace("only = [\"x86_64/zero-based\"]", "only = [\"vax\"]"), &matrix, &shipped());
+        assert!(e.unwrap_err().to_string().contains("`vax` names no arch"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
 }
