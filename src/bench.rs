@@ -14,6 +14,8 @@
 //! bound.  A run that exceeds the time budget stops and is reported as
 //! exceeding it, with the operations it completed.
 
+pub mod kernel;
+
 use std::time::{Duration, Instant};
 
 use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
