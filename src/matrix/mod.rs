@@ -149,6 +149,8 @@ pub struct JobResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct MatrixReport {
     pub file: PathBuf,
+    /// The kernel modelled ("Linux 6.1").
+    pub kernel: String,
     pub rows: Vec<String>,
     pub columns: Vec<String>,
     /// `I/N` when this is one shard of the matrix.
@@ -195,6 +197,7 @@ pub fn run(plan: &Plan, threads: usize, shard: Option<String>) -> MatrixReport {
     }
     MatrixReport {
         file: plan.file.clone(),
+        kernel: plan.kernel.to_string(),
         rows: plan.rows.clone(),
         columns: plan.columns.clone(),
         shard,
