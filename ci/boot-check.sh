@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0-only
 #
-# Boot Debian's 6.1 kernels under QEMU TCG (no initrd: the boot stops long
+# Boot Debian's 6.1 kernels (amd64, arm64, s390x) under QEMU TCG (no initrd: the boot stops long
 # before the root mount is needed) at several -smp/maxcpus/NUMA/
 # percpu_alloc=page configurations and compare every `setup_percpu:`,
 # `percpu:` and `pcpu-alloc:` line of the boot log with what
@@ -17,7 +17,9 @@
 # first boot's own `percpu:` line, which the report then says.
 #
 # Usage: ci/boot-check.sh [--quick] [--only NAME]... [--list]
-#   --quick   four boots (about 1-3 minutes under TCG), what .ci/run runs
+#   --quick   four boots (about 1-3 minutes under TCG), what .ci/run runs;
+#             the full set adds 11 more (amd64, arm64, s390x with
+#             qemu-system-misc)
 # Environment:
 #   BOOT_CACHE=DIR   downloads and logs (default ~/.cache/percpu-bed/boot,
 #                    outside the checkout)
@@ -59,6 +61,8 @@ CONFIGS=(
 	"arm64-smp4        arm64 4 4 -        -               embed -"
 	"arm64-numa-2x1G   arm64 4 4 1024,1024 0,0,1,1        embed -"
 	"arm64-smp9-gicv3  arm64 9 9 -        -               embed -"
+	"s390x-smp2        s390x 2 2 -        -               embed -"
+	"s390x-smp5        s390x 5 5 -        -               embed -"
 )
 
 selected() {
@@ -86,6 +90,14 @@ SUDO=
 need_pkgs=()
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
 command -v qemu-system-aarch64 >/dev/null || need_pkgs+=(qemu-system-arm)
+want_s390x=0
+for c in "${CONFIGS[@]}"; do
+	set -- $c
+	[ "$2" = s390x ] && selected "$1" "$8" && want_s390x=1
+done
+if [ $want_s390x = 1 ]; then
+	command -v qemu-system-s390x >/dev/null || need_pkgs+=(qemu-system-misc)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	if [ -n "$SUDO" ] && ! sudo -n true 2>/dev/null; then
 		echo "boot-check: needs ${need_pkgs[*]}: sudo apt-get install -y ${need_pkgs[*]}" >&2
@@ -93,10 +105,14 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 	fi
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-if ! dpkg --print-foreign-architectures | grep -qx arm64 && [ "$(dpkg --print-architecture)" != arm64 ]; then
-	$SUDO dpkg --add-architecture arm64
-	$SUDO apt-get update -qq
-fi
+need_update=0
+for fa in arm64 $([ $want_s390x = 1 ] && echo s390x); do
+	if ! dpkg --print-foreign-architectures | grep -qx $fa && [ "$(dpkg --print-architecture)" != $fa ]; then
+		$SUDO dpkg --add-architecture $fa
+		need_update=1
+	fi
+done
+[ $need_update = 0 ] || $SUDO apt-get update -qq
 
 BED=${BED:-$ROOT/target/release/percpu-bed}
 if [ "${BED}" = "$ROOT/target/release/percpu-bed" ]; then
@@ -196,6 +212,11 @@ boot() {
 		args+=(-machine "virt$gic" -cpu cortex-a57 -m "${total}M" -smp "$smp")
 		append="$append console=ttyAMA0"
 		;;
+	s390x)
+		# the SCLP console is what -serial connects to
+		qemu=qemu-system-s390x
+		args+=(-machine s390-ccw-virtio,accel=tcg -m "${total}M" -smp "$smp")
+		;;
 	esac
 	rm -f "$log"
 	"$qemu" "${args[@]}" -kernel "$kernel" -append "$append" -display none -serial "file:$log" \
@@ -237,8 +258,7 @@ for c in "${CONFIGS[@]}"; do
 	boot "$name" "$a" "$smp" "$max" "$mem" "$cpunodes" "$alloc"
 	log=$CACHE/logs/$name.log
 	real=$(percpu_lines <"$log")
-	arch=x86_64
-	[ "$a" = arm64 ] && arch=arm64
+	case $a in amd64) arch=x86_64 ;; *) arch=$a ;; esac
 	opts=(--kernel 6.1 --arch "$arch" --cpus "$max" --percpu-alloc "$alloc")
 	if [ "$cpunodes" != - ]; then
 		opts+=(--cpu-nodes "$cpunodes" --node-mem "$(echo "$mem" | sed 's/\([0-9][0-9]*\)/\1M/g')")
