@@ -16,6 +16,7 @@
 
 pub mod kernel;
 
+use percpu_core::KernelProfile;
 use std::time::{Duration, Instant};
 
 use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
@@ -59,6 +60,8 @@ pub struct BenchOptions {
     pub budget: Duration,
     /// Objects for the utilisation workload.
     pub utilisation_objects: usize,
+    /// The kernel whose percpu geometry the bitmap allocator models.
+    pub kernel: KernelProfile,
 }
 
 impl BenchOptions {
@@ -68,6 +71,7 @@ impl BenchOptions {
             sizes: vec![4, 16, 64, 256, 1024],
             budget: Duration::from_secs(60),
             utilisation_objects: 1 << 18,
+            kernel: KernelProfile::default(),
         }
     }
     /// A scaled-down run (2^16 objects) that finishes in well under 30 s.
@@ -77,6 +81,7 @@ impl BenchOptions {
             sizes: vec![4, 16, 64, 256, 1024],
             budget: Duration::from_secs(2),
             utilisation_objects: 1 << 15,
+            kernel: KernelProfile::default(),
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct EmulationRow {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    /// The kernel modelled ("Linux 6.1").
+    pub kernel: String,
     pub objects: usize,
     pub rows: Vec<BenchRow>,
     pub utilisation: Vec<UtilisationRow>,
@@ -152,13 +159,19 @@ pub struct BenchReport {
 /// The benchmark geometry: an x86_64-like setup (4 KiB pages, 2 MiB atoms,
 /// 4 CPUs) whose unit size is what a 4-CPU x86_64 kernel gets.
 pub fn bench_config() -> PercpuConfig {
-    let mut cfg = PercpuConfig::generic(AddressSpace::generic64(), Topology::uma(CpuSet::first_n(4)), 0x2c000);
+    bench_config_for(&KernelProfile::default())
+}
+
+/// [`bench_config`] with the constants of `kernel`.
+pub fn bench_config_for(kernel: &KernelProfile) -> PercpuConfig {
+    let mut cfg =
+        PercpuConfig::generic_for(kernel, AddressSpace::generic64(), Topology::uma(CpuSet::first_n(4)), 0x2c000);
     cfg.atom_size = 2 << 20;
     cfg
 }
 
-fn make(name: &str) -> Box<dyn PercpuAllocator> {
-    let bitmap = Percpu::new(bench_config()).expect("bench geometry is valid");
+fn make(name: &str, kernel: &KernelProfile) -> Box<dyn PercpuAllocator> {
+    let bitmap = Percpu::new(bench_config_for(kernel)).expect("bench geometry is valid");
     match name {
         "bitmap" => Box::new(bitmap),
         "areamap" => Box::new(
@@ -253,7 +266,7 @@ fn objects_workload(
 }
 
 fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts: &BenchOptions) -> BenchRow {
-    let mut a = make(name);
+    let mut a = make(name, &opts.kernel);
     let n = opts.objects;
     let ph = objects_workload(a.as_mut(), size, align, pattern, n, opts.budget, Phase::End);
     let chunks = a.footprint().nr_chunks;
@@ -306,7 +319,7 @@ fn random_free_half(a: &mut dyn PercpuAllocator, mut live: Vec<PcpuPtr>, rng: &m
 /// Random-size workload for utilisation and metadata overhead.
 fn utilisation(name: &'static str, opts: &BenchOptions) -> Vec<UtilisationRow> {
     let mut rng = utilisation_rng();
-    let mut a = make(name);
+    let mut a = make(name, &opts.kernel);
     let row = |a: &dyn PercpuAllocator, workload: &'static str| {
         let f = a.footprint();
         UtilisationRow {
@@ -422,13 +435,13 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> BenchReport {
         util.extend(utilisation(name, opts));
     }
     progress("emulated checks");
-    let emulation = emulation();
+    let emulation = emulation(&opts.kernel);
     let targets = targets(&rows, &util);
-    BenchReport { objects: opts.objects, rows, utilisation: util, emulation, targets }
+    BenchReport { kernel: opts.kernel.to_string(), objects: opts.objects, rows, utilisation: util, emulation, targets }
 }
 
 /// One scenario as a benchmark row.
-fn emulation_row(arch: &'static str, cpus: u32, only: Option<&str>) -> EmulationRow {
+fn emulation_row(arch: &'static str, cpus: u32, only: Option<&str>, kernel: &KernelProfile) -> EmulationRow {
     use percpu_arch::check::{self, Scenario};
     let mut row = EmulationRow {
         arch,
@@ -443,7 +456,7 @@ fn emulation_row(arch: &'static str, cpus: u32, only: Option<&str>) -> Emulation
         error: None,
     };
     let result = (|| -> anyhow::Result<check::ScenarioReport> {
-        let mut sc = Scenario::new(arch, None, percpu_core::CpuSet::first_n(cpus))?;
+        let mut sc = Scenario::for_kernel(arch, None, percpu_core::CpuSet::first_n(cpus), kernel.clone())?;
         row.variant = sc.variant.name;
         if let Some(o) = only {
             sc = sc.only(&[o]);
@@ -468,11 +481,11 @@ fn emulation_row(arch: &'static str, cpus: u32, only: Option<&str>) -> Emulation
 
 /// Emulated checks per second per arch (shipped fixtures at 4 CPUs), and
 /// how the cost grows with CPUs (x86_64 `percpu_test.o` at 4, 64, 4096).
-fn emulation() -> Vec<EmulationRow> {
+fn emulation(kernel: &KernelProfile) -> Vec<EmulationRow> {
     let mut rows: Vec<EmulationRow> =
-        percpu_arch::isa::all().iter().map(|isa| emulation_row(isa.name(), 4, None)).collect();
+        percpu_arch::isa::all().iter().map(|isa| emulation_row(isa.name(), 4, None, kernel)).collect();
     for cpus in [4, 64, 4096] {
-        rows.push(emulation_row("x86_64", cpus, Some("percpu_test.o")));
+        rows.push(emulation_row("x86_64", cpus, Some("percpu_test.o"), kernel));
     }
     rows
 }
@@ -547,8 +560,8 @@ impl std::fmt::Display for BenchReport {
         let ms = |v: f64, projected: bool| if projected { format!("~{v:.0}*") } else { format!("{v:.0}") };
         writeln!(
             f,
-            "Seed 002 workloads, {} objects each (worst case over in-order, alternating, reverse):",
-            self.objects
+            "Seed 002 workloads on the {} percpu geometry, {} objects each (worst case over in-order, alternating, reverse):",
+            self.kernel, self.objects
         )?;
         for (title, pat) in [("", false), (" -- second half filled, freed in order", true)] {
             for name in ALLOCATORS {

@@ -63,6 +63,26 @@ pub fn variant_for(arch: &str, abi: &RtAbi) -> Option<&'static str> {
     }
 }
 
+/// The allocator profile real modules of this tree run with: the tree's
+/// own version (with `asked`'s options where that version has them), so a
+/// 6.1 tree's modules meet 6.1's percpu setup whatever `--kernel` says.
+/// A version percpu-core has no profile for keeps `asked`, with a warning.
+pub fn profile_for(abi: &RtAbi, asked: &percpu_core::KernelProfile) -> percpu_core::KernelProfile {
+    let (major, minor) = abi.version();
+    match percpu_core::KernelProfile::new(major as u32, minor as u32, asked.options) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                "the modules' tree is Linux {}: {e}; modelling the percpu setup of {}.{}",
+                abi.kernel_version(),
+                asked.major,
+                asked.minor
+            );
+            asked.clone()
+        }
+    }
+}
+
 /// Where the runtime ABI of real modules comes from.
 pub struct RuntimeSource {
     pub abi: RtAbi,

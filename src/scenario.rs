@@ -16,6 +16,11 @@ pub fn fixtures_dir() -> PathBuf {
     }
 }
 
+/// `--kernel VERSION[+OPTION...]` as a clap value parser.
+pub fn parse_kernel(spec: &str) -> std::result::Result<percpu_core::KernelProfile, String> {
+    percpu_core::KernelProfile::parse(spec).map_err(|e| e.to_string())
+}
+
 /// The possible mask from `--cpus N` or `--possible MASK` (not both).
 pub fn possible_cpus(cpus: Option<u32>, possible: Option<&str>) -> Result<CpuSet> {
     match (cpus, possible) {
@@ -106,4 +111,46 @@ pub fn kernel_and_modules(
     let kernel = read_object(&kernel_path)?;
     let modules = module_paths.iter().map(|p| read_object(p)).collect::<Result<Vec<_>>>()?;
     Ok((kernel, modules))
+}
+
+/// `__per_cpu_end - __per_cpu_start` from a System.map (`ADDR TYPE NAME`
+/// lines).
+pub fn static_size_from_system_map(path: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let find = |sym: &str| -> Result<u64> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (addr, _ty, name) = (f.next()?, f.next()?, f.next()?);
+                (name == sym).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+            })
+            .next()
+            .with_context(|| format!("{}: no {sym} symbol (not a System.map of an SMP kernel?)", path.display()))
+    };
+    let (start, end) = (find("__per_cpu_start")?, find("__per_cpu_end")?);
+    if end < start {
+        bail!("{}: __per_cpu_end {end:#x} is below __per_cpu_start {start:#x}", path.display());
+    }
+    Ok((end - start) as usize)
+}
+
+/// The static percpu size of a vmlinux: its `__per_cpu_start` and
+/// `__per_cpu_end` symbols, or (a stripped image, such as the one inside a
+/// distribution's bzImage) the size of its `.data..percpu` section, which
+/// the linker script fills with exactly that area.
+pub fn static_size_from_vmlinux(path: &Path) -> Result<usize> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.display().to_string();
+    let elf = percpu_loader::elf::ElfObject::parse(&name, &bytes)?;
+    let sym = |s: &str| elf.symbols.iter().find(|y| y.name == s).map(|y| y.value);
+    if let (Some(start), Some(end)) = (sym("__per_cpu_start"), sym("__per_cpu_end")) {
+        if end < start {
+            bail!("{name}: __per_cpu_end {end:#x} is below __per_cpu_start {start:#x}");
+        }
+        return Ok((end - start) as usize);
+    }
+    let sec = elf
+        .section_by_name(".data..percpu")
+        .with_context(|| format!("{name}: neither __per_cpu_start/__per_cpu_end nor a .data..percpu section"))?;
+    Ok(sec.size as usize)
 }

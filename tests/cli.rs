@@ -144,6 +144,87 @@ fn layout_prints_alloc_info_and_offsets() {
     assert!(out.contains("cpu 7:"), "{out}");
 }
 
+/// The real Debian 6.1 boot lines quoted in issue 11 and
+/// shared/design/kernel-code.md, reproduced from the same inputs.
+#[test]
+fn layout_reproduces_real_6_1_boot_lines() {
+    let lines = |args: &[&str]| -> Vec<String> {
+        let o = bed(args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .filter(|l| l.starts_with("percpu:") || l.starts_with("pcpu-alloc:") || l.starts_with("setup_percpu:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let x86 = lines(&["layout", "--arch", "x86_64", "--cpus", "1", "--static-size", "217088"]);
+    assert_eq!(
+        x86,
+        [
+            "setup_percpu: NR_CPUS:8192 nr_cpumask_bits:1 nr_cpu_ids:1 nr_node_ids:1",
+            "percpu: Embedded 62 pages/cpu s217088 r8192 d28672 u2097152",
+            "pcpu-alloc: s217088 r8192 d28672 u2097152 alloc=1*2097152",
+            "pcpu-alloc: [0] 0 ",
+        ]
+    );
+    let page =
+        lines(&["layout", "--arch", "x86_64", "--cpus", "1", "--static-size", "217088", "--percpu-alloc", "page"]);
+    assert_eq!(page[1], "percpu: 58 4K pages/cpu s217088 r8192 d12288");
+    let arm = lines(&["layout", "--arch", "arm64", "--cpus", "1", "--static-size", "87272", "--percpu-alloc", "page"]);
+    assert_eq!(arm[0], "percpu: 27 4K pages/cpu s87272 r8192 d15128");
+    let arm = lines(&["layout", "--arch", "arm64", "--cpus", "1", "--static-size", "87272"]);
+    assert_eq!(arm[0], "percpu: Embedded 31 pages/cpu s87272 r8192 d31512 u126976");
+    // a later kernel: 20 KiB early size
+    let later = lines(&[
+        "layout",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        "6.15",
+        "--cpus",
+        "1",
+        "--static-size",
+        "217088",
+        "--percpu-alloc",
+        "page",
+    ]);
+    assert_eq!(later[1], "percpu: 60 4K pages/cpu s217088 r8192 d20480");
+}
+
+/// Group base offsets where memblock puts them: a 2x1 GiB x86_64 boot has
+/// its groups at 0x0 and 0x3fe00000 when node 1's top 2 MiB are taken
+/// before setup_per_cpu_areas; a memoryless node's cpus take memory from
+/// the top of all memory; a node whose memory is lower puts its group below
+/// group 0.
+#[test]
+fn layout_places_groups_in_node_memory() {
+    let groups = |args: &[&str]| -> Vec<String> {
+        let o = bed(args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o).lines().filter(|l| l.starts_with("group ")).map(str::to_string).collect()
+    };
+    let base = ["layout", "--arch", "x86_64", "--cpus", "2", "--cpu-nodes", "0,1", "--static-size", "217088"];
+    let g = groups(&[&base[..], &["--node-mem", "1G,1G", "--memblock-reserved", "0x7fe00000-0x7fffffff"]].concat());
+    assert_eq!(
+        g,
+        ["group 0: base_offset 0x0, size 0x200000, node 0", "group 1: base_offset 0x3fe00000, size 0x200000, node 1"]
+    );
+    // node 1 memoryless: its group comes from the top of all memory (node 0)
+    let g = groups(&[&base[..], &["--node-mem", "1G,0"]].concat());
+    assert_eq!(
+        g,
+        ["group 0: base_offset 0x200000, size 0x200000, node 0", "group 1: base_offset 0x0, size 0x200000, node 1"]
+    );
+    // node 0's memory above node 1's: group 1 below group 0
+    let g = groups(&[&base[..], &["--node-mem", "0x40000000-0x7fffffff;0-0x3fffffff"]].concat());
+    assert_eq!(
+        g,
+        ["group 0: base_offset 0x40000000, size 0x200000, node 0", "group 1: base_offset 0x0, size 0x200000, node 1"]
+    );
+    let o = bed(&["layout", "--arch", "x86_64", "--kernel", "5.4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("percpu-bed-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -178,6 +178,35 @@ impl RangeAllocator {
         Some(found)
     }
 
+    /// Highest free `size` bytes aligned to `align` inside `within`
+    /// (memblock's default top-down search limited to one node's range).
+    pub fn alloc_top_down_within(&mut self, size: u64, align: u64, within: Range<u64>) -> Option<u64> {
+        let found = self.free.range(..within.end).rev().find_map(|(&s, &e)| {
+            let (s, e) = (s.max(within.start), e.min(within.end));
+            let start = e.checked_sub(size)? & !(align - 1);
+            (e > s && start >= s).then_some(start)
+        })?;
+        self.reserve(found..found + size);
+        Some(found)
+    }
+
+    /// Take whatever part of `r` is free out of the free ranges (memblock
+    /// reservations may overlap one another or lie outside memory).
+    pub fn reserve_overlapping(&mut self, r: Range<u64>) {
+        if r.start >= r.end {
+            return;
+        }
+        let hits: Vec<(u64, u64)> = self
+            .free
+            .range(..r.end)
+            .filter(|&(_, &e)| e > r.start)
+            .map(|(&s, &e)| (s.max(r.start), e.min(r.end)))
+            .collect();
+        for (s, e) in hits {
+            self.reserve(s..e);
+        }
+    }
+
     /// Highest base such that `base + off .. base + off + size` is free for
     /// every `(off, size)` area: `pcpu_get_vm_areas`' congruent allocation.
     /// `areas` must be sorted by offset and not overlap.
@@ -260,6 +289,22 @@ impl RangeAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_down_within_a_node_and_overlapping_reservations() {
+        let mut r = RangeAllocator::new(0..0x1000_0000);
+        r.reserve_overlapping(0x0f00_0000..0x2000_0000); // past the end: clipped
+        r.reserve_overlapping(0x0e00_0000..0x0e10_0000);
+        r.reserve_overlapping(0x0e08_0000..0x0e20_0000); // overlaps the last one
+        assert!(!r.is_free(0x0e1f_f000..0x0e20_0000));
+        // the highest 2 MiB below 0x0f00_0000, above the reservations
+        assert_eq!(r.alloc_top_down_within(0x20_0000, 0x20_0000, 0..0x0f00_0000), Some(0x0ee0_0000));
+        // 0xe0_0000 bytes no longer fit above the reservations
+        assert_eq!(r.alloc_top_down_within(0xe0_0000, 0x20_0000, 0..0x0f00_0000), Some(0x0d20_0000));
+        // limited to a lower node
+        assert_eq!(r.alloc_top_down_within(0x1000, 0x1000, 0x100_0000..0x200_0000), Some(0x1ff_f000));
+        assert_eq!(r.alloc_top_down_within(0x1000, 0x1000, 0x0f00_0000..0x1000_0000), None);
+    }
 
     #[test]
     fn wrapping_is_in_pointer_width() {

@@ -1,11 +1,12 @@
 //! The first chunk's geometry: `struct pcpu_alloc_info` and
 //! `pcpu_build_alloc_info()` / `pcpu_dump_alloc_info()` of mm/percpu.c.
 //!
-//! Modelled on Linux 5.4 (mm/percpu.c of v5.4.286); the algorithm is
-//! unchanged from 2.6.3x to 6.x.  The constants come from [`crate::consts`]:
-//! note that `PERCPU_DYNAMIC_EARLY_SIZE` there is 20 KiB (v6.2 and later;
-//! v5.4 had 12 KiB), which only matters when the caller asks for less
-//! dynamic space than that.
+//! Modelled on Linux 5.4 (mm/percpu.c of v5.4.286) and checked against
+//! 6.1's; the algorithm is unchanged from 2.6.3x to 6.x.  The one
+//! version-dependent input, `PERCPU_DYNAMIC_EARLY_SIZE` (12 KiB in 6.1,
+//! 20 KiB from 6.2), comes from a [`crate::profile::KernelProfile`] through
+//! [`AllocInfoParams::dyn_early_size`]; it only matters when the caller
+//! asks for less dynamic space than that (the page first chunk asks for 0).
 //!
 //! ```text
 //!  alloc_size (a multiple of atom_size), upa units per allocation
@@ -15,7 +16,7 @@
 
 use serde::Serialize;
 
-use crate::consts::{LOCAL_DISTANCE, PCPU_MIN_UNIT_SIZE, PERCPU_DYNAMIC_EARLY_SIZE};
+use crate::consts::{LOCAL_DISTANCE, PCPU_MIN_UNIT_SIZE};
 use crate::cpus::Topology;
 
 /// `PCPU_MIN_UNIT_SIZE` is `PFN_ALIGN(32 << 10)` in include/linux/percpu.h:
@@ -72,6 +73,9 @@ pub struct AllocInfoParams<'a> {
     /// `true`: the arch passes a `cpu_distance_fn` (here
     /// [`Topology::distance`]); `false`: NULL, every CPU in one group.
     pub use_distance: bool,
+    /// `PERCPU_DYNAMIC_EARLY_SIZE` of the kernel modelled
+    /// ([`crate::profile::KernelProfile::dynamic_early_size`]).
+    pub dyn_early_size: usize,
 }
 
 /// Inputs `pcpu_build_alloc_info` cannot turn into a geometry.  The kernel
@@ -118,7 +122,7 @@ pub fn build_alloc_info(p: &AllocInfoParams) -> Result<AllocInfo, AllocInfoError
     let size_sum = p
         .static_size
         .checked_add(p.reserved_size)
-        .and_then(|s| s.checked_add(p.dyn_size.max(PERCPU_DYNAMIC_EARLY_SIZE)))
+        .and_then(|s| s.checked_add(p.dyn_size.max(p.dyn_early_size)))
         .and_then(|s| checked_roundup(s, p.page_size))
         .ok_or_else(overflow)?;
     let dyn_size = size_sum - p.static_size - p.reserved_size;
@@ -331,6 +335,7 @@ mod tests {
             page_size: page,
             topology,
             use_distance: dist,
+            dyn_early_size: 20 << 10,
         }
     }
 
@@ -395,6 +400,25 @@ mod tests {
         // size_sum = PFN_ALIGN(0x100 + 20K) = 64K; dyn absorbs the rounding.
         assert_eq!(ai.unit_size, 64 << 10);
         assert_eq!(ai.dyn_size, (64 << 10) - 0x100);
+    }
+
+    /// 6.1's `pcpu_page_first_chunk` asks `pcpu_build_alloc_info` for no
+    /// dynamic space, so the first chunk gets PERCPU_DYNAMIC_EARLY_SIZE =
+    /// 12 KiB plus the page rounding.  Real Debian 6.1 boots with
+    /// `percpu_alloc=page` print `percpu: 58 4K pages/cpu s217088 r8192
+    /// d12288` (x86_64) and `27 4K pages/cpu s87272 r8192 d15128` (arm64).
+    #[test]
+    fn page_first_chunk_6_1_matches_boot_logs() {
+        let t = Topology::uma(CpuSet::first_n(2));
+        let early = crate::profile::KernelProfile::parse("6.1").unwrap().dynamic_early_size;
+        for (static_size, dyn_size, pages) in [(217088, 12288, 58), (87272, 15128, 27)] {
+            let mut p = params(&t, static_size, 4096, 4096, false);
+            p.dyn_size = 0;
+            p.dyn_early_size = early;
+            let ai = build_alloc_info(&p).unwrap();
+            assert_eq!(ai.dyn_size, dyn_size);
+            assert_eq!(ai.size_sum() / 4096, pages);
+        }
     }
 
     #[test]

@@ -9,9 +9,11 @@ pub const PCPU_MIN_ALLOC_SIZE: usize = 1 << PCPU_MIN_ALLOC_SHIFT;
 pub const PCPU_MIN_UNIT_SIZE: usize = 32 << 10;
 /// The 2009 allocator's minimum unit size (and its allocation limit).
 pub const PCPU_MIN_UNIT_SIZE_2009: usize = 64 << 10;
-/// Dynamic space the first chunk must offer before the allocator is up.
-pub const PERCPU_DYNAMIC_EARLY_SIZE: usize = 20 << 10;
-/// Reserved (module static percpu) space when modules are configured.
+// `PERCPU_DYNAMIC_EARLY_SIZE` changed between versions (12 KiB in 6.1,
+// 20 KiB from 6.2): it lives in [`crate::profile::KernelProfile`].
+/// Reserved (module static percpu) space when modules are configured, in
+/// 6.1 and in later kernels without `CONFIG_MEM_ALLOC_PROFILING` (see
+/// [`crate::profile::KernelProfile::module_reserve`]).
 pub const PERCPU_MODULE_RESERVE: usize = 8 << 10;
 /// Chunks whose contig hint has at most `2^(SHIFT)` bytes share slot 1.
 pub const PCPU_SLOT_BASE_SHIFT: u32 = 5;
@@ -29,7 +31,9 @@ pub const LOCAL_DISTANCE: u32 = 10;
 pub const REMOTE_DISTANCE: u32 = 20;
 
 /// `PERCPU_DYNAMIC_RESERVE`: the dynamic space generic arches ask for
-/// (28 KiB on 64-bit, 20 KiB on 32-bit kernels).
+/// (28 KiB on 64-bit, 20 KiB on 32-bit kernels; larger with
+/// `CONFIG_RANDOM_KMALLOC_CACHES`, see
+/// [`crate::profile::KernelProfile::dynamic_reserve`]).
 pub const fn percpu_dynamic_reserve(ptr_bits: u32) -> usize {
     if ptr_bits > 32 {
         28 << 10

@@ -135,13 +135,27 @@ pub struct Topology {
     /// Node of each possible CPU, indexed by position in `possible`.
     node_of: Vec<u32>,
     nr_nodes: u32,
+    /// `node_distance(a, b)` (the firmware's SLIT); `None`: LOCAL_DISTANCE
+    /// within a node, REMOTE_DISTANCE across.
+    distances: Option<Vec<Vec<u32>>>,
+}
+
+/// A NUMA distance table that does not fit the topology.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    #[error("distance table row {row} has {len} entries, expected {nodes} (one per node)")]
+    Ragged { row: usize, len: usize, nodes: usize },
+    #[error("distance table covers {table} node(s) but cpus sit on node {node}")]
+    TooSmall { table: usize, node: u32 },
+    #[error("distance table: node {node}'s distance to itself is {value}, not LOCAL_DISTANCE ({})", LOCAL_DISTANCE)]
+    NotLocal { node: usize, value: u32 },
 }
 
 impl Topology {
     /// All possible CPUs on one node.
     pub fn uma(possible: CpuSet) -> Self {
         let node_of = vec![0; possible.len()];
-        Topology { possible, node_of, nr_nodes: 1 }
+        Topology { possible, node_of, nr_nodes: 1, distances: None }
     }
 
     /// Spread possible CPUs over `nr_nodes` nodes in contiguous blocks, the
@@ -151,7 +165,7 @@ impl Topology {
         let n = possible.len().max(1);
         let per = n.div_ceil(nr_nodes as usize);
         let node_of = (0..possible.len()).map(|i| (i / per) as u32).collect();
-        Topology { possible, node_of, nr_nodes }
+        Topology { possible, node_of, nr_nodes, distances: None }
     }
 
     /// Explicit node per possible CPU (in the order of `possible`).
@@ -160,7 +174,43 @@ impl Topology {
             return None;
         }
         let nr_nodes = node_of.iter().copied().max().map_or(1, |m| m + 1);
-        Some(Topology { possible, node_of, nr_nodes })
+        Some(Topology { possible, node_of, nr_nodes, distances: None })
+    }
+
+    /// Use the node distance table `table[from][to]` (square, one row per
+    /// node, LOCAL_DISTANCE on the diagonal); it may name nodes no cpu
+    /// sits on (memory-only nodes), which then count in [`Self::nr_nodes`].
+    pub fn with_distances(mut self, table: Vec<Vec<u32>>) -> Result<Self, TopologyError> {
+        let n = table.len();
+        for (row, r) in table.iter().enumerate() {
+            if r.len() != n {
+                return Err(TopologyError::Ragged { row, len: r.len(), nodes: n });
+            }
+            if r[row] != LOCAL_DISTANCE {
+                return Err(TopologyError::NotLocal { node: row, value: r[row] });
+            }
+        }
+        if let Some(&node) = self.node_of.iter().find(|&&nd| nd as usize >= n) {
+            return Err(TopologyError::TooSmall { table: n, node });
+        }
+        self.nr_nodes = self.nr_nodes.max(n as u32);
+        self.distances = Some(table);
+        Ok(self)
+    }
+
+    /// At least `n` nodes (`nr_node_ids`), e.g. nodes with memory but no cpu.
+    pub fn with_min_nodes(mut self, n: u32) -> Self {
+        self.nr_nodes = self.nr_nodes.max(n);
+        self
+    }
+
+    /// `node_distance(a, b)`.
+    pub fn node_distance(&self, a: u32, b: u32) -> u32 {
+        match &self.distances {
+            Some(t) => t.get(a as usize).and_then(|r| r.get(b as usize)).copied().unwrap_or(REMOTE_DISTANCE),
+            None if a == b => LOCAL_DISTANCE,
+            None => REMOTE_DISTANCE,
+        }
     }
 
     pub fn possible(&self) -> &CpuSet {
@@ -176,7 +226,7 @@ impl Topology {
     /// The `cpu_distance_fn` the kernel's arch code passes in.
     pub fn distance(&self, from: u32, to: u32) -> u32 {
         match (self.node_of(from), self.node_of(to)) {
-            (Some(a), Some(b)) if a == b => LOCAL_DISTANCE,
+            (Some(a), Some(b)) => self.node_distance(a, b),
             _ => REMOTE_DISTANCE,
         }
     }
@@ -210,5 +260,19 @@ mod tests {
         assert_eq!(t.node_of(7), Some(3));
         assert_eq!(t.distance(0, 1), LOCAL_DISTANCE);
         assert_eq!(t.distance(0, 2), REMOTE_DISTANCE);
+    }
+
+    #[test]
+    fn distance_tables() {
+        let t = Topology::with_nodes(CpuSet::first_n(4), vec![0, 0, 1, 1]).unwrap();
+        // nodes 0 and 1 at LOCAL_DISTANCE from each other: one group
+        let t2 = t.clone().with_distances(vec![vec![10, 10, 30], vec![10, 10, 30], vec![30, 30, 10]]).unwrap();
+        assert_eq!(t2.distance(0, 3), LOCAL_DISTANCE);
+        assert_eq!(t2.nr_nodes(), 3);
+        let t3 = t.clone().with_distances(vec![vec![10, 21], vec![21, 10]]).unwrap();
+        assert_eq!(t3.distance(1, 2), 21);
+        assert!(matches!(t.clone().with_distances(vec![vec![10]]), Err(TopologyError::TooSmall { .. })));
+        assert!(matches!(t.clone().with_distances(vec![vec![10, 20], vec![20]]), Err(TopologyError::Ragged { .. })));
+        assert!(matches!(t.with_distances(vec![vec![10, 20], vec![20, 11]]), Err(TopologyError::NotLocal { .. })));
     }
 }

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::addr::{AddressSpace, RangeAllocator};
 use crate::alloc_info::{pcpu_min_unit_size, AllocInfo};
-use crate::consts::{PCPU_MIN_ALLOC_SIZE, PERCPU_DYNAMIC_EARLY_SIZE};
+use crate::consts::PCPU_MIN_ALLOC_SIZE;
 use crate::cpus::{Topology, MAX_CPUS};
 
 /// Which first-chunk allocator built the chunk (`percpu_alloc=` option).
@@ -72,6 +72,83 @@ pub struct FirstChunkParams<'a> {
     /// v5.4's embed *fails* when the groups span more than 3/4 of the
     /// vmalloc space; without it, embed only warns and carries on.
     pub need_page_first_chunk: bool,
+    /// `PERCPU_DYNAMIC_EARLY_SIZE` the setup checks `dyn_size` against
+    /// ([`crate::profile::KernelProfile::dynamic_early_size`]).
+    pub dyn_early_size: usize,
+    /// Where each node's memory is.  `None`: `linear` is split into equal
+    /// node spans and allocated bottom-up (the model's default).  `Some`:
+    /// memblock's default top-down allocation inside the cpu's node,
+    /// above the layout's goal, falling back to any node (a memoryless
+    /// node), as `pcpu_fc_alloc` -> `memblock_alloc_try_nid` does.  The
+    /// caller has already taken everything outside the nodes' memory and
+    /// the layout's reservations out of `linear`
+    /// ([`MemoryLayout::restrict`]).
+    pub memory: Option<&'a MemoryLayout>,
+}
+
+/// memblock's view of memory when the first chunk is allocated: each
+/// node's RAM and what early boot already reserved, in linear-map
+/// addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryLayout {
+    /// `(node, range)`; a node with no range is memoryless.
+    pub nodes: Vec<(u32, Range<u64>)>,
+    /// memblock.reserved before `setup_per_cpu_areas` (the kernel image,
+    /// early page tables, NODE_DATA, the memory map...).
+    pub reserved: Vec<Range<u64>>,
+    /// `pcpu_fc_alloc`'s goal, `__pa(MAX_DMA_ADDRESS)` as a linear
+    /// address: nothing below it is used while memory above it is free.
+    pub goal: u64,
+}
+
+impl MemoryLayout {
+    /// Take everything that is not node memory, and every reservation,
+    /// out of `linear`.
+    pub fn restrict(&self, linear: &mut RangeAllocator) {
+        let w = linear.window();
+        let mut ranges: Vec<Range<u64>> = self.nodes.iter().map(|(_, r)| r.clone()).collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut at = w.start;
+        for r in &ranges {
+            if r.start > at {
+                linear.reserve_overlapping(at..r.start.min(w.end));
+            }
+            at = at.max(r.end);
+        }
+        if at < w.end {
+            linear.reserve_overlapping(at..w.end);
+        }
+        for r in &self.reserved {
+            linear.reserve_overlapping(r.clone());
+        }
+    }
+
+    /// `memblock_alloc_try_nid(size, align, goal, ACCESSIBLE, node)`:
+    /// top-down in `node`'s memory above the goal, then (memoryless or
+    /// full node) top-down anywhere; below the goal only if nothing fits
+    /// above it.
+    fn alloc(&self, linear: &mut RangeAllocator, size: u64, align: u64, node: Option<u32>) -> Option<u64> {
+        let mut mine: Vec<Range<u64>> =
+            self.nodes.iter().filter(|(n, _)| Some(*n) == node).map(|(_, r)| r.clone()).collect();
+        mine.sort_by_key(|r| std::cmp::Reverse(r.start));
+        let all = self.goal..u64::MAX;
+        let from_goal = |r: &Range<u64>| r.start.max(self.goal)..r.end;
+        for r in &mine {
+            if let Some(a) = linear.alloc_top_down_within(size, align, from_goal(r)) {
+                return Some(a);
+            }
+        }
+        if let Some(a) = linear.alloc_top_down_within(size, align, all) {
+            return Some(a);
+        }
+        // memblock_alloc_internal retries without the lower limit
+        for r in &mine {
+            if let Some(a) = linear.alloc_top_down_within(size, align, r.clone()) {
+                return Some(a);
+            }
+        }
+        linear.alloc_top_down_within(size, align, 0..u64::MAX)
+    }
 }
 
 /// The part of the first chunk one `pcpu_alloc_first_chunk()` call serves
@@ -263,13 +340,13 @@ struct Limits {
 }
 
 impl Limits {
-    fn for_page(page_size: u64) -> Self {
+    fn for_page(page_size: u64, dyn_early: usize) -> Self {
         Limits {
             page_size,
             // PCPU_BITMAP_BLOCK_SIZE is PAGE_SIZE.
             block_size: page_size,
             min_unit_size: pcpu_min_unit_size(page_size as usize),
-            dyn_early: PERCPU_DYNAMIC_EARLY_SIZE,
+            dyn_early,
         }
     }
 }
@@ -488,10 +565,16 @@ fn embed(
             span_start: span.start,
             span_end: span.end,
         };
-        let ptr = p.linear.alloc_bottom_up(size, atom as u64, span.start).ok_or(exhausted.clone())?;
-        if ptr.checked_add(size).is_none_or(|end| end > span.end) {
-            return Err(exhausted);
-        }
+        let ptr = match p.memory {
+            Some(mem) => mem.alloc(p.linear, size, atom as u64, p.topology.node_of(cpu)).ok_or(exhausted)?,
+            None => {
+                let ptr = p.linear.alloc_bottom_up(size, atom as u64, span.start).ok_or(exhausted.clone())?;
+                if ptr.checked_add(size).is_none_or(|end| end > span.end) {
+                    return Err(exhausted);
+                }
+                ptr
+            }
+        };
         areas.push(ptr);
     }
     let base = *areas.iter().min().expect("at least one group");
@@ -562,7 +645,10 @@ fn page_chunk(p: &mut FirstChunkParams, ai: &AllocInfo, messages: &mut Vec<Strin
         let node = cpu.and_then(|c| p.topology.node_of(c)).unwrap_or(0).min(spans.len() as u32 - 1);
         let span = &spans[node as usize];
         for _ in 0..unit_pages {
-            let got = p.linear.alloc_bottom_up(page, page, span.start).filter(|&a| a + page <= span.end);
+            let got = match p.memory {
+                Some(mem) => mem.alloc(p.linear, page, page, cpu.and_then(|c| p.topology.node_of(c))),
+                None => p.linear.alloc_bottom_up(page, page, span.start).filter(|&a| a + page <= span.end),
+            };
             if got.is_none() {
                 return Err(E::PageAlloc {
                     cpu: cpu.unwrap_or(MAX_CPUS),
@@ -599,7 +685,7 @@ impl FirstChunk {
     /// (checks and tables), then the generic `setup_per_cpu_areas` offsets.
     /// On error `linear` and `vmalloc` are restored to their state on entry.
     pub fn setup(p: FirstChunkParams) -> Result<FirstChunk, SetupError> {
-        let limits = Limits::for_page(p.space.page_size());
+        let limits = Limits::for_page(p.space.page_size(), p.dyn_early_size);
         Self::setup_with(p, limits)
     }
 
@@ -814,6 +900,9 @@ mod tests {
     /// Static size of a real x86_64 boot (`s173272` in its dmesg).
     const X86_STATIC: usize = 173272;
 
+    /// PERCPU_DYNAMIC_EARLY_SIZE from 6.2 on.
+    const EARLY_6_2: usize = 20 << 10;
+
     struct Fx {
         space: AddressSpace,
         topo: Topology,
@@ -847,6 +936,8 @@ mod tests {
                 page_size: self.space.page_size() as usize,
                 topology: &self.topo,
                 use_distance: dist,
+                // these tests were written against 6.2+'s 20 KiB
+                dyn_early_size: EARLY_6_2,
             })
             .unwrap()
         }
@@ -863,6 +954,8 @@ mod tests {
                     vmalloc: &mut self.vmalloc,
                     backend: self.backend,
                     need_page_first_chunk: self.need_page,
+                    dyn_early_size: lim.dyn_early,
+                    memory: None,
                 },
                 lim,
             );
@@ -872,7 +965,7 @@ mod tests {
             r
         }
         fn run(&mut self, ai: AllocInfo, kind: FirstChunkKind) -> Result<FirstChunk, SetupError> {
-            let lim = Limits::for_page(self.space.page_size());
+            let lim = Limits::for_page(self.space.page_size(), EARLY_6_2);
             self.run_with(ai, kind, lim)
         }
     }
@@ -1091,7 +1184,7 @@ mod tests {
         );
 
         // The checks the real constants make unreachable, with other limits.
-        let lim = Limits::for_page(4096);
+        let lim = Limits::for_page(4096, EARLY_6_2);
         let unit = |u: usize| AllocInfo { unit_size: u, alloc_size: u, ..good.clone() };
         let r = fx.run_with(unit(0x13000), emb, Limits { block_size: 0x2000, ..lim });
         assert_eq!(r.unwrap_err(), E::UnitNotBlockMultiple { unit_size: 0x13000, block_size: 0x2000 });

@@ -45,7 +45,9 @@ pub mod consts;
 pub mod cpus;
 pub mod first_chunk;
 pub mod percpu;
+pub mod profile;
 
 pub use addr::AddressSpace;
 pub use alloc::{AllocError, AllocRequest, FreeError, PcpuPtr, PercpuAllocator};
 pub use cpus::{CpuSet, Topology};
+pub use profile::KernelProfile;

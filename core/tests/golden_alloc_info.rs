@@ -155,7 +155,11 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Every case models the default kernel (6.1: PERCPU_DYNAMIC_EARLY_SIZE
+/// 12 KiB, which only the page-first-chunk cases asking for no dynamic
+/// space see).
 fn build(case: &Case) -> (AllocInfo, FirstChunk) {
+    let early = percpu_core::KernelProfile::default().dynamic_early_size;
     let ai = build_alloc_info(&AllocInfoParams {
         static_size: case.static_size,
         reserved_size: case.reserved_size,
@@ -164,6 +168,7 @@ fn build(case: &Case) -> (AllocInfo, FirstChunk) {
         page_size: case.space.page_size() as usize,
         topology: &case.topology,
         use_distance: case.use_distance,
+        dyn_early_size: early,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let mut linear = RangeAllocator::new(case.ram.clone());
@@ -178,6 +183,8 @@ fn build(case: &Case) -> (AllocInfo, FirstChunk) {
         vmalloc: &mut vmalloc,
         backend: case.backend,
         need_page_first_chunk: case.need_page_first_chunk,
+        dyn_early_size: early,
+        memory: None,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     (ai, fc)

@@ -36,6 +36,10 @@ pub struct Args {
     /// Seconds a boot may take to print its `percpu:` line.
     #[arg(long, default_value_t = 180, requires = "kbuild")]
     boot_timeout: u64,
+    /// Kernel version modelled, VERSION[+OPTION...] (6.1 to 6.15; options
+    /// MEM_ALLOC_PROFILING, RANDOM_KMALLOC_CACHES).
+    #[arg(long, default_value = percpu_core::profile::DEFAULT_KERNEL, value_parser = percpu_bed::scenario::parse_kernel)]
+    kernel: percpu_core::KernelProfile,
     /// Human table or JSON.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::ensure!(b > 0.0 && b.is_finite(), "--budget must be a positive number of seconds");
         opts.budget = Duration::from_secs_f64(b);
     }
+    opts.kernel = args.kernel;
     let runs = (opts.sizes.len() * 4 + 2) * bench::ALLOCATORS.len() + 1;
     let progress = Progress::new(Some(runs as u64));
     let report = bench::run(&opts, |what| progress.step(what));

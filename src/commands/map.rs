@@ -36,8 +36,11 @@ pub struct Args {
     #[arg(long, value_enum, conflicts_with = "workload")]
     modules: Option<Placement>,
     /// The kernel-image object (default: the shipped one for the arch).
-    #[arg(long, conflicts_with = "workload")]
-    kernel: Option<PathBuf>,
+    #[arg(long, value_name = "OBJECT", conflicts_with = "workload")]
+    kernel_image: Option<PathBuf>,
+    /// Kernel version modelled, VERSION[+OPTION...] (6.1 to 6.15).
+    #[arg(long, default_value = percpu_core::profile::DEFAULT_KERNEL, value_parser = percpu_bed::scenario::parse_kernel, conflicts_with = "workload")]
+    kernel: percpu_core::KernelProfile,
     /// Objects to load and test (default: every shipped fixture of the arch).
     #[arg(conflicts_with = "workload")]
     objects: Vec<PathBuf>,
@@ -104,14 +107,15 @@ pub fn run(args: Args) -> Result<u8> {
         }
         (None, Some(arch)) => {
             let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-            let mut scenario = Scenario::new(arch, args.variant.as_deref(), cpus)?.nodes(args.nodes);
+            let mut scenario =
+                Scenario::for_kernel(arch, args.variant.as_deref(), cpus, args.kernel.clone())?.nodes(args.nodes);
             if let Some(p) = args.modules {
                 scenario = scenario.placement(match p {
                     Placement::Near => ModulePlacement::Near,
                     Placement::Far => ModulePlacement::Far,
                 });
             }
-            let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
+            let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel_image, args.objects)?;
             let (view, opts, report) = map::run_map(&scenario, &kernel, &modules)?;
             let unexpected = report.unexpected().len();
             if unexpected > 0 {

@@ -38,6 +38,10 @@ pub struct Args {
     /// List the selected jobs and exit without running them.
     #[arg(long)]
     list: bool,
+    /// Kernel version modelled, VERSION[+OPTION...] (6.1 to 6.15; options
+    /// MEM_ALLOC_PROFILING, RANDOM_KMALLOC_CACHES).
+    #[arg(long, default_value = percpu_core::profile::DEFAULT_KERNEL, value_parser = percpu_bed::scenario::parse_kernel)]
+    kernel: percpu_core::KernelProfile,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, clap::ValueEnum)]
@@ -53,6 +57,7 @@ enum MatrixFormat {
 pub fn run(args: Args) -> Result<u8> {
     let path = args.matrix.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/matrix.toml"));
     let mut plan = Plan::load(&path, &fixtures_dir())?;
+    plan.set_kernel(args.kernel);
     plan.select(&args.arch, &args.filter);
     if let Some((i, n)) = args.shard {
         plan.shard(i, n);

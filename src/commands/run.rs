@@ -15,8 +15,14 @@ pub struct Args {
     #[arg(long)]
     arch: String,
     /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2).
+    /// Default: the one the kernel version's code is built for (x86_64:
+    /// zero-based up to 6.14, relative from 6.15).
     #[arg(long)]
     variant: Option<String>,
+    /// Kernel version modelled, VERSION[+OPTION...] (6.1 to 6.15; options
+    /// MEM_ALLOC_PROFILING, RANDOM_KMALLOC_CACHES).
+    #[arg(long, default_value = percpu_core::profile::DEFAULT_KERNEL, value_parser = percpu_bed::scenario::parse_kernel)]
+    kernel: percpu_core::KernelProfile,
     /// Possible CPUs 0..N (default 4).
     #[arg(long)]
     cpus: Option<u32>,
@@ -50,8 +56,8 @@ pub struct Args {
     /// The kernel-image object (default: the shipped one for the arch, or
     /// the given object that defines the static percpu area).  Not used
     /// with real kernel modules, which run on percpu-bed's kernel runtime.
-    #[arg(long)]
-    kernel: Option<PathBuf>,
+    #[arg(long, value_name = "OBJECT")]
+    kernel_image: Option<PathBuf>,
     /// Real kernel modules: the `percpu-bed kbuild` output directory (or
     /// its percpu-bed-kbuild.json) with the runtime ABI of the tree they
     /// were built from (default: the manifest beside the first module).
@@ -75,7 +81,7 @@ pub(crate) enum Placement {
 /// misbehaved or a planted bug went uncaught), 2 bad input.
 pub fn run(args: Args) -> Result<u8> {
     let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-    let mut scenario = Scenario::new(&args.arch, args.variant.as_deref(), cpus)?
+    let mut scenario = Scenario::for_kernel(&args.arch, args.variant.as_deref(), cpus, args.kernel.clone())?
         .nodes(args.nodes)
         .budget(args.budget)
         .trace(args.trace);
@@ -117,8 +123,8 @@ pub fn run(args: Args) -> Result<u8> {
                 fixtures.join(", ")
             );
         }
-        if args.kernel.is_some() {
-            bail!("--kernel is for fixtures: real kernel modules run on percpu-bed's kernel runtime");
+        if args.kernel_image.is_some() {
+            bail!("--kernel-image is for fixtures: real kernel modules run on percpu-bed's kernel runtime");
         }
         let paths: Vec<PathBuf> = objects.iter().map(|(p, _)| p.clone()).collect();
         let rt = kmod::runtime_abi(args.kbuild.as_deref(), &paths)?;
@@ -129,7 +135,7 @@ pub fn run(args: Args) -> Result<u8> {
         let module_refs: Vec<(&str, &[u8])> = objects.iter().map(|(_, m)| (m.name.as_str(), m.bytes.as_slice())).collect();
         check::run_kernel_modules(&scenario, &rt.abi, &module_refs, &expects)?
     } else {
-        let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
+        let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel_image, args.objects)?;
         let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
         check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?
     };
@@ -154,6 +160,8 @@ pub fn run(args: Args) -> Result<u8> {
 /// TPIDR_EL1 until the kernel patches their alternatives, which percpu-bed
 /// does not apply, so they run at EL1.
 fn real_module_variant(scenario: Scenario, asked: Option<&str>, abi: &percpu_arch::runtime::RtAbi) -> Result<Scenario> {
+    let mut scenario = scenario;
+    scenario.kernel = kmod::profile_for(abi, &scenario.kernel);
     let Some(want) = kmod::variant_for(scenario.isa.name(), abi) else { return Ok(scenario) };
     if let Some(a) = asked {
         if a != want {

@@ -24,7 +24,7 @@ fn data(s: &str) -> String {
 
 pub fn render(r: &MatrixReport) -> String {
     let mut out = String::from("KTAP version 1\n");
-    let _ = writeln!(out, "# percpu-bed matrix {}", desc(&r.file.display().to_string()));
+    let _ = writeln!(out, "# percpu-bed matrix {}, {}", desc(&r.file.display().to_string()), r.kernel);
     let mut arches: Vec<&str> = Vec::new();
     for j in &r.jobs {
         if !arches.contains(&j.job.arch.as_str()) {

@@ -149,6 +149,8 @@ pub struct JobResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct MatrixReport {
     pub file: PathBuf,
+    /// The kernel modelled ("Linux 6.1").
+    pub kernel: String,
     pub rows: Vec<String>,
     pub columns: Vec<String>,
     /// `I/N` when this is one shard of the matrix.
@@ -195,6 +197,7 @@ pub fn run(plan: &Plan, threads: usize, shard: Option<String>) -> MatrixReport {
     }
     MatrixReport {
         file: plan.file.clone(),
+        kernel: plan.kernel.to_string(),
         rows: plan.rows.clone(),
         columns: plan.columns.clone(),
         shard,
@@ -306,6 +309,8 @@ fn execute(job: &Job, objects: &impl JobObjects) -> anyhow::Result<ScenarioRepor
     let loaded = job.objects.iter().map(|p| objects.object(p)).collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(dir) = &job.kbuild {
         let rt = crate::kmod::runtime_abi(Some(dir), &job.objects)?;
+        let mut scenario = scenario;
+        scenario.kernel = crate::kmod::profile_for(&rt.abi, &scenario.kernel);
         let pairs: Vec<(std::path::PathBuf, &crate::scenario::Object)> =
             job.objects.iter().cloned().zip(loaded.iter().map(|o| o.as_ref())).collect();
         let expects = crate::kmod::expectations(&pairs, &rt.abi)?;

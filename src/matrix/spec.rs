@@ -8,6 +8,7 @@
 //! `percpu-bed run`.  Expansion order is the file's order, so job numbers
 //! and shards are stable for a given file.
 
+use percpu_core::KernelProfile;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -159,13 +160,15 @@ pub struct Job {
     /// Set when the configuration does not apply to this arch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// The kernel whose percpu setup is modelled.
+    pub kernel: KernelProfile,
 }
 
 impl Job {
     /// The runner's scenario for this job.
     pub fn scenario(&self) -> Result<Scenario, Box<percpu_arch::check::CheckError>> {
         let cpus = CpuSet::parse_list(&self.cpus).expect("validated when the plan was built");
-        Ok(Scenario::new(&self.arch, Some(&self.variant), cpus)
+        Ok(Scenario::for_kernel(&self.arch, Some(&self.variant), cpus, self.kernel.clone())
             .map_err(Box::new)?
             .nodes(self.nodes)
             .placement(self.placement)
@@ -190,6 +193,8 @@ pub struct Plan {
     /// Column labels: configuration names, in order.
     pub columns: Vec<String>,
     pub jobs: Vec<Job>,
+    /// The kernel whose percpu setup every job models (`--kernel`).
+    pub kernel: KernelProfile,
 }
 
 impl Plan {
@@ -332,12 +337,27 @@ impl Plan {
                         kbuild: kbuild.clone(),
                         latent: c.latent.clone(),
                         skipped,
+                        kernel: KernelProfile::default(),
                     });
                 }
                 rows.push(row);
             }
         }
-        Ok(Plan { file: path.into(), rows, columns: file.configs.iter().map(|c| c.name.clone()).collect(), jobs })
+        Ok(Plan {
+            file: path.into(),
+            rows,
+            columns: file.configs.iter().map(|c| c.name.clone()).collect(),
+            jobs,
+            kernel: KernelProfile::default(),
+        })
+    }
+
+    /// Model `kernel` in every job.
+    pub fn set_kernel(&mut self, kernel: KernelProfile) {
+        for j in &mut self.jobs {
+            j.kernel = kernel.clone();
+        }
+        self.kernel = kernel;
     }
 
     /// Keep the jobs of `arches` (`arch` or `arch/variant`; empty: all)

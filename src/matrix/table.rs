@@ -36,7 +36,10 @@ pub fn render(r: &MatrixReport) -> String {
         .enumerate()
         .map(|(i, c)| cells.iter().map(|row| row[i].len()).max().unwrap_or(0).max(c.len()))
         .collect();
-    let _ = write!(out, "{:<w0$}", "arch");
+    // the corner cell names the kernel modelled
+    let corner = format!("arch ({})", r.kernel);
+    let w0 = w0.max(corner.len());
+    let _ = write!(out, "{corner:<w0$}");
     for (c, w) in cols.iter().zip(&widths) {
         let _ = write!(out, "  {c:>w$}");
     }
@@ -112,7 +115,9 @@ mod tests {
         let r = super::super::testutil::report();
         let text = render(&r);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("arch") && lines[0].contains("cpus-2") && lines[0].contains("missing"));
+        assert!(
+            lines[0].starts_with("arch (Linux 6.1)") && lines[0].contains("cpus-2") && lines[0].contains("missing")
+        );
         let x86 = lines.iter().find(|l| l.starts_with("x86_64/zero-based")).unwrap();
         assert!(x86.contains("skip") && x86.contains("ERROR"), "{x86}");
         let s390 = lines.iter().find(|l| l.starts_with("s390x/default")).unwrap();

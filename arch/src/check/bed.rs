@@ -379,7 +379,7 @@ fn runtime_kernel_image(sc: &Scenario, abi: &crate::runtime::RtAbi) -> Result<Ve
         });
     }
     // The x86_64 zero-based area starts with a page the bed adds itself.
-    let probe = isa.percpu_config(&sc.variant, Topology::uma(sc.cpus.clone()), 0);
+    let probe = isa.percpu_config_for(&sc.variant, Topology::uma(sc.cpus.clone()), 0, &sc.kernel);
     let first_page = if probe.per_cpu_start == 0 { isa.page_size() } else { 0 };
     let spec = crate::runtime::image::ImageSpec {
         e_machine: isa.elf_machine(),
@@ -443,11 +443,11 @@ impl<'s> Bed<'s> {
         let mut first_pad = 0u64;
         let (kernel_obj, mut cfg, kernel_end) = if kobj.e_type == ET_REL {
             let static_size = static_area_size(&kobj);
-            let probe = isa.percpu_config(&variant, topology.clone(), static_size as usize);
+            let probe = isa.percpu_config_for(&variant, topology.clone(), static_size as usize, &sc.kernel);
             if probe.per_cpu_start == 0 {
                 first_pad = page;
             }
-            let cfg = isa.percpu_config(&variant, topology, (static_size + first_pad) as usize);
+            let cfg = isa.percpu_config_for(&variant, topology, (static_size + first_pad) as usize, &sc.kernel);
             let limit = if cfg.per_cpu_start > kbase { cfg.per_cpu_start } else { u64::MAX };
             let mut layout = LinearLayout::window(kbase + runtime.size, limit).with_page_size(page);
             layout.static_percpu_at = Some(cfg.per_cpu_start + first_pad);
@@ -461,7 +461,7 @@ impl<'s> Bed<'s> {
                 object: kname.into(),
                 reason: "no static percpu area (__per_cpu_start/__per_cpu_end or .data..percpu)".into(),
             })?;
-            let mut cfg = isa.percpu_config(&variant, topology, (sp.end - sp.start) as usize);
+            let mut cfg = isa.percpu_config_for(&variant, topology, (sp.end - sp.start) as usize, &sc.kernel);
             cfg.per_cpu_start = sp.start;
             let end = k.sections.iter().map(|s| s.end()).max().unwrap_or(kbase);
             (k, cfg, end)

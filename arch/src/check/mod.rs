@@ -71,7 +71,7 @@ use std::time::Instant;
 
 use percpu_core::alloc::AllocError;
 use percpu_core::percpu::{ChunkMapView, PercpuSetupError};
-use percpu_core::CpuSet;
+use percpu_core::{CpuSet, KernelProfile};
 use percpu_loader::LoadError;
 use serde::Serialize;
 
@@ -114,6 +114,8 @@ pub struct Scenario {
     pub run_on: RunOn,
     /// Only load the objects: an object with nothing to run is not an error.
     pub load_only: bool,
+    /// The kernel version whose percpu setup is modelled.
+    pub kernel: KernelProfile,
 }
 
 /// Which of the possible CPUs a test (without `ONCE`) runs on.  Every
@@ -188,6 +190,7 @@ impl fmt::Debug for Scenario {
             .field("only", &self.only)
             .field("run_on", &self.run_on)
             .field("load_only", &self.load_only)
+            .field("kernel", &self.kernel)
             .finish()
     }
 }
@@ -196,10 +199,22 @@ impl Scenario {
     /// `arch`/`variant` by name (`None`: the arch's default variant), one
     /// node, the arch's realistic module placement, [`DEFAULT_BUDGET`], no trace.
     pub fn new(arch: &str, variant: Option<&str>, cpus: CpuSet) -> Result<Self, CheckError> {
+        Self::for_kernel(arch, variant, cpus, KernelProfile::default())
+    }
+
+    /// [`Scenario::new`] for the percpu setup of `kernel`; the default
+    /// variant is the one that kernel's code is built for
+    /// ([`Isa::default_variant`]).
+    pub fn for_kernel(
+        arch: &str,
+        variant: Option<&str>,
+        cpus: CpuSet,
+        kernel: KernelProfile,
+    ) -> Result<Self, CheckError> {
         let isa = isa::lookup(arch)
             .ok_or_else(|| CheckError::UnknownArch { arch: arch.to_string(), known: isa::names().join(", ") })?;
         let variant = match variant {
-            None => isa.variants()[0],
+            None => *isa.default_variant(&kernel),
             Some(v) => *isa.variant(v).ok_or_else(|| CheckError::UnknownVariant {
                 arch: arch.to_string(),
                 variant: v.to_string(),
@@ -217,6 +232,7 @@ impl Scenario {
             only: None,
             run_on: RunOn::All,
             load_only: false,
+            kernel,
         })
     }
     pub fn nodes(mut self, nodes: u32) -> Self {
@@ -365,6 +381,8 @@ impl Counts {
 /// Everything a scenario produced.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioReport {
+    /// The kernel profile modelled ("Linux 6.1").
+    pub kernel: String,
     pub arch: String,
     pub variant: String,
     pub model: crate::isa::OffsetModel,
@@ -410,7 +428,7 @@ impl fmt::Display for ScenarioReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}{}",
+            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}{}, {}",
             self.arch,
             self.variant,
             self.cpus,
@@ -420,7 +438,8 @@ impl fmt::Display for ScenarioReport {
             match self.run_on {
                 RunOn::All => String::new(),
                 r @ RunOn::Sample(_) => format!(", tests run on {r} cpus"),
-            }
+            },
+            self.kernel
         )?;
         for o in &self.objects {
             if let Some(r) = &o.rejected {
@@ -639,6 +658,7 @@ fn run_bed<T>(
     let run_micros = t1.elapsed().as_micros() as u64;
     let extra = last(&bed);
     let report = ScenarioReport {
+        kernel: scenario.kernel.to_string(),
         arch: scenario.isa.name().to_string(),
         variant: scenario.variant.name.to_string(),
         model: scenario.variant.model,

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 
 use super::{CpuContext, ModulePlacement};
 use crate::engine::{Engine, EngineError, Reg};
@@ -70,8 +70,9 @@ pub fn generic_config(
     per_cpu_start: u64,
     backend: BackendKind,
     use_distance: bool,
+    kernel: &KernelProfile,
 ) -> PercpuConfig {
-    let mut cfg = PercpuConfig::generic(space, topology, static_size);
+    let mut cfg = PercpuConfig::generic_for(kernel, space, topology, static_size);
     cfg.per_cpu_start = per_cpu_start;
     cfg.backend = backend;
     cfg.use_distance = use_distance;

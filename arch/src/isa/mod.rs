@@ -12,7 +12,7 @@
 use std::fmt;
 
 use percpu_core::percpu::{Percpu, PercpuConfig, PercpuSetupError};
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 use serde::Serialize;
 
 use crate::engine::{Cpu, Engine, EngineError, Perms};
@@ -177,7 +177,28 @@ pub trait Isa: Sync {
     /// kernel image with `static_size` bytes of static percpu data: first
     /// chunk flavour (embed/page), atom size (x86_64: 2 MiB), backend (km
     /// for the no-MMU target), `__per_cpu_start`, reserved size.
-    fn percpu_config(&self, variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig;
+    ///
+    /// The sizes (module reserve, dynamic reserve) and the first chunk's
+    /// early-size check follow the kernel profile `kernel`.
+    fn percpu_config_for(
+        &self,
+        variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+        kernel: &KernelProfile,
+    ) -> PercpuConfig;
+    /// [`Isa::percpu_config_for`] the default kernel
+    /// ([`percpu_core::profile::DEFAULT_KERNEL`]).
+    fn percpu_config(&self, variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig {
+        self.percpu_config_for(variant, topology, static_size, &KernelProfile::default())
+    }
+    /// The variant a kernel's own code is built for, the default of a run
+    /// for that kernel: x86_64 is zero-based up to 6.14 and relative from
+    /// 6.15; other arches have their first variant.
+    fn default_variant(&self, kernel: &KernelProfile) -> &'static Variant {
+        let _ = kernel;
+        &self.variants()[0]
+    }
     /// Link address of the kernel image's text/data (the percpu section's
     /// own link address comes from `percpu_config().per_cpu_start`).
     fn kernel_base(&self, variant: &Variant) -> u64;

@@ -48,7 +48,8 @@ use crate::backend::{km::KmBackend, vm::VmBackend, BackendError, BackendKind, Ch
 use crate::bitmap::ChunkMap;
 use crate::consts::*;
 use crate::cpus::Topology;
-use crate::first_chunk::{verify_for_km, FirstChunk, FirstChunkKind, FirstChunkParams, SetupError};
+use crate::first_chunk::{verify_for_km, FirstChunk, FirstChunkKind, FirstChunkParams, MemoryLayout, SetupError};
+use crate::profile::KernelProfile;
 
 /// Everything that decides a percpu setup.
 #[derive(Clone, Debug)]
@@ -73,19 +74,32 @@ pub struct PercpuConfig {
     /// (`CONFIG_NEED_PER_CPU_PAGE_FIRST_CHUNK`): embed then refuses groups
     /// spread over more than 3/4 of vmalloc instead of only warning.
     pub need_page_first_chunk: bool,
+    /// The kernel version modelled: `PERCPU_DYNAMIC_EARLY_SIZE` and the
+    /// free-path hint behaviour come from it.  The sizes above are the
+    /// caller's (an arch adapter derives them from the same profile).
+    pub kernel: KernelProfile,
+    /// memblock's node memory and reservations; `None`: the linear map
+    /// split into equal node spans (see [`FirstChunkParams::memory`]).
+    pub memory: Option<MemoryLayout>,
 }
 
 impl PercpuConfig {
-    /// The generic `setup_per_cpu_areas`: embed first chunk, page atoms,
-    /// module reserve and the default dynamic reserve, vm backend.
+    /// The generic `setup_per_cpu_areas` of the default kernel
+    /// ([`crate::profile::DEFAULT_KERNEL`]): embed first chunk, page
+    /// atoms, module reserve and the default dynamic reserve, vm backend.
     pub fn generic(space: AddressSpace, topology: Topology, static_size: usize) -> Self {
+        Self::generic_for(&KernelProfile::default(), space, topology, static_size)
+    }
+
+    /// The generic `setup_per_cpu_areas` of `kernel`.
+    pub fn generic_for(kernel: &KernelProfile, space: AddressSpace, topology: Topology, static_size: usize) -> Self {
         let atom = space.page_size() as usize;
-        let dyn_size = percpu_dynamic_reserve(space.ptr_bits());
+        let dyn_size = kernel.dynamic_reserve(space.ptr_bits());
         PercpuConfig {
             space,
             topology,
             static_size,
-            reserved_size: PERCPU_MODULE_RESERVE,
+            reserved_size: kernel.module_reserve,
             dyn_size,
             atom_size: atom,
             first_chunk: FirstChunkKind::Embed,
@@ -93,6 +107,8 @@ impl PercpuConfig {
             per_cpu_start: 0,
             use_distance: true,
             need_page_first_chunk: false,
+            kernel: kernel.clone(),
+            memory: None,
         }
     }
 }
@@ -204,6 +220,8 @@ pub struct Percpu {
     allocated_bytes: u64,
     stats: GlobalStats,
     events: Option<Vec<ChunkEvent>>,
+    /// Applied to every chunk's map ([`ChunkMap::set_free_path_chunk_hint_fix`]).
+    free_path_chunk_hint_fix: bool,
 }
 
 impl std::fmt::Debug for Percpu {
@@ -245,20 +263,28 @@ impl Percpu {
         make_backend: impl FnOnce(BackendKind, RangeAllocator, RangeAllocator, usize) -> Box<dyn ChunkBackend>,
     ) -> Result<Self, PercpuSetupError> {
         let page = cfg.space.page_size() as usize;
+        // pcpu_page_first_chunk builds its alloc info itself: no dynamic
+        // space asked for (it gets PERCPU_DYNAMIC_EARLY_SIZE), page atoms,
+        // no cpu_distance_fn (one group).
+        let page_fc = cfg.first_chunk == FirstChunkKind::Page;
         let ai = build_alloc_info(&AllocInfoParams {
             static_size: cfg.static_size,
             reserved_size: cfg.reserved_size,
-            dyn_size: cfg.dyn_size,
-            atom_size: cfg.atom_size,
+            dyn_size: if page_fc { 0 } else { cfg.dyn_size },
+            atom_size: if page_fc { page } else { cfg.atom_size },
             page_size: page,
             topology: &cfg.topology,
-            use_distance: cfg.use_distance && cfg.backend == BackendKind::Vm,
+            use_distance: cfg.use_distance && cfg.backend == BackendKind::Vm && !page_fc,
+            dyn_early_size: cfg.kernel.dynamic_early_size,
         })?;
         let wasted = match cfg.backend {
             BackendKind::Km => verify_for_km(&ai, page)?.unwrap_or(0),
             BackendKind::Vm => 0,
         };
         let mut linear = RangeAllocator::new(cfg.space.linear_map());
+        if let Some(mem) = &cfg.memory {
+            mem.restrict(&mut linear);
+        }
         let mut vmalloc = RangeAllocator::new(cfg.space.vmalloc());
         let first = FirstChunk::setup(FirstChunkParams {
             space: &cfg.space,
@@ -270,9 +296,16 @@ impl Percpu {
             vmalloc: &mut vmalloc,
             backend: cfg.backend,
             need_page_first_chunk: cfg.need_page_first_chunk,
+            dyn_early_size: cfg.kernel.dynamic_early_size,
+            memory: cfg.memory.as_ref(),
         })?;
         let backend = make_backend(cfg.backend, vmalloc, linear, wasted);
-        Ok(Self::from_first_chunk(cfg.space, first, backend))
+        let mut this = Self::from_first_chunk(cfg.space, first, backend);
+        this.free_path_chunk_hint_fix = cfg.kernel.free_path_chunk_hint_fix;
+        for chunk in this.chunks.iter_mut().flatten() {
+            chunk.map.set_free_path_chunk_hint_fix(this.free_path_chunk_hint_fix);
+        }
+        Ok(this)
     }
 
     fn from_first_chunk(space: AddressSpace, first: FirstChunk, backend: Box<dyn ChunkBackend>) -> Self {
@@ -340,6 +373,7 @@ impl Percpu {
             allocated_bytes: 0,
             stats: GlobalStats::new(first.unit_size),
             events: None,
+            free_path_chunk_hint_fix: false,
             first,
         };
         this.stats.chunk_created();
@@ -352,6 +386,11 @@ impl Percpu {
 
     pub fn space(&self) -> &AddressSpace {
         &self.space
+    }
+    /// Whether chunks use the fixed free-path chunk hint update (from the
+    /// kernel profile; `false` models every released kernel).
+    pub fn free_path_chunk_hint_fix(&self) -> bool {
+        self.free_path_chunk_hint_fix
     }
     pub fn first_chunk_layout(&self) -> &FirstChunk {
         &self.first
@@ -554,7 +593,8 @@ impl Percpu {
     fn create_chunk(&mut self) -> Result<ChunkId, BackendError> {
         let created = self.backend.create_chunk(&self.geom)?;
         let id = self.chunks.len();
-        let map = ChunkMap::new(self.geom.page_size as usize, self.geom.unit_pages);
+        let mut map = ChunkMap::new(self.geom.page_size as usize, self.geom.unit_pages);
+        map.set_free_path_chunk_hint_fix(self.free_path_chunk_hint_fix);
         self.chunks.push(Some(Chunk {
             id,
             role: ChunkRole::Dynamic,

@@ -28,10 +28,9 @@
 pub mod runtime;
 
 use percpu_core::backend::BackendKind;
-use percpu_core::consts::{percpu_dynamic_reserve, PERCPU_MODULE_RESERVE};
 use percpu_core::first_chunk::FirstChunkKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 use unicorn_engine::RegisterARM64;
 
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -104,19 +103,27 @@ impl Isa for Arm64 {
         AddressSpace::new(64, self.page_size, LINEAR_MAP_START..LINEAR_MAP_START + RAM_SIZE, VMALLOC_START..VMALLOC_END)
             .expect("the arm64 layout is a valid address space")
     }
-    fn percpu_config(&self, _variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig {
+    fn percpu_config_for(
+        &self,
+        _variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+        kernel: &KernelProfile,
+    ) -> PercpuConfig {
         PercpuConfig {
             space: self.address_space(),
             topology,
             static_size,
-            reserved_size: PERCPU_MODULE_RESERVE,
-            dyn_size: percpu_dynamic_reserve(64),
+            reserved_size: kernel.module_reserve,
+            dyn_size: kernel.dynamic_reserve(64),
             atom_size: self.page_size as usize,
             first_chunk: FirstChunkKind::Embed,
             backend: BackendKind::Vm,
             per_cpu_start: PERCPU_LINK,
             use_distance: true,
             need_page_first_chunk: true,
+            kernel: kernel.clone(),
+            memory: None,
         }
     }
     fn kernel_base(&self, _variant: &Variant) -> u64 {

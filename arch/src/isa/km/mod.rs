@@ -40,7 +40,7 @@ use percpu_core::alloc_info::{build_alloc_info, AllocInfoParams};
 use percpu_core::backend::BackendKind;
 use percpu_core::first_chunk::verify_for_km;
 use percpu_core::percpu::{Percpu, PercpuConfig, PercpuSetupError};
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout, MIB};
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -99,7 +99,13 @@ impl Isa for Km {
     fn address_space(&self) -> AddressSpace {
         layout().address_space(64, 4096)
     }
-    fn percpu_config(&self, _variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig {
+    fn percpu_config_for(
+        &self,
+        _variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+        kernel: &KernelProfile,
+    ) -> PercpuConfig {
         generic::generic_config(
             self.address_space(),
             topology,
@@ -107,6 +113,7 @@ impl Isa for Km {
             layout().per_cpu_start,
             BackendKind::Km,
             true,
+            kernel,
         )
     }
     /// [`Percpu::new`] forms a single group for km whatever the topology;
@@ -122,6 +129,7 @@ impl Isa for Km {
             page_size: cfg.space.page_size() as usize,
             topology: &cfg.topology,
             use_distance: cfg.use_distance,
+            dyn_early_size: cfg.kernel.dynamic_early_size,
         })?;
         verify_for_km(&ai, cfg.space.page_size() as usize)?;
         Percpu::new(cfg)

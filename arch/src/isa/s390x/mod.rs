@@ -25,7 +25,7 @@ pub mod runtime;
 
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout, GIB, MIB};
 use super::{CpuContext, FixedMapping, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -100,7 +100,13 @@ impl Isa for S390x {
     fn address_space(&self) -> AddressSpace {
         layout().address_space(64, 4096)
     }
-    fn percpu_config(&self, _variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig {
+    fn percpu_config_for(
+        &self,
+        _variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+        kernel: &KernelProfile,
+    ) -> PercpuConfig {
         generic::generic_config(
             self.address_space(),
             topology,
@@ -108,6 +114,7 @@ impl Isa for S390x {
             layout().per_cpu_start,
             BackendKind::Vm,
             false,
+            kernel,
         )
     }
     fn kernel_base(&self, _variant: &Variant) -> u64 {

@@ -27,7 +27,7 @@ pub mod runtime;
 
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout};
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -93,7 +93,13 @@ impl Isa for Sparc32 {
     fn address_space(&self) -> AddressSpace {
         layout().address_space(32, 4096)
     }
-    fn percpu_config(&self, _variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig {
+    fn percpu_config_for(
+        &self,
+        _variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+        kernel: &KernelProfile,
+    ) -> PercpuConfig {
         generic::generic_config(
             self.address_space(),
             topology,
@@ -101,6 +107,7 @@ impl Isa for Sparc32 {
             layout().per_cpu_start,
             BackendKind::Vm,
             false,
+            kernel,
         )
     }
     fn kernel_base(&self, _variant: &Variant) -> u64 {

@@ -20,16 +20,15 @@
 //! `0xffffffff81000000`, modules at `0xffffffffa0000000`.  `setup_per_cpu_areas`
 //! embeds the first chunk with 2 MiB (PMD) atoms, groups CPUs by NUMA
 //! distance and asks for `PERCPU_FIRST_CHUNK_RESERVE` (the 8 KiB module
-//! reserve) plus `PERCPU_DYNAMIC_RESERVE - PERCPU_FIRST_CHUNK_RESERVE` of
-//! dynamic space.
+//! reserve) plus `PERCPU_MODULE_RESERVE + PERCPU_DYNAMIC_RESERVE -
+//! PERCPU_FIRST_CHUNK_RESERVE` (28 KiB in 6.1) of dynamic space.
 
 pub mod runtime;
 
 use percpu_core::backend::BackendKind;
-use percpu_core::consts::{percpu_dynamic_reserve, PERCPU_MODULE_RESERVE};
 use percpu_core::first_chunk::FirstChunkKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, Topology};
+use percpu_core::{AddressSpace, KernelProfile, Topology};
 
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
@@ -106,14 +105,21 @@ impl Isa for X86_64 {
         AddressSpace::new(64, 4096, LINEAR_MAP_START..LINEAR_MAP_START + RAM_SIZE, VMALLOC_START..VMALLOC_END)
             .expect("the x86_64 layout is a valid address space")
     }
-    fn percpu_config(&self, variant: &Variant, topology: Topology, static_size: usize) -> PercpuConfig {
+    fn percpu_config_for(
+        &self,
+        variant: &Variant,
+        topology: Topology,
+        static_size: usize,
+        kernel: &KernelProfile,
+    ) -> PercpuConfig {
         PercpuConfig {
             space: self.address_space(),
             topology,
             static_size,
-            // PERCPU_FIRST_CHUNK_RESERVE is the module reserve on x86_64.
-            reserved_size: PERCPU_MODULE_RESERVE,
-            dyn_size: percpu_dynamic_reserve(64) - PERCPU_MODULE_RESERVE,
+            // PERCPU_FIRST_CHUNK_RESERVE is the module reserve on x86_64;
+            // dyn = MODULE_RESERVE + DYNAMIC_RESERVE - FIRST_CHUNK_RESERVE.
+            reserved_size: kernel.x86_64_first_chunk_reserve(),
+            dyn_size: kernel.x86_64_embed_dyn_size(),
             atom_size: ATOM_SIZE,
             first_chunk: FirstChunkKind::Embed,
             backend: BackendKind::Vm,
@@ -123,7 +129,12 @@ impl Isa for X86_64 {
             },
             use_distance: true,
             need_page_first_chunk: true,
+            kernel: kernel.clone(),
+            memory: None,
         }
+    }
+    fn default_variant(&self, kernel: &KernelProfile) -> &'static Variant {
+        &VARIANTS[usize::from(kernel.x86_64_relative_percpu)]
     }
     fn kernel_base(&self, _variant: &Variant) -> u64 {
         KERNEL_TEXT
