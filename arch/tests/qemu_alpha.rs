@@ -641,3 +641,60 @@ fn host_call_then_breakpoint_then_resume() {
     e.set_breakpoints(&[]).unwrap();
     assert!(matches!(e.call(CODE, &[slot], STACK, 10_000).unwrap(), Outcome::Trap { .. }));
 }
+
+/// Hostile code: a jump into the harness's system call stub with the
+/// guest's own `mkdir` arguments must stop before the `callsys`, and the
+/// directory must not appear on the host.
+///
+/// ```text
+///  0: lda v0,136(zero)     ; __NR_mkdir on alpha
+///  4: mov a1,t12           ; the stub's address (second argument)
+///  8: jmp (t12)            ; a0 = the path, as the caller set it
+/// ```
+#[test]
+fn a_jump_into_the_syscall_stub_never_reaches_the_host() {
+    use percpu_arch::engine::qemu_alpha::SYSCALL_STUB;
+    let Some(mut e) = engine() else { return };
+    const CODE: u64 = 0x11_0000_0000;
+    const DATA: u64 = 0x12_0000_0000;
+    e.map(CODE, 0x2000, Perms::RX).unwrap();
+    e.map(DATA, 0x2000, Perms::RW).unwrap();
+    let dir = std::env::temp_dir().join(format!("percpu-bed-hostile-{}", std::process::id()));
+    let mut path = dir.to_string_lossy().into_owned().into_bytes();
+    path.push(0);
+    e.write(DATA, &path).unwrap();
+    e.write(CODE, &words(&[0x201f_0088, 0x47f1_041b, 0x6bfb_0000])).unwrap();
+    for budget in [10_000, 3] {
+        match e.call(CODE, &[DATA, SYSCALL_STUB], STACK, budget).unwrap() {
+            Outcome::Trap { pc, reason } => {
+                assert_eq!(pc, SYSCALL_STUB);
+                assert!(reason.contains("system call stub"), "{reason}");
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+    assert!(!dir.exists(), "guest code made a real mkdir on the host");
+    // The engine's own system calls still work (the guard is lifted for them).
+    e.map(0x13_0000_0000, 0x2000, Perms::RW).unwrap();
+}
+
+/// Hostile code: the harness segment is not writable by the guest, so code
+/// cannot write itself a `callsys` there.
+///
+/// ```text
+///  0: stl a1,0(a0)   4: ret
+/// ```
+#[test]
+fn the_harness_segment_is_not_writable_by_the_guest() {
+    let Some(mut e) = engine() else { return };
+    const CODE: u64 = 0x14_0000_0000;
+    e.map(CODE, 0x2000, Perms::RX).unwrap();
+    e.write(CODE, &words(&[0xb230_0000, 0x6bfa_8001])).unwrap();
+    let target = SCRATCH_BASE + 0x3000;
+    match e.call(CODE, &[target, 0x83], STACK, 10_000).unwrap() {
+        Outcome::Fault { addr, access: Access::Write, .. } => assert_eq!(addr, target),
+        o => panic!("{o:?}"),
+    }
+    // The host still can.
+    e.write(target, &words(&[0x6bfa_8001])).unwrap();
+}

@@ -10,12 +10,13 @@
 //!
 //! # Harness
 //!
-//! One RWX `PT_LOAD` at [`HARNESS_BASE`] (64 KiB) holds the entry point
+//! One read-only, executable `PT_LOAD` at [`HARNESS_BASE`] (64 KiB) holds the entry point
 //! (`bpt; br .-4`, never run: the gdbstub stops before the first
 //! instruction), the [`RETURN_TRAMPOLINE`] (a `Z0` breakpoint that callees
 //! return to), a system call stub (`callsys` followed by a breakpoint) and
-//! a free scratch area ([`SCRATCH_BASE`], [`SCRATCH_SIZE`]).  A second,
-//! RW `PT_LOAD` is a 64 KiB stack ([`HARNESS_STACK_TOP`]).  Adapters should
+//! a free scratch area ([`SCRATCH_BASE`], [`SCRATCH_SIZE`]) the host may
+//! write code into.  A second, RW `PT_LOAD` is a 64 KiB stack
+//! ([`HARNESS_STACK_TOP`]).  Adapters should
 //! keep their own layout clear of `HARNESS_BASE..HARNESS_END`.
 //!
 //! # Memory
@@ -134,6 +135,18 @@
 //! `callsys` word the host writes into executable memory (a `Trap` "not
 //! executed" when reached).  Code the guest writes itself is not scanned.
 //!
+//! # Sandbox
+//!
+//! Nothing guest code does may reach the host.  The guest is a Linux
+//! process, so the only way out is a system call, and every route to one
+//! is closed: `callsys` words the host writes into executable memory get
+//! breakpoints (free runs) or are refused before they execute (stepping);
+//! the harness's own stub at [`SYSCALL_STUB`] carries a breakpoint the
+//! engine lifts only around its own system calls, so a jump into it stops
+//! as a `Trap` before the `callsys`; and no page is both writable and
+//! executable for the guest (the harness segment is RX, data mappings are
+//! never executable), so the guest cannot write itself a `callsys`.
+//!
 //! # Trace
 //!
 //! [`TraceMode::All`] (`set_trace(true)`, the runner's `--trace`) single-steps a
@@ -199,9 +212,10 @@ const ENGINE: &str = "qemu-alpha";
 /// Alpha page size (the `map` granule).
 pub const PAGE_SIZE: u64 = 0x2000;
 
-/// Start of the harness's RWX segment (the conventional alpha text base).
+/// Start of the harness's read-only, executable segment (the conventional
+/// alpha text base).
 pub const HARNESS_BASE: u64 = 0x1_2000_0000;
-/// Size of the RWX segment.
+/// Size of the harness segment.
 pub const HARNESS_CODE_SIZE: u64 = 0x1_0000;
 /// The entry point (never executed).
 pub const HARNESS_ENTRY: u64 = HARNESS_BASE;
@@ -211,8 +225,9 @@ pub const RETURN_TRAMPOLINE: u64 = HARNESS_BASE + 0x40;
 pub const SYSCALL_STUB: u64 = HARNESS_BASE + 0x80;
 const SYSCALL_LANDING: u64 = SYSCALL_STUB + 4;
 /// Where the engine writes the path the guest opens the shared memory by.
-const PATH_BUF: u64 = HARNESS_BASE + 0x1000;
-/// Free RWX space for adapters and tests (code or data).
+const PATH_BUF: u64 = HARNESS_STACK_BASE;
+/// Free space for adapters and tests (code, or read-only data: the
+/// guest cannot write the harness segment; the host can).
 pub const SCRATCH_BASE: u64 = HARNESS_BASE + 0x2000;
 pub const SCRATCH_SIZE: u64 = HARNESS_CODE_SIZE - 0x2000;
 /// The harness stack segment (RW).
@@ -623,7 +638,7 @@ fn forbidden_pal(word: u32) -> Option<String> {
 }
 
 /// The harness ELF: a static alpha executable (ELF64, little endian,
-/// EM_ALPHA 0x9026) with an RWX segment at [`HARNESS_BASE`] and an RW stack
+/// EM_ALPHA 0x9026) with an RX segment at [`HARNESS_BASE`] and an RW stack
 /// segment.  Written by hand: it is two program headers and a few words.
 pub fn harness_elf() -> Vec<u8> {
     const EM_ALPHA: u16 = 0x9026;
@@ -669,10 +684,16 @@ pub fn harness_elf() -> Vec<u8> {
     const PF_X: u32 = 1;
     const PF_W: u32 = 2;
     const PF_R: u32 = 4;
-    phdr(PF_R | PF_W | PF_X, CODE_OFFSET, HARNESS_BASE, code.len() as u64, HARNESS_CODE_SIZE);
+    // Never writable by the guest: code the guest wrote itself would not
+    // be scanned for `callsys` (see the module docs, Sandbox).
+    // The whole segment is in the file: QEMU's loader zero-fills a
+    // segment's tail past its file size in place, which faults (QEMU
+    // itself dies) when the segment is not writable.
+    phdr(PF_R | PF_X, CODE_OFFSET, HARNESS_BASE, HARNESS_CODE_SIZE, HARNESS_CODE_SIZE);
     phdr(PF_R | PF_W, 0, HARNESS_STACK_BASE, 0, HARNESS_STACK_SIZE);
     f.resize(CODE_OFFSET as usize, 0);
     f.extend_from_slice(&code);
+    f.resize((CODE_OFFSET + HARNESS_CODE_SIZE) as usize, 0);
     f
 }
 
@@ -786,6 +807,8 @@ pub struct QemuAlphaEngine {
     call_stack_top: u64,
     /// The breakpoint the call last stopped at, to step off on resume.
     last_breakpoint: Option<u64>,
+    /// A breakpoint guards the system call stub against guest code.
+    stub_guard: bool,
 }
 
 impl QemuAlphaEngine {
@@ -844,7 +867,7 @@ impl QemuAlphaEngine {
             regs: None,
             dirty: false,
             regions: vec![
-                Region::private(HARNESS_BASE, HARNESS_BASE + HARNESS_CODE_SIZE, Perms::RWX),
+                Region::private(HARNESS_BASE, HARNESS_BASE + HARNESS_CODE_SIZE, Perms::RX),
                 Region::private(HARNESS_STACK_BASE, HARNESS_STACK_TOP, Perms::RW),
             ],
             mode: TraceMode::Off,
@@ -859,6 +882,7 @@ impl QemuAlphaEngine {
             breakpoints: Vec::new(),
             call_stack_top: HARNESS_STACK_TOP,
             last_breakpoint: None,
+            stub_guard: false,
         };
         let pc = e.raw_reg(regnum::PC)?;
         if pc != HARNESS_ENTRY {
@@ -870,6 +894,12 @@ impl QemuAlphaEngine {
                 Err(why) => tracing::warn!("qemu-alpha: no shared memory ({why}); every access goes over gdb"),
             }
         }
+        // Guest code that jumps into the stub would make a real system
+        // call with its own registers: a breakpoint stops it there; the
+        // engine lifts it only for its own calls.
+        let r = e.client.insert_breakpoint(SYSCALL_STUB, 4);
+        e.poison(r)?;
+        e.stub_guard = true;
         Ok(e)
     }
 
@@ -1049,7 +1079,17 @@ impl QemuAlphaEngine {
             r[regnum::PC] = SYSCALL_STUB;
         }
         self.dirty = true;
-        let stop = self.run_stub()?;
+        let guarded = self.stub_guard;
+        if guarded {
+            let r = self.client.remove_breakpoint(SYSCALL_STUB, 4);
+            self.poison(r)?;
+        }
+        let stop = self.run_stub();
+        if guarded {
+            let r = self.client.insert_breakpoint(SYSCALL_STUB, 4);
+            self.poison(r)?;
+        }
+        let stop = stop?;
         let pc = self.raw_reg(regnum::PC)?;
         let (v0, a3) = (self.raw_reg(regnum::V0)?, self.raw_reg(regnum::A3)?);
         match stop {
@@ -1291,6 +1331,10 @@ impl QemuAlphaEngine {
             gdb_signal::SIGTRAP if pc == RETURN_TRAMPOLINE => {
                 Outcome::Returned { value: self.raw_reg(regnum::V0)?, instructions }
             }
+            gdb_signal::SIGTRAP if pc == SYSCALL_STUB => Outcome::Trap {
+                pc,
+                reason: "jumped into the harness's system call stub (a system call from guest code; not executed)".into(),
+            },
             gdb_signal::SIGTRAP if self.host_calls.contains(&pc) => Outcome::HostCall { pc, instructions },
             gdb_signal::SIGTRAP if self.breakpoints.contains(&pc) => Outcome::Breakpoint { pc, instructions },
             gdb_signal::SIGTRAP if self.syscall_traps.contains(&pc) => {
@@ -1402,6 +1446,10 @@ impl QemuAlphaEngine {
             }
             if let Some(stop) = self.runtime_stop(pc, Some(executed)) {
                 return Ok(stop);
+            }
+            if pc == SYSCALL_STUB {
+                let reason = "jumped into the harness's system call stub (a system call from guest code; not executed)";
+                return Ok(Outcome::Trap { pc, reason: reason.into() });
             }
             let word = self.fetch_insn(pc)?;
             if let Some(reason) = word.and_then(forbidden_pal) {
