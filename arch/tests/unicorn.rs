@@ -709,3 +709,20 @@ fn host_call_then_breakpoint_then_resume() {
     e.set_reg(Reg::Pc, entry + 7).unwrap();
     assert!(matches!(e.resume(BUDGET).unwrap(), Outcome::Returned { value: 42, .. }));
 }
+
+/// A run's CPU state does not leak into the next: `reset_cpu` returns every
+/// register to the snapshot (here r15, which no adapter sets, clobbered by
+/// `mov %rdi, %r15; ret`).
+#[test]
+fn reset_cpu_returns_to_the_snapshot() {
+    use unicorn_engine::RegisterX86;
+    let (mut e, _) = setup(Cpu::X86_64);
+    let r15 = Reg::Raw(RegisterX86::R15 as u32);
+    e.write(CODE + 0x200, &[0x49, 0x89, 0xff, 0xc3]).unwrap();
+    e.set_reg(r15, 7).unwrap();
+    e.snapshot_cpu().unwrap();
+    assert!(matches!(e.call(CODE + 0x200, &[0x1234], STACK_TOP, BUDGET).unwrap(), Outcome::Returned { .. }));
+    assert_eq!(e.reg(r15).unwrap(), 0x1234);
+    e.reset_cpu().unwrap();
+    assert_eq!(e.reg(r15).unwrap(), 7);
+}

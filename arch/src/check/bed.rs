@@ -599,6 +599,7 @@ impl<'s> Bed<'s> {
         }
         // Writes are what the checks need; reads only for --trace's log.
         bed.engine.set_trace_mode(if sc.trace { TraceMode::All } else { TraceMode::Writes });
+        bed.engine.snapshot_cpu().map_err(engine_err(sc, "saving the CPU state"))?;
         Ok(bed)
     }
 
@@ -893,6 +894,8 @@ impl<'s> Bed<'s> {
     /// The model's CPU context for `cpu`: the percpu offset register, and
     /// in kernel mode the current task, thread_info and preempt count.
     pub fn enter(&mut self, cpu: u32, abi: Option<&AbiNote>) -> Result<(), CheckError> {
+        // Whatever the last run did to the CPU, this one starts clean.
+        self.engine.reset_cpu().map_err(engine_err(self.sc, format!("resetting the CPU state for cpu {cpu}")))?;
         let off = self.offsets.get(cpu as usize).copied().flatten().unwrap_or(0);
         let mut ctx = crate::isa::CpuContext {
             cpu,

@@ -219,6 +219,20 @@ pub trait Engine {
     /// Take the accesses recorded since the last call to this.
     fn take_trace(&mut self) -> Vec<MemAccess>;
 
+    /// Remember the CPU's whole architectural state (every register, the
+    /// s390x PSW, system registers) for [`Engine::reset_cpu`].  The runner
+    /// takes it once the bed is built.
+    fn snapshot_cpu(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Return the CPU to the [`Engine::snapshot_cpu`] state (nothing if
+    /// none was taken).  The runner resets before every run, so no run's
+    /// CPU state (an s390x `lpswe`, an arm64 `msr`, a sparc window) leaks
+    /// into later, innocent runs.  Memory is not touched.
+    fn reset_cpu(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Stop with [`Outcome::HostCall`] whenever execution reaches one of
     /// `addrs` (the kernel runtime's function slots; replaces any earlier
     /// set).  The slots must be in memory the caller mapped executable.

@@ -809,6 +809,8 @@ pub struct QemuAlphaEngine {
     last_breakpoint: Option<u64>,
     /// A breakpoint guards the system call stub against guest code.
     stub_guard: bool,
+    /// The registers `reset_cpu` returns to.
+    snapshot: Option<Vec<u64>>,
 }
 
 impl QemuAlphaEngine {
@@ -883,6 +885,7 @@ impl QemuAlphaEngine {
             call_stack_top: HARNESS_STACK_TOP,
             last_breakpoint: None,
             stub_guard: false,
+            snapshot: None,
         };
         let pc = e.raw_reg(regnum::PC)?;
         if pc != HARNESS_ENTRY {
@@ -1895,6 +1898,21 @@ impl Engine for QemuAlphaEngine {
 
     fn take_trace(&mut self) -> Vec<MemAccess> {
         std::mem::take(&mut self.trace)
+    }
+
+    fn snapshot_cpu(&mut self) -> Result<(), EngineError> {
+        self.alive()?;
+        self.snapshot = Some(self.load_regs()?.clone());
+        Ok(())
+    }
+
+    fn reset_cpu(&mut self) -> Result<(), EngineError> {
+        if let Some(r) = &self.snapshot {
+            self.alive()?;
+            self.regs = Some(r.clone());
+            self.dirty = true;
+        }
+        Ok(())
     }
 
     fn set_host_calls(&mut self, addrs: &[u64]) -> Result<(), EngineError> {

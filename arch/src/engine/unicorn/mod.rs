@@ -322,6 +322,8 @@ pub struct UnicornEngine {
     sparc_stop_hooks: Vec<UcHookId>,
     /// Code ran since the translation cache was last flushed.
     tb_dirty: bool,
+    /// The CPU state `reset_cpu` returns to.
+    snapshot: Option<unicorn_engine::Context>,
 }
 
 // SAFETY: `Unicorn` is `!Send` only because it holds an `Rc`.  Every clone
@@ -531,7 +533,7 @@ impl UnicornEngine {
         .map_err(uc_err)?;
 
         let mut engine =
-            UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, sparc_stop_hooks: Vec::new(), tb_dirty: false };
+            UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, sparc_stop_hooks: Vec::new(), tb_dirty: false, snapshot: None };
         // The trampoline page.
         engine.map_pages(trampoline, GRANULE, Perms::RX).map_err(|e| EngineError::Map {
             engine: ENGINE,
@@ -866,6 +868,20 @@ impl Engine for UnicornEngine {
         let st = self.uc.get_data_mut();
         (st.skip_breakpoint, st.last_breakpoint) = (None, None);
         self.run_from(entry, budget)
+    }
+
+    fn snapshot_cpu(&mut self) -> Result<(), EngineError> {
+        let mut c = self.uc.context_alloc().map_err(|e| uc_err(format!("context_alloc: {e:?}")))?;
+        self.uc.context_save(&mut c).map_err(|e| uc_err(format!("context_save: {e:?}")))?;
+        self.snapshot = Some(c);
+        Ok(())
+    }
+
+    fn reset_cpu(&mut self) -> Result<(), EngineError> {
+        match &self.snapshot {
+            Some(c) => self.uc.context_restore(c).map_err(|e| uc_err(format!("context_restore: {e:?}"))),
+            None => Ok(()),
+        }
     }
 
     fn resume(&mut self, budget: u64) -> Result<Outcome, EngineError> {
