@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::bed::Bed;
 use super::diag::{Diagnostic, Finding, FindingKind};
-use super::kernel::{log_findings, KernelLog};
+use super::kernel::{live_at, log_findings, AllocEvent, KernelLog};
 use super::{CheckError, CpuRun, Status, TestReport, MAX_DIAGNOSED_RUNS};
 use crate::engine::{Access, MemAccess, Outcome, TraceMode};
 
@@ -55,7 +55,15 @@ pub const MODULE_TEST: &str = "init_module";
 /// Findings listed per run for writes (the rest are counted).
 const MAX_LISTED: usize = 8;
 
-fn diag(bed: &Bed<'_>, object: &str, cpu: Option<u32>, status: Status, bug: Option<String>, findings: Vec<Finding>, notes: Vec<String>) -> Diagnostic {
+fn diag(
+    bed: &Bed<'_>,
+    object: &str,
+    cpu: Option<u32>,
+    status: Status,
+    bug: Option<String>,
+    findings: Vec<Finding>,
+    notes: Vec<String>,
+) -> Diagnostic {
     Diagnostic {
         arch: bed.isa.name().to_string(),
         variant: bed.variant.name.to_string(),
@@ -113,7 +121,8 @@ impl Bed<'_> {
     fn offset_reads(&self, trace: &[MemAccess]) -> (BTreeSet<u32>, Vec<(u32, u64)>) {
         let mut explicit = BTreeSet::new();
         let mut impossible = Vec::new();
-        let Some(pco) = self.objects.first().and_then(|o| o.loaded.as_ref()).and_then(|l| l.symbol("__per_cpu_offset")) else {
+        let Some(pco) = self.objects.first().and_then(|o| o.loaded.as_ref()).and_then(|l| l.symbol("__per_cpu_offset"))
+        else {
             return (explicit, impossible);
         };
         let (base, size) = (pco.value, pco.size);
@@ -132,7 +141,25 @@ impl Bed<'_> {
     }
 
     /// The percpu-memory checks of one call's accesses.
-    fn check_accesses(&mut self, cpu: u32, trace: &[MemAccess], reads_traced: bool) -> Vec<Finding> {
+    /// Whether `a..a+len` lies in a copy of a dynamic allocation that was
+    /// live when access `idx` happened, though it is not any more.
+    fn live_during_call(&self, a: u64, len: u64, idx: usize, events: &[AllocEvent]) -> bool {
+        let mut seen = BTreeSet::new();
+        events.iter().filter(|e| seen.insert(e.ptr)).any(|e| {
+            live_at(events, e.ptr, idx)
+                && self.possible.iter().filter_map(|&c| self.cpu_ptr(e.ptr, c)).any(|p| p <= a && a + len <= p + e.size)
+        })
+    }
+
+    /// The percpu-memory checks of one call's accesses (in the order they
+    /// happened, with the call's allocations and frees among them).
+    fn check_accesses(
+        &mut self,
+        cpu: u32,
+        trace: &[MemAccess],
+        events: &[AllocEvent],
+        reads_traced: bool,
+    ) -> Vec<Finding> {
         let mut out = Vec::new();
         let (explicit, impossible) = self.offset_reads(trace);
         for (k, pc) in impossible.iter().take(MAX_LISTED) {
@@ -150,7 +177,7 @@ impl Bed<'_> {
         }
         let mut listed = 0usize;
         let mut more = 0usize;
-        for a in trace {
+        for (idx, a) in trace.iter().enumerate() {
             let len = a.size as u64;
             if a.access == Access::Fetch || (a.access == Access::Read && !reads_traced) {
                 continue;
@@ -159,7 +186,9 @@ impl Bed<'_> {
                 continue;
             }
             let problem = if let Some(loc) = self.percpu.classify(a.addr) {
-                let allocated = loc.region == Region::Static || loc.allocation.is_some();
+                let allocated = loc.region == Region::Static
+                    || loc.allocation.is_some()
+                    || self.live_during_call(a.addr, len, idx, events);
                 match loc.cpu {
                     _ if !allocated => Some(format!(
                         "{} {len} bytes of unallocated percpu memory at {} (freed, or never allocated: a use after \
@@ -168,11 +197,13 @@ impl Bed<'_> {
                         self.decode(a.addr)
                     )),
                     None => Some(format!("{} a unit that belongs to no CPU at {}", a.access, self.decode(a.addr))),
-                    Some(k) if k != cpu && a.access == Access::Write && !explicit.contains(&k) && reads_traced => Some(format!(
-                        "wrote {len} bytes into cpu {k}'s copy at {} while running on cpu {cpu}, without reading \
+                    Some(k) if k != cpu && a.access == Access::Write && !explicit.contains(&k) && reads_traced => {
+                        Some(format!(
+                            "wrote {len} bytes into cpu {k}'s copy at {} while running on cpu {cpu}, without reading \
                          __per_cpu_offset[{k}] (this_cpu code that used another CPU's offset?)",
-                        self.decode(a.addr)
-                    )),
+                            self.decode(a.addr)
+                        ))
+                    }
                     _ => None,
                 }
             } else if self.static_link.contains(&a.addr) && self.static_image_mapped {
@@ -183,7 +214,11 @@ impl Bed<'_> {
                     self.decode(a.addr)
                 ))
             } else if a.access == Access::Write {
-                Some(format!("wrote {len} bytes ({:#x}) at {}: not the module's own data", a.value.unwrap_or(0), self.decode(a.addr)))
+                Some(format!(
+                    "wrote {len} bytes ({:#x}) at {}: not the module's own data",
+                    a.value.unwrap_or(0),
+                    self.decode(a.addr)
+                ))
             } else {
                 None
             };
@@ -219,9 +254,9 @@ impl Bed<'_> {
         self.enter(cpu, None)?;
         let _ = self.engine.take_trace();
         let before = self.kernel_state(cpu);
-        let (outcome, log) = self.kernel_call(entry, &[], cpu, what)?;
-        let mut trace = self.engine.take_trace();
-        trace.extend(log.host_writes.iter().copied());
+        let (outcome, mut log) = self.kernel_call(entry, &[], cpu, what)?;
+        let mut trace = std::mem::take(&mut log.trace);
+        trace.extend(self.engine.take_trace());
         let after = self.kernel_state(cpu);
         let mut findings = Vec::new();
         match outcome {
@@ -229,7 +264,11 @@ impl Bed<'_> {
             Outcome::Fault { pc, addr, access, unmapped } => {
                 let mut f = Finding::new(
                     FindingKind::Fault,
-                    format!("{what}: {access} fault ({}) at {}", if unmapped { "unmapped" } else { "protected" }, self.decode(addr)),
+                    format!(
+                        "{what}: {access} fault ({}) at {}",
+                        if unmapped { "unmapped" } else { "protected" },
+                        self.decode(addr)
+                    ),
                 );
                 f.pc = Some(self.code_loc(pc));
                 f.addr = Some(self.decode(addr));
@@ -237,7 +276,10 @@ impl Bed<'_> {
                 findings.push(f);
             }
             Outcome::BudgetExhausted { pc, budget } => {
-                let mut f = Finding::new(FindingKind::Runaway, format!("{what}: runaway code: the {budget}-instruction budget ran out"));
+                let mut f = Finding::new(
+                    FindingKind::Runaway,
+                    format!("{what}: runaway code: the {budget}-instruction budget ran out"),
+                );
                 f.pc = Some(self.code_loc(pc));
                 findings.push(f);
             }
@@ -249,7 +291,7 @@ impl Bed<'_> {
             _ => {}
         }
         findings.extend(log_findings(&log, before, after));
-        findings.extend(self.check_accesses(cpu, &trace, reads_traced));
+        findings.extend(self.check_accesses(cpu, &trace, &log.alloc_events, reads_traced));
         if !findings.is_empty() {
             super::exec::undo_writes(self, &trace)?;
         }
@@ -276,7 +318,10 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
     };
     if let Some(msg) = bed.objects[oi].rejected.clone() {
         let status = if planted.is_some() { Status::Caught } else { Status::Fail };
-        let f = Finding::new(FindingKind::Rejected, format!("the module could not be loaded, as the kernel would refuse it: {msg}"));
+        let f = Finding::new(
+            FindingKind::Rejected,
+            format!("the module could not be loaded, as the kernel would refuse it: {msg}"),
+        );
         report.status = status;
         report.diagnostic = Some(diag(bed, &object, None, status, planted, vec![f], Vec::new()));
         return Ok(report);
@@ -380,7 +425,10 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         if any(Status::Caught) {
             Status::Caught
         } else {
-            let f = Finding::new(FindingKind::NotCaught, "planted bug not caught: init and exit behaved on every CPU they ran on");
+            let f = Finding::new(
+                FindingKind::NotCaught,
+                "planted bug not caught: init and exit behaved on every CPU they ran on",
+            );
             report.diagnostic = Some(diag(bed, &object, None, Status::Fail, planted.clone(), vec![f], notes));
             Status::Fail
         }
