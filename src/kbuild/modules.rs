@@ -27,7 +27,13 @@ pub static PROJECT_FILES: &[(&str, &str)] = &[
     ("Kbuild", include_str!("../../fixtures/kmod/src/Kbuild")),
     ("pcpubed-kmod.h", include_str!("../../fixtures/kmod/src/pcpubed-kmod.h")),
     ("pcpubed_rtabi.c", include_str!("../../fixtures/kmod/src/pcpubed_rtabi.c")),
+    ("pcpubed_api.c", include_str!("../../fixtures/kmod/src/pcpubed_api.c")),
 ];
+
+/// Expectation files of the project's modules (every module of
+/// [`PROJECT_FILES`] but the probe has one: a test checks it).
+pub static PROJECT_EXPECT: &[(&str, &str)] =
+    &[("pcpubed_api", include_str!("../../fixtures/kmod/expect/pcpubed_api.expect.toml"))];
 
 /// Expectation files of modules from the kernel tree (`<module>.expect.toml`).
 pub static TREE_EXPECT: &[(&str, &str)] =
@@ -137,7 +143,7 @@ pub fn module_sets(tree: &Tree, test_source: Option<&Path>, user: &[PathBuf]) ->
         name: PROJECT_SET.into(),
         files: PROJECT_FILES.iter().map(|(p, t)| (PathBuf::from(p), t.as_bytes().to_vec())).collect(),
         file_prefix: "fixtures/kmod/src".into(),
-        expect: Vec::new(),
+        expect: PROJECT_EXPECT.iter().map(|(m, t)| (m.to_string(), t.to_string())).collect(),
     });
     for dir in user {
         sets.push(user_set(dir)?);
@@ -147,7 +153,10 @@ pub fn module_sets(tree: &Tree, test_source: Option<&Path>, user: &[PathBuf]) ->
         if !names.insert(s.name.clone()) {
             return Err(KbuildError::Module {
                 target: "all".into(),
-                what: format!("two module directories are both named `{}`: rename one", s.name.trim_start_matches("user-")),
+                what: format!(
+                    "two module directories are both named `{}`: rename one",
+                    s.name.trim_start_matches("user-")
+                ),
             });
         }
     }
@@ -160,7 +169,10 @@ fn user_set(dir: &Path) -> Result<ModuleSet, KbuildError> {
     if !has_kbuild {
         return Err(KbuildError::Module {
             target: "all".into(),
-            what: format!("{}: no Kbuild or Makefile (write `obj-m := yourmodule.o` into a Kbuild file)", abs.display()),
+            what: format!(
+                "{}: no Kbuild or Makefile (write `obj-m := yourmodule.o` into a Kbuild file)",
+                abs.display()
+            ),
         });
     }
     let base = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "module".into());
