@@ -12,15 +12,25 @@
 //! returns = -11                 # init_module's return value (default 0)
 //! printk = ["percpu test done"] # lines init must print, in this order
 //!
+//! fail_alloc = [1]              # these alloc_percpu calls of each run (1 = the
+//!                               # first) fail, as under memory pressure
+//!
 //! [planted]                     # the module is a planted bug: it must be caught
 //! bug = "reserved chunk exhausted by a big module percpu (bugzilla 204119)"
+//! needs = ["smp"]               # what a configuration needs to show the bug:
+//!                               # "smp" (2+ possible CPUs), "sparse" (holes in
+//!                               # the possible mask), "percpu-above-4g" (CPUs'
+//!                               # copies at addresses above 4 GiB)
 //! ```
+//!
+//! A planted bug that is not caught where its `needs` are not met is
+//! reported as latent there (still not a pass).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use percpu_arch::check::ModuleExpect;
+use percpu_arch::check::{ModuleExpect, Needs};
 use percpu_arch::runtime::RtAbi;
 use percpu_loader::ElfObject;
 use serde::Deserialize;
@@ -111,12 +121,16 @@ struct InitExpect {
     returns: i64,
     #[serde(default)]
     printk: Vec<String>,
+    #[serde(default)]
+    fail_alloc: Vec<u32>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Planted {
     bug: String,
+    #[serde(default)]
+    needs: Vec<String>,
 }
 
 /// Parse an expectation file's text.
@@ -125,7 +139,28 @@ pub fn parse_expect(text: &str, path: &Path) -> Result<ModuleExpect> {
     if !(i32::MIN as i64..=i32::MAX as i64).contains(&f.init.returns) {
         bail!("{}: init.returns = {} does not fit an int", path.display(), f.init.returns);
     }
-    Ok(ModuleExpect { init_returns: f.init.returns, printk: f.init.printk, planted: f.planted.map(|p| p.bug) })
+    if let Some(n) = f.init.fail_alloc.iter().find(|&&n| n == 0) {
+        bail!("{}: init.fail_alloc counts alloc_percpu calls from 1, not {n}", path.display());
+    }
+    let needs = match &f.planted {
+        Some(p) => p
+            .needs
+            .iter()
+            .map(|n| {
+                n.parse::<Needs>().map_err(|known| {
+                    anyhow::anyhow!("{}: planted.needs: unknown condition {n:?} (known: {known})", path.display())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    Ok(ModuleExpect {
+        init_returns: f.init.returns,
+        printk: f.init.printk,
+        fail_alloc: f.init.fail_alloc,
+        planted: f.planted.map(|p| p.bug),
+        needs,
+    })
 }
 
 /// The expectation of every module that has a file beside it, by object name.
@@ -161,6 +196,12 @@ mod tests {
         assert_eq!((e.init_returns, e.planted.as_deref()), (0, Some("x")));
         assert!(parse_expect("[init]\nreturn = 0\n", p).unwrap_err().to_string().contains("m.expect.toml"));
         assert!(parse_expect("[init]\nreturns = 4294967296\n", p).is_err());
+        let e = parse_expect("[init]\nfail_alloc = [1, 3]\n[planted]\nbug = \"b\"\nneeds = [\"smp\", \"sparse\"]\n", p).unwrap();
+        assert_eq!(e.fail_alloc, [1, 3]);
+        assert_eq!(e.needs, [Needs::Smp, Needs::Sparse]);
+        let err = parse_expect("[planted]\nbug = \"b\"\nneeds = [\"numa\"]\n", p).unwrap_err().to_string();
+        assert!(err.contains("\"numa\"") && err.contains("percpu-above-4g"), "{err}");
+        assert!(parse_expect("[init]\nfail_alloc = [0]\n", p).is_err(), "allocations count from 1");
         assert_eq!(parse_expect("", p).unwrap(), ModuleExpect::default());
     }
 

@@ -110,6 +110,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         runs: Vec::new(),
         micros: 0,
         printk: Vec::new(),
+        latent: None,
     };
     let mut notes: Vec<String> = bed.objects[oi]
         .truncations

@@ -135,6 +135,11 @@ pub(crate) struct KernelRt {
     pub log: KernelLog,
     /// `GFP_KERNEL` of the tree (what makes an allocation non-atomic).
     pub gfp_kernel: u64,
+    /// Allocation calls (counted from 1) that fail, as under memory
+    /// pressure (a module's expectation file asks for it).
+    pub fail_alloc: Vec<u32>,
+    /// Allocation calls so far in this run.
+    pub alloc_calls: u32,
 }
 
 /// The percpu variable holding x86_64's preempt count, and so on: the
@@ -446,6 +451,21 @@ impl Bed<'_> {
             req = req.atomic();
         }
         let caller = self.caller();
+        let rt = self.rt();
+        rt.alloc_calls += 1;
+        if rt.fail_alloc.contains(&rt.alloc_calls) {
+            let n = rt.alloc_calls;
+            // What pcpu_alloc() prints when it cannot get memory.
+            self.log_printk(
+                cpu,
+                &format!(
+                    "\u{1}4percpu: allocation failed, size={size} align={align} atomic={}, failed to allocate new chunk \
+                     failed (injected: allocation {n} of this run)\n",
+                    atomic as u8
+                ),
+            );
+            return Ok(0);
+        }
         match self.percpu.alloc(req) {
             Ok(p) => {
                 self.sync_events()?;
@@ -834,6 +854,8 @@ impl Bed<'_> {
             irq: 0,
             log: KernelLog::default(),
             gfp_kernel,
+            fail_alloc: Vec::new(),
+            alloc_calls: 0,
         });
         Ok(())
     }

@@ -44,9 +44,59 @@ pub struct ModuleExpect {
     pub init_returns: i64,
     /// Substrings init must print, one line each, in this order.
     pub printk: Vec<String>,
+    /// The `alloc_percpu` calls of each run (init and exit, counted from
+    /// 1) that fail as under memory pressure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fail_alloc: Vec<u32>,
     /// The module is a planted bug: why it must be caught.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planted: Option<String>,
+    /// What a configuration needs for the planted bug to show.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<Needs>,
+}
+
+/// A condition a planted bug needs to show at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Needs {
+    /// Two or more possible CPUs (another CPU's copy to get wrong).
+    Smp,
+    /// A possible mask with holes below nr_cpu_ids.
+    Sparse,
+    /// CPUs' copies at addresses above 4 GiB (so 32 bits cannot hold them).
+    PercpuAbove4g,
+}
+
+impl Needs {
+    pub const ALL: [Needs; 3] = [Needs::Smp, Needs::Sparse, Needs::PercpuAbove4g];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Needs::Smp => "smp",
+            Needs::Sparse => "sparse",
+            Needs::PercpuAbove4g => "percpu-above-4g",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Needs::Smp => "two or more possible CPUs",
+            Needs::Sparse => "a sparse possible mask (holes below nr_cpu_ids)",
+            Needs::PercpuAbove4g => "percpu copies at addresses above 4 GiB",
+        }
+    }
+}
+
+impl std::str::FromStr for Needs {
+    /// The known names, for the error message.
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Needs::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| Needs::ALL.map(|n| n.name()).join(", "))
+    }
 }
 
 /// The name a module's init/exit test has in reports.
@@ -84,6 +134,28 @@ pub(crate) fn has_init(bed: &Bed<'_>, oi: usize) -> bool {
 }
 
 impl Bed<'_> {
+    /// Whether this bed's configuration meets condition `n`.
+    fn shows(&self, n: Needs) -> bool {
+        match n {
+            Needs::Smp => self.possible.len() >= 2,
+            Needs::Sparse => self.possible.last().is_some_and(|&m| m as usize + 1 != self.possible.len()),
+            Needs::PercpuAbove4g => {
+                self.possible.iter().filter_map(|&c| self.cpu_ptr(self.per_cpu_start, c)).any(|a| a > u32::MAX as u64)
+            }
+        }
+    }
+
+    /// The CPU whose `__per_cpu_offset[]` entry `a` is within a page of:
+    /// `per_cpu_ptr(NULL + small, cpu)`, a NULL percpu pointer used.
+    fn null_percpu(&self, a: u64) -> Option<(u32, u64)> {
+        let page = self.isa.page_size();
+        self.possible.iter().find_map(|&c| {
+            let off = self.offsets.get(c as usize).copied().flatten()?;
+            let d = a.wrapping_sub(off);
+            (d < page).then_some((c, d))
+        })
+    }
+
     /// Put a module back to its load-time state (sections and percpu copies).
     fn reset_module(&mut self, oi: usize) -> Result<(), CheckError> {
         let Some(obj) = self.objects[oi].loaded.clone() else { return Ok(()) };
@@ -140,7 +212,6 @@ impl Bed<'_> {
         (explicit, impossible)
     }
 
-    /// The percpu-memory checks of one call's accesses.
     /// Whether `a..a+len` lies in a copy of a dynamic allocation that was
     /// live when access `idx` happened, though it is not any more.
     fn live_during_call(&self, a: u64, len: u64, idx: usize, events: &[AllocEvent]) -> bool {
@@ -185,7 +256,18 @@ impl Bed<'_> {
             if a.access == Access::Write && self.ordinary_write(a.addr, len) {
                 continue;
             }
-            let problem = if let Some(loc) = self.percpu.classify(a.addr) {
+            // x86_64 -fstack-protector reads the canary at %gs:40
+            // (fixed_percpu_data.stack_canary, in the first page).
+            let canary = self.isa.name() == "x86_64" && a.access == Access::Read;
+            let null = self.null_percpu(a.addr).filter(|&(_, d)| !(canary && (40..48).contains(&d)));
+            let problem = if let Some((k, d)) = null {
+                Some(format!(
+                    "{} {len} bytes at {} = per_cpu_ptr(NULL, {k}) + {d:#x}: a NULL percpu pointer used (alloc_percpu's \
+                     NULL not checked?); per_cpu_ptr(NULL, cpu) is __per_cpu_offset[cpu], not NULL",
+                    if a.access == Access::Write { "wrote" } else { "read" },
+                    self.decode(a.addr)
+                ))
+            } else if let Some(loc) = self.percpu.classify(a.addr) {
                 let allocated = loc.region == Region::Static
                     || loc.allocation.is_some()
                     || self.live_during_call(a.addr, len, idx, events);
@@ -315,6 +397,7 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         runs: Vec::new(),
         micros: 0,
         printk: Vec::new(),
+        latent: None,
     };
     if let Some(msg) = bed.objects[oi].rejected.clone() {
         let status = if planted.is_some() { Status::Caught } else { Status::Fail };
@@ -344,6 +427,10 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
     for cpu in run_cpus {
         let tr = Instant::now();
         bed.reset_module(oi)?;
+        if let Some(k) = bed.kernel.as_mut() {
+            k.fail_alloc = expect.fail_alloc.clone();
+            k.alloc_calls = 0;
+        }
         let live_before: Vec<u64> = bed.dyn_allocs.iter().map(|d| d.ptr).collect();
         let (outcome, log, mut findings) = bed.module_call(init, cpu, "init_module", reads_traced)?;
         let mut printk = log.printk.clone();
@@ -419,16 +506,28 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         report.runs.push(run);
     }
     bed.reset_module(oi)?;
+    if let Some(k) = bed.kernel.as_mut() {
+        k.fail_alloc.clear();
+    }
     bed.engine.set_trace_mode(if bed.sc.trace { TraceMode::All } else { TraceMode::Writes });
     let any = |s: Status| report.runs.iter().any(|r| r.status == s);
     report.status = if planted.is_some() {
         if any(Status::Caught) {
             Status::Caught
         } else {
-            let f = Finding::new(
+            let mut f = Finding::new(
                 FindingKind::NotCaught,
                 "planted bug not caught: init and exit behaved on every CPU they ran on",
             );
+            let unmet: Vec<Needs> = expect.needs.iter().copied().filter(|n| !bed.shows(*n)).collect();
+            if !unmet.is_empty() {
+                let why = format!(
+                    "latent in this configuration: the bug needs {}",
+                    unmet.iter().map(|n| n.what()).collect::<Vec<_>>().join(" and ")
+                );
+                f.hints.push(why.clone());
+                report.latent = Some(why);
+            }
             report.diagnostic = Some(diag(bed, &object, None, Status::Fail, planted.clone(), vec![f], notes));
             Status::Fail
         }
