@@ -272,6 +272,12 @@ impl Bed<'_> {
                     || loc.allocation.is_some()
                     || self.live_during_call(a.addr, len, idx, events);
                 match loc.cpu {
+                    _ if !allocated && loc.region == Region::Reserved => Some(format!(
+                        "{} {len} bytes at {}: in the reserved chunk but in no module's percpu (past the end of \
+                         a module's static percpu: stride or array arithmetic on a percpu variable?)",
+                        if a.access == Access::Write { "wrote" } else { "read" },
+                        self.decode(a.addr)
+                    )),
                     _ if !allocated => Some(format!(
                         "{} {len} bytes of unallocated percpu memory at {} (freed, or never allocated: a use after \
                          free_percpu?)",
