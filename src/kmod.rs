@@ -14,15 +14,25 @@
 //!                               # (alpha's EAGAIN is 35, everyone else's 11)
 //! printk = ["percpu test done"] # lines init must print, in this order
 //!
+//! fail_alloc = [1]              # these alloc_percpu calls of each run (1 = the
+//!                               # first) fail, as under memory pressure
+//!
 //! [planted]                     # the module is a planted bug: it must be caught
 //! bug = "reserved chunk exhausted by a big module percpu (bugzilla 204119)"
+//! needs = ["smp"]               # what a configuration needs to show the bug:
+//!                               # "smp" (2+ possible CPUs), "sparse" (holes in
+//!                               # the possible mask), "percpu-above-4g" (CPUs'
+//!                               # copies at addresses above 4 GiB)
 //! ```
+//!
+//! A planted bug that is not caught where its `needs` are not met is
+//! reported as latent there (still not a pass).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use percpu_arch::check::ModuleExpect;
+use percpu_arch::check::{ModuleExpect, Needs};
 use percpu_arch::runtime::RtAbi;
 use percpu_loader::ElfObject;
 use serde::Deserialize;
@@ -145,6 +155,8 @@ struct InitExpect {
     returns: Returns,
     #[serde(default)]
     printk: Vec<String>,
+    #[serde(default)]
+    fail_alloc: Vec<u32>,
 }
 
 /// `returns = -11` or `returns = "-EAGAIN"`.
@@ -165,6 +177,8 @@ impl Default for Returns {
 #[serde(deny_unknown_fields)]
 struct Planted {
     bug: String,
+    #[serde(default)]
+    needs: Vec<String>,
 }
 
 /// Parse an expectation file's text; errno names are looked up in the
@@ -191,7 +205,28 @@ pub fn parse_expect(text: &str, path: &Path, abi: &RtAbi) -> Result<ModuleExpect
     if !(i32::MIN as i64..=i32::MAX as i64).contains(&returns) {
         bail!("{}: init.returns = {returns} does not fit an int", path.display());
     }
-    Ok(ModuleExpect { init_returns: returns, printk: f.init.printk, planted: f.planted.map(|p| p.bug) })
+    if let Some(n) = f.init.fail_alloc.iter().find(|&&n| n == 0) {
+        bail!("{}: init.fail_alloc counts alloc_percpu calls from 1, not {n}", path.display());
+    }
+    let needs = match &f.planted {
+        Some(p) => p
+            .needs
+            .iter()
+            .map(|n| {
+                n.parse::<Needs>().map_err(|known| {
+                    anyhow::anyhow!("{}: planted.needs: unknown condition {n:?} (known: {known})", path.display())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    Ok(ModuleExpect {
+        init_returns: returns,
+        printk: f.init.printk,
+        fail_alloc: f.init.fail_alloc,
+        planted: f.planted.map(|p| p.bug),
+        needs,
+    })
 }
 
 /// The expectation of every module that has a file beside it, by object name.
@@ -215,27 +250,28 @@ pub fn describe_abi(abi: &RtAbi) -> String {
 }
 
 #[cfg(test)]
+/// A runtime ABI with alpha's EAGAIN, as the probe records it (tests).
+pub(crate) fn alpha_like_abi() -> RtAbi {
+    let mut r: BTreeMap<String, u64> = [
+        ("linux_version_code", 0x6_01_c0),
+        ("nr_cpus", 32),
+        ("page_size", 0x2000),
+        ("sizeof_long", 8),
+        ("sizeof_task_struct", 0x1000),
+        ("sizeof_thread_info", 0x80),
+        ("errno_EAGAIN", 35),
+        ("errno_EINVAL", 22),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    r.insert("ti_cpu".into(), 0x10);
+    RtAbi::from_records(&r).unwrap()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A runtime ABI with alpha's EAGAIN, as the probe records it.
-    fn alpha_like_abi() -> RtAbi {
-        let mut r: BTreeMap<String, u64> = [
-            ("linux_version_code", 0x6_01_c0),
-            ("nr_cpus", 32),
-            ("page_size", 0x2000),
-            ("sizeof_long", 8),
-            ("sizeof_task_struct", 0x1000),
-            ("sizeof_thread_info", 0x80),
-            ("errno_EAGAIN", 35),
-            ("errno_EINVAL", 22),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        r.insert("ti_cpu".into(), 0x10);
-        RtAbi::from_records(&r).unwrap()
-    }
 
     #[test]
     fn expectation_files_parse_and_refuse_typos() {
@@ -247,6 +283,12 @@ mod tests {
         assert_eq!((e.init_returns, e.planted.as_deref()), (0, Some("x")));
         assert!(parse_expect("[init]\nreturn = 0\n", p, &abi).unwrap_err().to_string().contains("m.expect.toml"));
         assert!(parse_expect("[init]\nreturns = 4294967296\n", p, &abi).is_err());
+        let e = parse_expect("[init]\nfail_alloc = [1, 3]\n[planted]\nbug = \"b\"\nneeds = [\"smp\", \"sparse\"]\n", p, &abi).unwrap();
+        assert_eq!(e.fail_alloc, [1, 3]);
+        assert_eq!(e.needs, [Needs::Smp, Needs::Sparse]);
+        let err = parse_expect("[planted]\nbug = \"b\"\nneeds = [\"numa\"]\n", p, &abi).unwrap_err().to_string();
+        assert!(err.contains("\"numa\"") && err.contains("percpu-above-4g"), "{err}");
+        assert!(parse_expect("[init]\nfail_alloc = [0]\n", p, &abi).is_err(), "allocations count from 1");
         assert_eq!(parse_expect("", p, &abi).unwrap(), ModuleExpect::default());
     }
 

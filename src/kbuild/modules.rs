@@ -27,6 +27,30 @@ pub static PROJECT_FILES: &[(&str, &str)] = &[
     ("Kbuild", include_str!("../../fixtures/kmod/src/Kbuild")),
     ("pcpubed-kmod.h", include_str!("../../fixtures/kmod/src/pcpubed-kmod.h")),
     ("pcpubed_rtabi.c", include_str!("../../fixtures/kmod/src/pcpubed_rtabi.c")),
+    ("pcpubed_export.h", include_str!("../../fixtures/kmod/src/pcpubed_export.h")),
+    ("pcpubed_api.c", include_str!("../../fixtures/kmod/src/pcpubed_api.c")),
+    ("pcpubed_export.c", include_str!("../../fixtures/kmod/src/pcpubed_export.c")),
+    ("pcpubed_import.c", include_str!("../../fixtures/kmod/src/pcpubed_import.c")),
+    ("pcpubed_bug_uaf.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_uaf.c")),
+    ("pcpubed_bug_nullalloc.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_nullalloc.c")),
+    ("pcpubed_bug_reserved.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_reserved.c")),
+    ("pcpubed_bug_stride.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_stride.c")),
+    ("pcpubed_bug_nrcpus.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_nrcpus.c")),
+    ("pcpubed_bug_trunc32.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_trunc32.c")),
+];
+
+/// Expectation files of the project's modules (every module of
+/// [`PROJECT_FILES`] but the probe has one: a test checks it).
+pub static PROJECT_EXPECT: &[(&str, &str)] = &[
+    ("pcpubed_api", include_str!("../../fixtures/kmod/expect/pcpubed_api.expect.toml")),
+    ("pcpubed_export", include_str!("../../fixtures/kmod/expect/pcpubed_export.expect.toml")),
+    ("pcpubed_import", include_str!("../../fixtures/kmod/expect/pcpubed_import.expect.toml")),
+    ("pcpubed_bug_uaf", include_str!("../../fixtures/kmod/expect/pcpubed_bug_uaf.expect.toml")),
+    ("pcpubed_bug_nullalloc", include_str!("../../fixtures/kmod/expect/pcpubed_bug_nullalloc.expect.toml")),
+    ("pcpubed_bug_reserved", include_str!("../../fixtures/kmod/expect/pcpubed_bug_reserved.expect.toml")),
+    ("pcpubed_bug_stride", include_str!("../../fixtures/kmod/expect/pcpubed_bug_stride.expect.toml")),
+    ("pcpubed_bug_nrcpus", include_str!("../../fixtures/kmod/expect/pcpubed_bug_nrcpus.expect.toml")),
+    ("pcpubed_bug_trunc32", include_str!("../../fixtures/kmod/expect/pcpubed_bug_trunc32.expect.toml")),
 ];
 
 /// Expectation files of modules from the kernel tree (`<module>.expect.toml`).
@@ -137,7 +161,7 @@ pub fn module_sets(tree: &Tree, test_source: Option<&Path>, user: &[PathBuf]) ->
         name: PROJECT_SET.into(),
         files: PROJECT_FILES.iter().map(|(p, t)| (PathBuf::from(p), t.as_bytes().to_vec())).collect(),
         file_prefix: "fixtures/kmod/src".into(),
-        expect: Vec::new(),
+        expect: PROJECT_EXPECT.iter().map(|(m, t)| (m.to_string(), t.to_string())).collect(),
     });
     for dir in user {
         sets.push(user_set(dir)?);
@@ -147,7 +171,10 @@ pub fn module_sets(tree: &Tree, test_source: Option<&Path>, user: &[PathBuf]) ->
         if !names.insert(s.name.clone()) {
             return Err(KbuildError::Module {
                 target: "all".into(),
-                what: format!("two module directories are both named `{}`: rename one", s.name.trim_start_matches("user-")),
+                what: format!(
+                    "two module directories are both named `{}`: rename one",
+                    s.name.trim_start_matches("user-")
+                ),
             });
         }
     }
@@ -160,7 +187,10 @@ fn user_set(dir: &Path) -> Result<ModuleSet, KbuildError> {
     if !has_kbuild {
         return Err(KbuildError::Module {
             target: "all".into(),
-            what: format!("{}: no Kbuild or Makefile (write `obj-m := yourmodule.o` into a Kbuild file)", abs.display()),
+            what: format!(
+                "{}: no Kbuild or Makefile (write `obj-m := yourmodule.o` into a Kbuild file)",
+                abs.display()
+            ),
         });
     }
     let base = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "module".into());
@@ -258,6 +288,59 @@ mod tests {
         set.files[1].1 = b"int b;\n".to_vec();
         assert!(set.sync_into(&d).unwrap());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The modules the project's Kbuild builds (`obj-m += x.o`).
+    fn kbuild_modules() -> Vec<String> {
+        let kbuild = PROJECT_FILES.iter().find(|(p, _)| *p == "Kbuild").expect("a Kbuild").1;
+        kbuild
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("obj-m"))
+            .filter_map(|l| l.trim_start_matches([' ', '+', ':', '=']).strip_suffix(".o"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_project_module_has_a_source_and_an_expectation_file() {
+        let mods = kbuild_modules();
+        assert!(mods.len() >= 10, "{mods:?}");
+        for m in &mods {
+            assert!(PROJECT_FILES.iter().any(|(p, _)| *p == format!("{m}.c")), "{m}.c is not embedded");
+            if m != super::super::rtabi::PROBE_MODULE {
+                let (_, text) = PROJECT_EXPECT.iter().find(|(n, _)| n == m).unwrap_or_else(|| panic!("{m}: no expectation file"));
+                let e = crate::kmod::parse_expect(text, Path::new(&expect_file_name(m)), &crate::kmod::alpha_like_abi()).unwrap();
+                // A planted bug says which real bug it mimics; its source too.
+                if m.starts_with("pcpubed_bug_") {
+                    assert!(e.planted.is_some(), "{m} is a planted bug without [planted]");
+                    let src = PROJECT_FILES.iter().find(|(p, _)| *p == format!("{m}.c")).unwrap().1;
+                    assert!(src.contains("PLANTED BUG") && src.contains("Mimics"), "{m}.c must name the bug it mimics");
+                } else {
+                    assert!(e.planted.is_none() && !e.printk.is_empty(), "{m}: a good module prints its done line");
+                }
+            }
+        }
+        for (m, _) in PROJECT_EXPECT {
+            assert!(mods.iter().any(|k| k == m), "{m}.expect.toml belongs to no module of the Kbuild");
+        }
+    }
+
+    #[test]
+    fn the_embedded_sources_are_the_files_in_the_checkout() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kmod");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir.join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = PROJECT_FILES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "every file of fixtures/kmod/src is embedded, and nothing else");
+        for (p, text) in PROJECT_FILES {
+            assert_eq!(std::fs::read_to_string(dir.join("src").join(p)).unwrap(), *text);
+        }
+        let expects = std::fs::read_dir(dir.join("expect")).unwrap().count();
+        assert_eq!(expects, PROJECT_EXPECT.len() + TREE_EXPECT.len(), "every expectation file is embedded");
     }
 
     #[test]

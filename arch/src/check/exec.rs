@@ -111,6 +111,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         micros: 0,
         printk: Vec::new(),
         emulated: BTreeMap::new(),
+        latent: None,
     };
     let mut notes: Vec<String> = bed.objects[oi]
         .truncations
@@ -222,8 +223,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
             bed.kernel_call(test.fn_addr, &[test.index as u64], cpu, &test.name)
         });
         let micros = tr.elapsed().as_micros() as u64;
-        let mut trace = bed.engine.take_trace();
-        let (outcome, klog) = match outcome {
+        let (outcome, mut klog) = match outcome {
             Ok(o) => o,
             Err(e) => {
                 let f = Finding::new(FindingKind::Harness, e.to_string());
@@ -240,7 +240,9 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
                 continue;
             }
         };
-        trace.extend(klog.host_writes.iter().copied());
+        // Without the kernel runtime the engine still holds the accesses.
+        let mut trace = std::mem::take(&mut klog.trace);
+        trace.extend(bed.engine.take_trace());
         if bed.sc.trace {
             log_trace(bed, &object, &test, cpu, &trace);
         }

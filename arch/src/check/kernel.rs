@@ -72,14 +72,48 @@ pub struct KernelLog {
     /// Privileged instructions emulated on the host (alpha PAL calls), by
     /// instruction.
     pub emulated: BTreeMap<String, u64>,
-    /// Writes host functions made into guest memory (memset, memcpy), for
-    /// the same checks as the guest's own.
+    /// Every memory access of the call in the order it happened: the
+    /// guest's own (drained from the engine at each host call) and the
+    /// writes host functions made into guest memory (memset, memcpy), so
+    /// the same checks apply to both and an access can be judged against
+    /// the allocations live when it happened.
     #[serde(skip)]
-    pub host_writes: Vec<MemAccess>,
+    pub trace: Vec<MemAccess>,
+    /// Percpu allocations and frees in call order, each at the length
+    /// `trace` had when it happened.
+    #[serde(skip)]
+    pub alloc_events: Vec<AllocEvent>,
     #[serde(skip)]
     pending_warn: Option<String>,
     #[serde(skip)]
     pending_bug: Option<(Option<String>, Option<u32>)>,
+}
+
+/// An `alloc_percpu` or `free_percpu` during a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocEvent {
+    /// Accesses of the call's trace that came before it.
+    pub at: usize,
+    pub ptr: u64,
+    pub size: u64,
+    pub alloc: bool,
+}
+
+/// Whether percpu pointer `ptr` (`size` bytes per CPU, one of `events`)
+/// was live when access number `idx` of the trace happened.
+pub(crate) fn live_at(events: &[AllocEvent], ptr: u64, idx: usize) -> bool {
+    let alloc = events.iter().filter(|e| e.ptr == ptr && e.alloc && e.at <= idx).map(|e| e.at).max();
+    let free = events.iter().filter(|e| e.ptr == ptr && !e.alloc && e.at <= idx).map(|e| e.at).max();
+    // Before its first event it is live if that event frees it (it was
+    // allocated before the call).
+    let first_is_free = events.iter().filter(|e| e.ptr == ptr).min_by_key(|e| e.at).is_some_and(|e| !e.alloc);
+    match (alloc, free) {
+        (Some(a), Some(f)) => a > f,
+        (Some(_), None) => true,
+        // Allocated before the call: live until its free.
+        (None, Some(_)) => false,
+        (None, None) => first_is_free,
+    }
 }
 
 /// The kernel runtime of a bed that runs real kernel modules.
@@ -102,6 +136,11 @@ pub(crate) struct KernelRt {
     pub log: KernelLog,
     /// `GFP_KERNEL` of the tree (what makes an allocation non-atomic).
     pub gfp_kernel: u64,
+    /// Allocation calls (counted from 1) that fail, as under memory
+    /// pressure (a module's expectation file asks for it).
+    pub fail_alloc: Vec<u32>,
+    /// Allocation calls so far in this run.
+    pub alloc_calls: u32,
 }
 
 /// The percpu variable holding x86_64's preempt count, and so on: the
@@ -342,7 +381,10 @@ impl Bed<'_> {
             HostFn::Memcpy => {
                 let (d, s, n) = (self.arg(0)?, self.arg(1)?, self.arg(2)?);
                 if n > MAX_HOST_COPY {
-                    return Ok(Some(Finding::new(FindingKind::Kernel, format!("{name}({d:#x}, {s:#x}, {n}): {n} bytes"))));
+                    return Ok(Some(Finding::new(
+                        FindingKind::Kernel,
+                        format!("{name}({d:#x}, {s:#x}, {n}): {n} bytes"),
+                    )));
                 }
                 let mut data = vec![0u8; n as usize];
                 if self.engine.read(s, &mut data).is_err() {
@@ -382,7 +424,8 @@ impl Bed<'_> {
     fn host_store(&mut self, at: u64, data: &[u8], name: &str) -> Result<Option<Finding>, CheckError> {
         let mut old = vec![0u8; data.len()];
         if self.engine.read(at, &mut old).is_err() || self.engine.write(at, data).is_err() {
-            let mut f = Finding::new(FindingKind::Fault, format!("{name} wrote {} bytes at unmapped {at:#x}", data.len()));
+            let mut f =
+                Finding::new(FindingKind::Fault, format!("{name} wrote {} bytes at unmapped {at:#x}", data.len()));
             f.addr = Some(self.decode(at));
             f.pc = Some(self.caller());
             return Ok(Some(f));
@@ -391,7 +434,7 @@ impl Bed<'_> {
         let be = self.big_endian;
         for (i, chunk) in data.chunks(8).enumerate() {
             let o = &old[i * 8..i * 8 + chunk.len()];
-            self.rt().log.host_writes.push(MemAccess {
+            self.rt().log.trace.push(MemAccess {
                 pc,
                 addr: at + 8 * i as u64,
                 size: chunk.len() as u8,
@@ -409,12 +452,28 @@ impl Bed<'_> {
             req = req.atomic();
         }
         let caller = self.caller();
+        let rt = self.rt();
+        rt.alloc_calls += 1;
+        if rt.fail_alloc.contains(&rt.alloc_calls) {
+            let n = rt.alloc_calls;
+            // What pcpu_alloc() prints when it cannot get memory.
+            self.log_printk(
+                cpu,
+                &format!(
+                    "\u{1}4percpu: allocation failed, size={size} align={align} atomic={}, failed to allocate new chunk \
+                     failed (injected: allocation {n} of this run)\n",
+                    atomic as u8
+                ),
+            );
+            return Ok(0);
+        }
         match self.percpu.alloc(req) {
             Ok(p) => {
                 self.sync_events()?;
                 let by = caller.symbol.clone().unwrap_or_else(|| format!("{:#x}", caller.pc));
                 self.dyn_allocs.push(DynAlloc { ptr: p.0, size, test: format!("alloc_percpu in {by}") });
                 self.rt().log.allocations.push((p.0, size));
+                self.alloc_event(p.0, size, true);
                 Ok(p.0)
             }
             Err(e) => {
@@ -438,6 +497,12 @@ impl Bed<'_> {
         }
     }
 
+    fn alloc_event(&mut self, ptr: u64, size: u64, alloc: bool) {
+        let log = &mut self.rt().log;
+        let at = log.trace.len();
+        log.alloc_events.push(AllocEvent { at, ptr, size, alloc });
+    }
+
     fn host_free(&mut self, ptr: u64) -> Result<Option<Finding>, CheckError> {
         let live = self.dyn_allocs.iter().any(|d| d.ptr == ptr);
         if !live {
@@ -455,7 +520,9 @@ impl Bed<'_> {
             f.pc = Some(self.caller());
             return Ok(Some(f));
         }
+        let size = self.dyn_allocs.iter().find(|d| d.ptr == ptr).map_or(0, |d| d.size);
         self.free_dynamic(ptr)?;
+        self.alloc_event(ptr, size, false);
         self.rt().log.frees += 1;
         Ok(None)
     }
@@ -556,6 +623,9 @@ impl Bed<'_> {
             let next = match out {
                 Outcome::HostCall { pc, .. } => {
                     let Some(&(f, name)) = self.rt().slots.get(&pc) else { break };
+                    // Keep the accesses in order with the host call's own.
+                    let t = self.engine.take_trace();
+                    self.rt().log.trace.extend(t);
                     if let Some(finding) = self.host_call(f, name, cpu)? {
                         self.rt().log.findings.push(finding);
                         return Ok(self.finish(Outcome::Trap { pc, reason: format!("stopped in {name}") }, cpu));
@@ -567,7 +637,8 @@ impl Bed<'_> {
                     let layout = self.rt().abi.bug.expect("bug sites need a layout");
                     let loc = self.code_loc(pc);
                     let message = self.rt().log.pending_warn.take();
-                    let warn = KernelWarn { cpu, location: site.location(), message, pc: loc, bug: !site.is_warning(&layout) };
+                    let warn =
+                        KernelWarn { cpu, location: site.location(), message, pc: loc, bug: !site.is_warning(&layout) };
                     if warn.bug {
                         self.log_printk(cpu, &format!("\u{1}2kernel BUG at {}!\n", warn.location));
                         self.rt().log.bug = Some(warn);
@@ -578,7 +649,10 @@ impl Bed<'_> {
                         if once {
                             self.rt().warned_once.insert(pc);
                         }
-                        self.log_printk(cpu, &format!("\u{1}4WARNING: CPU: {cpu} PID: 0 at {} {}\n", warn.location, warn.pc));
+                        self.log_printk(
+                            cpu,
+                            &format!("\u{1}4WARNING: CPU: {cpu} PID: 0 at {} {}\n", warn.location, warn.pc),
+                        );
                         self.rt().log.warns.push(warn);
                     }
                     // Continue after the trap instruction, as report_bug() does.
@@ -617,7 +691,8 @@ impl Bed<'_> {
                             };
                             self.log_printk(cpu, &format!("\u{1}2kernel BUG at {location}!\n"));
                             let loc = self.code_loc(pc);
-                            self.rt().log.bug = Some(KernelWarn { cpu, location, message: Some(what), pc: loc, bug: true });
+                            self.rt().log.bug =
+                                Some(KernelWarn { cpu, location, message: Some(what), pc: loc, bug: true });
                             let reason = reason.clone();
                             return Ok(self.finish(Outcome::Trap { pc, reason }, cpu));
                         }
@@ -639,6 +714,8 @@ impl Bed<'_> {
     }
 
     fn finish(&mut self, out: Outcome, _cpu: u32) -> (Outcome, KernelLog) {
+        let t = self.engine.take_trace();
+        self.rt().log.trace.extend(t);
         let log = std::mem::take(&mut self.rt().log);
         (out, log)
     }
@@ -681,7 +758,9 @@ pub(crate) fn log_findings(log: &KernelLog, before: Option<(u64, u64)>, after: O
         if i0 != i1 && log.bug.is_none() {
             out.push(Finding::new(
                 FindingKind::Kernel,
-                format!("interrupts left disabled: the interrupt state was {i0:#x} before the call and {i1:#x} after it"),
+                format!(
+                    "interrupts left disabled: the interrupt state was {i0:#x} before the call and {i1:#x} after it"
+                ),
             ));
         }
     }
@@ -728,7 +807,10 @@ impl Bed<'_> {
         let start = self.stack.end + page;
         let area = start..start + (task_bytes + ti_bytes).div_ceil(page) * page;
         if self.per_cpu_start > self.runtime.base && area.end > self.per_cpu_start {
-            return Err(layout_err(format!("the kernel runtime's task area runs into __per_cpu_start {:#x}", self.per_cpu_start)));
+            return Err(layout_err(format!(
+                "the kernel runtime's task area runs into __per_cpu_start {:#x}",
+                self.per_cpu_start
+            )));
         }
         self.map(area.start, area.end - area.start, crate::engine::Perms::RW, "the current task")?;
         self.regions.push((area.clone(), "the current task (task_struct and thread_info)".into()));
@@ -750,7 +832,9 @@ impl Bed<'_> {
             for cpu in self.possible.clone() {
                 let value = match v.init {
                     crate::runtime::PercpuInit::CpuNumber => cpu as u64,
-                    crate::runtime::PercpuInit::CpuOffset => self.offsets.get(cpu as usize).copied().flatten().unwrap_or(0),
+                    crate::runtime::PercpuInit::CpuOffset => {
+                        self.offsets.get(cpu as usize).copied().flatten().unwrap_or(0)
+                    }
                     crate::runtime::PercpuInit::PreemptEnabled => abi.preempt_enabled,
                     crate::runtime::PercpuInit::CurrentTask => task,
                 };
@@ -771,6 +855,8 @@ impl Bed<'_> {
             irq: 0,
             log: KernelLog::default(),
             gfp_kernel,
+            fail_alloc: Vec::new(),
+            alloc_calls: 0,
         });
         Ok(())
     }
@@ -780,12 +866,19 @@ impl Bed<'_> {
         let Some(layout) = self.kernel.as_ref().and_then(|k| k.abi.bug) else { return Ok(()) };
         let Some(sec) = obj.section("__bug_table") else { return Ok(()) };
         let read = |p: u64| obj.read_cstr(p, 512);
-        let sites = crate::runtime::bugtable::parse(sec.addr, &sec.data, &layout, obj.little_endian, self.ptr_bytes as u32, &read)
-            .map_err(|e| CheckError::Layout {
-                arch: self.isa.name().into(),
-                variant: self.variant.name.into(),
-                reason: format!("{}: {e}", obj.name),
-            })?;
+        let sites = crate::runtime::bugtable::parse(
+            sec.addr,
+            &sec.data,
+            &layout,
+            obj.little_endian,
+            self.ptr_bytes as u32,
+            &read,
+        )
+        .map_err(|e| CheckError::Layout {
+            arch: self.isa.name().into(),
+            variant: self.variant.name.into(),
+            reason: format!("{}: {e}", obj.name),
+        })?;
         tracing::debug!(object = %obj.name, sites = sites.len(), "WARN/BUG sites from __bug_table");
         let rt = self.kernel.as_mut().expect("kernel mode");
         for s in sites {
@@ -815,5 +908,39 @@ impl Bed<'_> {
         }
         self.rt().irq = 0;
         karch.enter_kernel_cpu(self.engine.as_mut(), &kc, &abi).map_err(self.engine_error("entering the kernel state"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(at: usize, ptr: u64, alloc: bool) -> AllocEvent {
+        AllocEvent { at, ptr, size: 8, alloc }
+    }
+
+    #[test]
+    fn an_allocation_is_live_between_its_alloc_and_its_free() {
+        // trace: 0 1 | alloc A | 2 3 | free A | 4 5
+        let events = [ev(2, 0xa0, true), ev(4, 0xa0, false)];
+        let live: Vec<usize> = (0..6).filter(|&i| live_at(&events, 0xa0, i)).collect();
+        assert_eq!(live, [2, 3], "before the alloc and after the free it is not live");
+        assert!(!live_at(&events, 0xb0, 3), "a pointer with no events");
+    }
+
+    #[test]
+    fn an_allocation_from_an_earlier_call_is_live_until_it_is_freed() {
+        // exit: 0 1 2 | free K | 3
+        let events = [ev(3, 0xc0, false)];
+        assert!(live_at(&events, 0xc0, 2));
+        assert!(!live_at(&events, 0xc0, 3), "used after free_percpu");
+    }
+
+    #[test]
+    fn a_reused_address_is_live_only_in_each_of_its_lifetimes() {
+        // alloc P @1, free P @3, alloc P again @5 (same address reused).
+        let events = [ev(1, 0xd0, true), ev(3, 0xd0, false), ev(5, 0xd0, true)];
+        let live: Vec<usize> = (0..7).filter(|&i| live_at(&events, 0xd0, i)).collect();
+        assert_eq!(live, [1, 2, 5, 6]);
     }
 }

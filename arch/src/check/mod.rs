@@ -78,7 +78,7 @@ use serde::Serialize;
 pub use bed::KernelImage;
 pub use diag::{AddrInfo, CodeLoc, Diagnostic, Finding, FindingKind};
 pub use kernel::{KernelLog, KernelWarn, PrintkLine};
-pub use module_run::{ModuleExpect, MODULE_TEST};
+pub use module_run::{ModuleExpect, Needs, MODULE_TEST};
 
 use crate::engine::EngineError;
 use crate::isa::{self, Isa, ModulePlacement, Variant};
@@ -339,6 +339,10 @@ pub struct TestReport {
     /// privileged PAL calls emulated on the host), with counts.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub emulated: BTreeMap<String, u64>,
+    /// A planted bug not caught because this configuration cannot show it
+    /// (what it needs and lacks): latent here, still not a pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latent: Option<String>,
 }
 
 /// An object that was loaded (or rejected).
@@ -518,7 +522,7 @@ pub enum CheckError {
         #[source]
         source: Box<LoadError>,
     },
-    #[error("{object}: Unknown symbol {symbol}: the percpu-bed kernel runtime does not provide it (it provides the percpu, printk, WARN, preempt and bitmap functions real percpu code imports; see `percpu-bed run --help`)")]
+    #[error("{object}: Unknown symbol {symbol}: neither the percpu-bed kernel runtime nor a module loaded before it provides it (a symbol another module exports needs that module earlier on the command line, as modprobe loads dependencies first; the runtime provides the percpu, printk, WARN, preempt and bitmap functions real percpu code imports; see `percpu-bed run --help`)")]
     UnknownImport { object: String, symbol: String },
     #[error("{object} has nothing to run: no test descriptors (.percpu_bed.tests) and no init_module; pass --load-only to only load it")]
     NothingToRun { object: String },

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::bed::Bed;
 use super::diag::{Diagnostic, Finding, FindingKind};
-use super::kernel::{log_findings, KernelLog};
+use super::kernel::{live_at, log_findings, AllocEvent, KernelLog};
 use super::{CheckError, CpuRun, Status, TestReport, MAX_DIAGNOSED_RUNS};
 use crate::engine::{Access, MemAccess, Outcome, TraceMode};
 
@@ -44,9 +44,59 @@ pub struct ModuleExpect {
     pub init_returns: i64,
     /// Substrings init must print, one line each, in this order.
     pub printk: Vec<String>,
+    /// The `alloc_percpu` calls of each run (init and exit, counted from
+    /// 1) that fail as under memory pressure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fail_alloc: Vec<u32>,
     /// The module is a planted bug: why it must be caught.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planted: Option<String>,
+    /// What a configuration needs for the planted bug to show.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<Needs>,
+}
+
+/// A condition a planted bug needs to show at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Needs {
+    /// Two or more possible CPUs (another CPU's copy to get wrong).
+    Smp,
+    /// A possible mask with holes below nr_cpu_ids.
+    Sparse,
+    /// CPUs' copies at addresses above 4 GiB (so 32 bits cannot hold them).
+    PercpuAbove4g,
+}
+
+impl Needs {
+    pub const ALL: [Needs; 3] = [Needs::Smp, Needs::Sparse, Needs::PercpuAbove4g];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Needs::Smp => "smp",
+            Needs::Sparse => "sparse",
+            Needs::PercpuAbove4g => "percpu-above-4g",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Needs::Smp => "two or more possible CPUs",
+            Needs::Sparse => "a sparse possible mask (holes below nr_cpu_ids)",
+            Needs::PercpuAbove4g => "percpu copies at addresses above 4 GiB",
+        }
+    }
+}
+
+impl std::str::FromStr for Needs {
+    /// The known names, for the error message.
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Needs::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| Needs::ALL.map(|n| n.name()).join(", "))
+    }
 }
 
 /// The name a module's init/exit test has in reports.
@@ -55,7 +105,15 @@ pub const MODULE_TEST: &str = "init_module";
 /// Findings listed per run for writes (the rest are counted).
 const MAX_LISTED: usize = 8;
 
-fn diag(bed: &Bed<'_>, object: &str, cpu: Option<u32>, status: Status, bug: Option<String>, findings: Vec<Finding>, notes: Vec<String>) -> Diagnostic {
+fn diag(
+    bed: &Bed<'_>,
+    object: &str,
+    cpu: Option<u32>,
+    status: Status,
+    bug: Option<String>,
+    findings: Vec<Finding>,
+    notes: Vec<String>,
+) -> Diagnostic {
     Diagnostic {
         arch: bed.isa.name().to_string(),
         variant: bed.variant.name.to_string(),
@@ -76,6 +134,28 @@ pub(crate) fn has_init(bed: &Bed<'_>, oi: usize) -> bool {
 }
 
 impl Bed<'_> {
+    /// Whether this bed's configuration meets condition `n`.
+    fn shows(&self, n: Needs) -> bool {
+        match n {
+            Needs::Smp => self.possible.len() >= 2,
+            Needs::Sparse => self.possible.last().is_some_and(|&m| m as usize + 1 != self.possible.len()),
+            Needs::PercpuAbove4g => {
+                self.possible.iter().filter_map(|&c| self.cpu_ptr(self.per_cpu_start, c)).any(|a| a > u32::MAX as u64)
+            }
+        }
+    }
+
+    /// The CPU whose `__per_cpu_offset[]` entry `a` is within a page of:
+    /// `per_cpu_ptr(NULL + small, cpu)`, a NULL percpu pointer used.
+    fn null_percpu(&self, a: u64) -> Option<(u32, u64)> {
+        let page = self.isa.page_size();
+        self.possible.iter().find_map(|&c| {
+            let off = self.offsets.get(c as usize).copied().flatten()?;
+            let d = a.wrapping_sub(off);
+            (d < page).then_some((c, d))
+        })
+    }
+
     /// Put a module back to its load-time state (sections and percpu copies).
     fn reset_module(&mut self, oi: usize) -> Result<(), CheckError> {
         let Some(obj) = self.objects[oi].loaded.clone() else { return Ok(()) };
@@ -113,7 +193,8 @@ impl Bed<'_> {
     fn offset_reads(&self, trace: &[MemAccess]) -> (BTreeSet<u32>, Vec<(u32, u64)>) {
         let mut explicit = BTreeSet::new();
         let mut impossible = Vec::new();
-        let Some(pco) = self.objects.first().and_then(|o| o.loaded.as_ref()).and_then(|l| l.symbol("__per_cpu_offset")) else {
+        let Some(pco) = self.objects.first().and_then(|o| o.loaded.as_ref()).and_then(|l| l.symbol("__per_cpu_offset"))
+        else {
             return (explicit, impossible);
         };
         let (base, size) = (pco.value, pco.size);
@@ -131,8 +212,49 @@ impl Bed<'_> {
         (explicit, impossible)
     }
 
-    /// The percpu-memory checks of one call's accesses.
-    fn check_accesses(&mut self, cpu: u32, trace: &[MemAccess], reads_traced: bool) -> Vec<Finding> {
+    /// Whether `a..a+len` lies in a copy of a dynamic allocation that was
+    /// live when access `idx` happened, though it is not any more.
+    fn live_during_call(&self, a: u64, len: u64, idx: usize, events: &[AllocEvent]) -> bool {
+        let mut seen = BTreeSet::new();
+        events.iter().filter(|e| seen.insert(e.ptr)).any(|e| {
+            live_at(events, e.ptr, idx)
+                && self.possible.iter().filter_map(|&c| self.cpu_ptr(e.ptr, c)).any(|p| p <= a && a + len <= p + e.size)
+        })
+    }
+
+    /// For an access `a..a+len` into cpu `k`'s copy of another module's
+    /// static percpu than the running one's, that module's name and the
+    /// symbol there, unless the running module imports that symbol (an
+    /// EXPORT_PER_CPU_SYMBOL user): a module reaching into a neighbour's
+    /// percpu is stride or array arithmetic gone past its own variable.
+    fn foreign_percpu(&self, a: u64, len: u64, k: u32) -> Option<(String, Option<String>)> {
+        let m = self.running?;
+        let mine = self.objects.get(m)?.loaded.as_ref()?;
+        for (_, o) in self.objects.iter().enumerate().filter(|(n, o)| *n != m && !o.kernel) {
+            let Some(l) = o.loaded.as_ref() else { continue };
+            let Some(p) = &l.percpu else { continue };
+            let Some(start) = self.cpu_ptr(p.ptr, k) else { continue };
+            if !(start <= a && a < start + p.size) {
+                continue;
+            }
+            let covering = l.symbols.iter().filter(|s| s.defined && s.percpu).find(|s| {
+                self.cpu_ptr(s.value, k).is_some_and(|v| v <= a && a + len <= v + s.size.max(1))
+            });
+            let imported = covering.is_some_and(|s| mine.symbols.iter().any(|u| !u.defined && u.name == s.name));
+            return (!imported).then(|| (l.name.clone(), covering.map(|s| s.name.clone())));
+        }
+        None
+    }
+
+    /// The percpu-memory checks of one call's accesses (in the order they
+    /// happened, with the call's allocations and frees among them).
+    fn check_accesses(
+        &mut self,
+        cpu: u32,
+        trace: &[MemAccess],
+        events: &[AllocEvent],
+        reads_traced: bool,
+    ) -> Vec<Finding> {
         let mut out = Vec::new();
         let (explicit, impossible) = self.offset_reads(trace);
         for (k, pc) in impossible.iter().take(MAX_LISTED) {
@@ -150,7 +272,7 @@ impl Bed<'_> {
         }
         let mut listed = 0usize;
         let mut more = 0usize;
-        for a in trace {
+        for (idx, a) in trace.iter().enumerate() {
             let len = a.size as u64;
             if a.access == Access::Fetch || (a.access == Access::Read && !reads_traced) {
                 continue;
@@ -158,9 +280,42 @@ impl Bed<'_> {
             if a.access == Access::Write && self.ordinary_write(a.addr, len) {
                 continue;
             }
-            let problem = if let Some(loc) = self.percpu.classify(a.addr) {
-                let allocated = loc.region == Region::Static || loc.allocation.is_some();
+            // x86_64 -fstack-protector reads the canary at %gs:40
+            // (fixed_percpu_data.stack_canary, in the first page).
+            let canary = self.isa.name() == "x86_64" && a.access == Access::Read;
+            let null = self.null_percpu(a.addr).filter(|&(_, d)| !(canary && (40..48).contains(&d)));
+            let problem = if let Some((k, d)) = null {
+                Some(format!(
+                    "{} {len} bytes at {} = per_cpu_ptr(NULL, {k}) + {d:#x}: a NULL percpu pointer used (alloc_percpu's \
+                     NULL not checked?); per_cpu_ptr(NULL, cpu) is __per_cpu_offset[cpu], not NULL",
+                    if a.access == Access::Write { "wrote" } else { "read" },
+                    self.decode(a.addr)
+                ))
+            } else if let Some(loc) = self.percpu.classify(a.addr) {
+                let allocated = loc.region == Region::Static
+                    || loc.allocation.is_some()
+                    || self.live_during_call(a.addr, len, idx, events);
+                let foreign = match loc.cpu {
+                    Some(k) if loc.region == Region::Reserved && allocated => self.foreign_percpu(a.addr, len, k),
+                    _ => None,
+                };
                 match loc.cpu {
+                    _ if foreign.is_some() => {
+                        let (owner, sym) = foreign.clone().expect("checked");
+                        Some(format!(
+                            "{} {len} bytes at {}: in {owner}'s static percpu{}, which this module does not import \
+                             (stride or array arithmetic past its own percpu variable?)",
+                            if a.access == Access::Write { "wrote" } else { "read" },
+                            self.decode(a.addr),
+                            sym.map(|s| format!(" (`{s}`)")).unwrap_or_default()
+                        ))
+                    }
+                    _ if !allocated && loc.region == Region::Reserved => Some(format!(
+                        "{} {len} bytes at {}: in the reserved chunk but in no module's percpu (past the end of \
+                         a module's static percpu: stride or array arithmetic on a percpu variable?)",
+                        if a.access == Access::Write { "wrote" } else { "read" },
+                        self.decode(a.addr)
+                    )),
                     _ if !allocated => Some(format!(
                         "{} {len} bytes of unallocated percpu memory at {} (freed, or never allocated: a use after \
                          free_percpu?)",
@@ -168,11 +323,13 @@ impl Bed<'_> {
                         self.decode(a.addr)
                     )),
                     None => Some(format!("{} a unit that belongs to no CPU at {}", a.access, self.decode(a.addr))),
-                    Some(k) if k != cpu && a.access == Access::Write && !explicit.contains(&k) && reads_traced => Some(format!(
-                        "wrote {len} bytes into cpu {k}'s copy at {} while running on cpu {cpu}, without reading \
+                    Some(k) if k != cpu && a.access == Access::Write && !explicit.contains(&k) && reads_traced => {
+                        Some(format!(
+                            "wrote {len} bytes into cpu {k}'s copy at {} while running on cpu {cpu}, without reading \
                          __per_cpu_offset[{k}] (this_cpu code that used another CPU's offset?)",
-                        self.decode(a.addr)
-                    )),
+                            self.decode(a.addr)
+                        ))
+                    }
                     _ => None,
                 }
             } else if self.static_link.contains(&a.addr) && self.static_image_mapped {
@@ -183,7 +340,11 @@ impl Bed<'_> {
                     self.decode(a.addr)
                 ))
             } else if a.access == Access::Write {
-                Some(format!("wrote {len} bytes ({:#x}) at {}: not the module's own data", a.value.unwrap_or(0), self.decode(a.addr)))
+                Some(format!(
+                    "wrote {len} bytes ({:#x}) at {}: not the module's own data",
+                    a.value.unwrap_or(0),
+                    self.decode(a.addr)
+                ))
             } else {
                 None
             };
@@ -219,9 +380,9 @@ impl Bed<'_> {
         self.enter(cpu, None)?;
         let _ = self.engine.take_trace();
         let before = self.kernel_state(cpu);
-        let (outcome, log) = self.kernel_call(entry, &[], cpu, what)?;
-        let mut trace = self.engine.take_trace();
-        trace.extend(log.host_writes.iter().copied());
+        let (outcome, mut log) = self.kernel_call(entry, &[], cpu, what)?;
+        let mut trace = std::mem::take(&mut log.trace);
+        trace.extend(self.engine.take_trace());
         let after = self.kernel_state(cpu);
         let mut findings = Vec::new();
         match outcome {
@@ -229,7 +390,11 @@ impl Bed<'_> {
             Outcome::Fault { pc, addr, access, unmapped } => {
                 let mut f = Finding::new(
                     FindingKind::Fault,
-                    format!("{what}: {access} fault ({}) at {}", if unmapped { "unmapped" } else { "protected" }, self.decode(addr)),
+                    format!(
+                        "{what}: {access} fault ({}) at {}",
+                        if unmapped { "unmapped" } else { "protected" },
+                        self.decode(addr)
+                    ),
                 );
                 f.pc = Some(self.code_loc(pc));
                 f.addr = Some(self.decode(addr));
@@ -237,7 +402,10 @@ impl Bed<'_> {
                 findings.push(f);
             }
             Outcome::BudgetExhausted { pc, budget } => {
-                let mut f = Finding::new(FindingKind::Runaway, format!("{what}: runaway code: the {budget}-instruction budget ran out"));
+                let mut f = Finding::new(
+                    FindingKind::Runaway,
+                    format!("{what}: runaway code: the {budget}-instruction budget ran out"),
+                );
                 f.pc = Some(self.code_loc(pc));
                 findings.push(f);
             }
@@ -249,7 +417,7 @@ impl Bed<'_> {
             _ => {}
         }
         findings.extend(log_findings(&log, before, after));
-        findings.extend(self.check_accesses(cpu, &trace, reads_traced));
+        findings.extend(self.check_accesses(cpu, &trace, &log.alloc_events, reads_traced));
         if !findings.is_empty() {
             super::exec::undo_writes(self, &trace)?;
         }
@@ -274,10 +442,14 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         micros: 0,
         printk: Vec::new(),
         emulated: BTreeMap::new(),
+        latent: None,
     };
     if let Some(msg) = bed.objects[oi].rejected.clone() {
         let status = if planted.is_some() { Status::Caught } else { Status::Fail };
-        let f = Finding::new(FindingKind::Rejected, format!("the module could not be loaded, as the kernel would refuse it: {msg}"));
+        let f = Finding::new(
+            FindingKind::Rejected,
+            format!("the module could not be loaded, as the kernel would refuse it: {msg}"),
+        );
         report.status = status;
         report.diagnostic = Some(diag(bed, &object, None, status, planted, vec![f], Vec::new()));
         return Ok(report);
@@ -300,7 +472,12 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
     for cpu in run_cpus {
         let tr = Instant::now();
         bed.reset_module(oi)?;
+        if let Some(k) = bed.kernel.as_mut() {
+            k.fail_alloc = expect.fail_alloc.clone();
+            k.alloc_calls = 0;
+        }
         let live_before: Vec<u64> = bed.dyn_allocs.iter().map(|d| d.ptr).collect();
+        bed.running = Some(oi);
         let (outcome, log, mut findings) = bed.module_call(init, cpu, "init_module", reads_traced)?;
         let mut printk = log.printk.clone();
         for (what, n) in &log.emulated {
@@ -387,13 +564,28 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
         report.runs.push(run);
     }
     bed.reset_module(oi)?;
+    if let Some(k) = bed.kernel.as_mut() {
+        k.fail_alloc.clear();
+    }
     bed.engine.set_trace_mode(if bed.sc.trace { TraceMode::All } else { TraceMode::Writes });
     let any = |s: Status| report.runs.iter().any(|r| r.status == s);
     report.status = if planted.is_some() {
         if any(Status::Caught) {
             Status::Caught
         } else {
-            let f = Finding::new(FindingKind::NotCaught, "planted bug not caught: init and exit behaved on every CPU they ran on");
+            let mut f = Finding::new(
+                FindingKind::NotCaught,
+                "planted bug not caught: init and exit behaved on every CPU they ran on",
+            );
+            let unmet: Vec<Needs> = expect.needs.iter().copied().filter(|n| !bed.shows(*n)).collect();
+            if !unmet.is_empty() {
+                let why = format!(
+                    "latent in this configuration: the bug needs {}",
+                    unmet.iter().map(|n| n.what()).collect::<Vec<_>>().join(" and ")
+                );
+                f.hints.push(why.clone());
+                report.latent = Some(why);
+            }
             report.diagnostic = Some(diag(bed, &object, None, Status::Fail, planted.clone(), vec![f], notes));
             Status::Fail
         }
