@@ -38,10 +38,12 @@ pub struct Object {
     pub bytes: Vec<u8>,
 }
 
+/// Read an object file: plain, xz or zstd (`.ko.xz`, `.ko.zst`), regular
+/// files only, size-capped (see [`percpu_loader::file`]).  It is named by
+/// its file name without the compression suffix.
 pub fn read_object(path: &Path) -> Result<Object> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    Ok(Object { name, bytes })
+    let file = percpu_loader::read_object_file(path)?;
+    Ok(Object { name: percpu_loader::file::object_name(path), bytes: file.bytes })
 }
 
 /// The shipped objects of one fixture directory: `kernel.o` first, then
@@ -89,7 +91,9 @@ pub fn kernel_and_modules(
             let mut kernel = None;
             let mut modules = Vec::new();
             for p in objects {
-                let report = percpu_loader::inspect_path(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                let object = read_object(&p)?;
+                let report = percpu_loader::inspect(&object.name, &object.bytes)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
                 if kernel.is_none() && report.role != percpu_loader::ObjectRole::Module {
                     kernel = Some(p);
                 } else {

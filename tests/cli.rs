@@ -315,3 +315,34 @@ fn map_refuses_bad_input_with_exit_two() {
     let o = bed(&["map", "--help"]);
     assert!(stdout(&o).contains("random-half-freed"), "--help lists the workloads");
 }
+
+#[test]
+fn compressed_objects_are_read_and_special_files_refused() {
+    let dir = temp_dir("compressed");
+    let plain = std::fs::read("fixtures/obj/x86_64/mod_basic.o").unwrap();
+    let zst = dir.join("mod_basic.o.zst");
+    std::fs::write(&zst, zstd::encode_all(plain.as_slice(), 3).unwrap()).unwrap();
+    let xz = dir.join("mod_basic.o.xz");
+    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 6);
+    std::io::Write::write_all(&mut enc, &plain).unwrap();
+    std::fs::write(&xz, enc.finish().unwrap()).unwrap();
+
+    let o = bed(&["inspect", zst.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("machine x86_64"), "{}", stdout(&o));
+    let o = bed(&["run", "--arch", "x86_64", "--cpus", "2", "fixtures/obj/x86_64/kernel.o", xz.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("PASS    mod_basic.o:"), "{}", stdout(&o));
+
+    let fifo = dir.join("fifo.ko");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for args in [vec!["inspect", fifo.to_str().unwrap()], vec!["run", "--arch", "x86_64", fifo.to_str().unwrap()]] {
+        let o = bed(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("not a regular file (a FIFO)"), "{}", stderr(&o));
+    }
+    let o = bed(&["inspect", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a regular file (a character device)"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
