@@ -5,11 +5,22 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+const ENV_HELP: &str = "\
+Environment:
+  PERCPU_BED_FIXTURES  a fixtures/obj directory to use instead of the fixtures built into
+                       the binary (one subdirectory per fixture dir: x86_64, x86_64-rel,
+                       arm64, arm64-vhe, sparc32, alpha, s390x, riscv64)
+  PERCPU_BED_CACHE     where the built-in fixtures are unpacked and kbuild keeps its trees
+                       (default $XDG_CACHE_HOME/percpu-bed, else ~/.cache/percpu-bed)
+  RUST_LOG             tracing filter for diagnostics on stderr (overrides -v)
+
+Exit status: 0 all as expected, 1 a check failed, 2 bad input or usage.";
+
 #[derive(Parser)]
-#[command(name = "percpu-bed", version, about, long_about = None)]
+#[command(name = "percpu-bed", version = percpu_bed::shipped::VERSION, about, long_about = None, after_help = ENV_HELP)]
 struct Cli {
     /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -32,7 +43,12 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Build percpu test modules (lib/percpu_test.c, real-API modules, yours) with a real kernel tree's Kbuild.
     Kbuild(commands::kbuild::Args),
+    /// Draw a chunk map as SVG after a run or a benchmark workload.
     Map(commands::map::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::install::CompletionsArgs),
+    /// Write man pages (percpu-bed.1 and one per subcommand) to a directory, or percpu-bed.1 to stdout.
+    Man(commands::install::ManArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -58,6 +74,8 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Layout(args) => commands::layout::run(args),
         Command::Map(args) => commands::map::run(args),
+        Command::Completions(args) => commands::install::completions(args, Cli::command()),
+        Command::Man(args) => commands::install::man(args, Cli::command()),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,12 +8,9 @@ use anyhow::{bail, Context, Result};
 use percpu_core::CpuSet;
 
 /// Where the shipped fixture objects live: `$PERCPU_BED_FIXTURES`, or the
-/// source tree this binary was built from.
-pub fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("PERCPU_BED_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/obj"),
-    }
+/// set built into the binary (see [`crate::shipped`]).
+pub fn fixtures_dir() -> Result<PathBuf> {
+    Ok(crate::shipped::fixtures_dir()?)
 }
 
 /// The possible mask from `--cpus N` or `--possible MASK` (not both).
@@ -49,7 +46,7 @@ pub fn read_object(path: &Path) -> Result<Object> {
 /// The shipped objects of one fixture directory: `kernel.o` first, then
 /// every other object in name order.
 pub fn shipped_objects(fixture_dir: &str) -> Result<Vec<PathBuf>> {
-    objects_in(&fixtures_dir().join(fixture_dir)).context("set PERCPU_BED_FIXTURES to the shipped fixtures/obj")
+    objects_in(&fixtures_dir()?.join(fixture_dir)).context("set PERCPU_BED_FIXTURES to a fixtures/obj directory")
 }
 
 /// The objects (`*.o`) of a directory: `kernel.o` first, then every other

@@ -9,7 +9,7 @@ use percpu_bed::scenario::fixtures_dir;
 /// the machine's cores and report it as a table, JSON, JUnit XML or KTAP.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The matrix file (default: the shipped ci/matrix.toml).
+    /// The matrix file (default: the shipped ci/matrix.toml, built into the binary).
     #[arg(long, value_name = "FILE")]
     matrix: Option<PathBuf>,
     /// Only these arches (`x86_64`, or `arm64/el2` for one variant); repeatable.
@@ -51,8 +51,17 @@ enum MatrixFormat {
 /// Exit status: 0 every result as expected, 1 some result unexpected or a
 /// job could not run, 2 bad input.
 pub fn run(args: Args) -> Result<u8> {
-    let path = args.matrix.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/matrix.toml"));
-    let mut plan = Plan::load(&path, &fixtures_dir())?;
+    let fixtures = fixtures_dir()?;
+    let (path, mut plan) = match args.matrix {
+        Some(path) => {
+            let plan = Plan::load(&path, &fixtures)?;
+            (path, plan)
+        }
+        None => {
+            let path = PathBuf::from(percpu_bed::shipped::MATRIX_NAME);
+            (path.clone(), Plan::parse(percpu_bed::shipped::matrix_toml(), &path, &fixtures)?)
+        }
+    };
     plan.select(&args.arch, &args.filter);
     if let Some((i, n)) = args.shard {
         plan.shard(i, n);
