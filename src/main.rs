@@ -16,6 +16,11 @@ Environment:
   PERCPU_BED_CACHE     where the built-in fixtures are unpacked and kbuild keeps its trees
                        (default $XDG_CACHE_HOME/percpu-bed, else ~/.cache/percpu-bed)
   RUST_LOG             tracing filter for diagnostics on stderr (overrides -v)
+  NO_COLOR             no colour with --color auto; CLICOLOR_FORCE=1 colours even in pipes
+
+Output: on a terminal, human output is coloured and wrapped to its width and long runs
+show a progress bar on stderr; in a pipe or file it is plain and never wrapped.  Ctrl-C
+in run and matrix stops and prints what finished (a second Ctrl-C exits at once).
 
 Exit status: 0 all as expected, 1 a check failed, 2 bad input or usage.";
 
@@ -25,6 +30,9 @@ struct Cli {
     /// More diagnostics on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Colour status words and warnings: auto (on a terminal, unless NO_COLOR is set; CLICOLOR_FORCE forces it), always or never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto", global = true)]
+    color: percpu_bed::output::ColorWhen,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +59,7 @@ enum Command {
     Man(commands::install::ManArgs),
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, ansi: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -59,12 +67,18 @@ fn init_tracing(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let term = percpu_bed::output::init(cli.color);
+    init_tracing(cli.verbose, term.stderr_color);
     // Exit codes: 0 all as expected, 1 a check failed, 2 bad input or usage.
     let result = match cli.command {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),

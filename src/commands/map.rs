@@ -5,7 +5,7 @@ use percpu_arch::check::Scenario;
 use percpu_arch::isa::ModulePlacement;
 use percpu_bed::bench::{Phase, Workload};
 use percpu_bed::map::{self, DEFAULT_MAX_UNITS};
-use percpu_bed::output::emit;
+use percpu_bed::output::{emit, Progress, RunObserver};
 use percpu_bed::scenario::{kernel_and_modules, possible_cpus};
 
 use super::run::Placement;
@@ -112,7 +112,10 @@ pub fn run(args: Args) -> Result<u8> {
                 });
             }
             let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
-            let (view, opts, report) = map::run_map(&scenario, &kernel, &modules)?;
+            let progress = Progress::new(Some(0));
+            let drawn = map::run_map_observed(&scenario, &kernel, &modules, &mut RunObserver { progress: &progress });
+            progress.finish();
+            let (view, opts, report) = drawn?;
             let unexpected = report.unexpected().len();
             if unexpected > 0 {
                 eprintln!(

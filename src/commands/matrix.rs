@@ -88,9 +88,10 @@ pub fn run(args: Args) -> Result<u8> {
     }
     let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     anyhow::ensure!(threads > 0, "--jobs must be at least 1");
+    percpu_bed::output::interrupt::install();
     let report = matrix::run(&plan, threads, args.shard.map(|(i, n)| format!("{i}/{n}")));
     let text = match args.format {
-        MatrixFormat::Table => matrix::table::render(&report),
+        MatrixFormat::Table => percpu_bed::output::human(&matrix::table::render_width(&report, percpu_bed::output::terminal().width)),
         MatrixFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
         MatrixFormat::Junit => matrix::junit::render(&report),
         MatrixFormat::Ktap => matrix::ktap::render(&report),
@@ -107,6 +108,11 @@ pub fn run(args: Args) -> Result<u8> {
         if let Some(f) = file {
             std::fs::write(f, render(&report)).with_context(|| format!("cannot write {}", f.display()))?;
         }
+    }
+    if report.interrupted {
+        let done = report.jobs.iter().filter(|j| j.job.skipped.as_deref() != Some(matrix::INTERRUPTED_REASON)).count();
+        eprintln!("percpu-bed: interrupted: {done} of {} job(s) finished before Ctrl-C; the report is partial", report.jobs.len());
+        return Ok(130);
     }
     Ok(if report.ok() { 0 } else { 1 })
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
-use percpu_bed::output::{emit, Format};
+use percpu_bed::output::{emit, emit_human, interrupt, Format, Progress, RunObserver};
 use percpu_bed::kmod;
 use percpu_bed::scenario::{kernel_and_modules, possible_cpus, read_object, Object};
 
@@ -130,20 +130,30 @@ pub fn run(args: Args) -> Result<u8> {
     } else {
         let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel, args.objects)?;
         let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
-        check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?
+        interrupt::install();
+        let progress = Progress::new(Some(0));
+        progress.message(&format!("loading {} object(s) on {} cpus", module_refs.len() + 1, scenario.cpus.len()));
+        let report =
+            check::run_observed(&scenario, (&kernel.name, &kernel.bytes), &module_refs, &mut RunObserver { progress: &progress });
+        progress.finish();
+        report?
     };
     match args.format {
         Format::Table => {
-            emit(&report.to_string())?;
+            emit_human(&report.to_string())?;
             if args.explain {
                 for t in report.tests.iter().filter(|t| t.status == check::Status::Caught) {
                     if let Some(d) = &t.diagnostic {
-                        emit(&format!("\n{}:{} (planted bug, caught):\n{d}\n", t.object, t.test))?;
+                        emit_human(&format!("\n{}:{} (planted bug, caught):\n{d}\n", t.object, t.test))?;
                     }
                 }
             }
         }
         Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+    }
+    if report.interrupted {
+        eprintln!("percpu-bed: interrupted: {} test(s) ran before Ctrl-C; the results above are partial", report.tests.len());
+        return Ok(130);
     }
     Ok(if report.unexpected().is_empty() { 0 } else { 1 })
 }

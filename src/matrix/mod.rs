@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use spec::{Job, Plan, SpecError};
 
-use crate::output::Progress;
+use crate::output::{interrupt, Progress};
 
 /// What one test of one job came to.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -158,6 +158,10 @@ pub struct MatrixReport {
     pub tally: Tally,
     pub threads: usize,
     pub millis: u64,
+    /// Ctrl-C stopped the run: jobs that had not finished are reported as
+    /// skipped ("interrupted").
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl MatrixReport {
@@ -181,7 +185,7 @@ pub fn run(plan: &Plan, threads: usize, shard: Option<String>) -> MatrixReport {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = plan.jobs.get(i) else { break };
-                let result = run_job(job, &cache);
+                let result = if interrupt::requested() { interrupted(job) } else { run_job(job, &cache) };
                 progress.step(&format!("{} {}", job.id, status_word(&result)));
                 slots.lock().expect("no worker panics while holding the lock")[i] = Some(result);
             });
@@ -202,6 +206,25 @@ pub fn run(plan: &Plan, threads: usize, shard: Option<String>) -> MatrixReport {
         tally,
         threads,
         millis: t0.elapsed().as_millis() as u64,
+        interrupted: interrupt::requested(),
+    }
+}
+
+pub const INTERRUPTED_REASON: &str = "not run: interrupted (Ctrl-C)";
+
+/// A job Ctrl-C kept from running (or from finishing).
+fn interrupted(job: &Job) -> JobResult {
+    let mut job = job.clone();
+    job.skipped = Some(INTERRUPTED_REASON.into());
+    JobResult { job, status: JobStatus::Skipped, tally: Tally::default(), tests: Vec::new(), error: None, report: None, millis: 0 }
+}
+
+/// Stops a running job on Ctrl-C.
+struct StopOnInterrupt;
+
+impl check::Observer for StopOnInterrupt {
+    fn finished(&mut self, _: &check::TestReport) -> bool {
+        !interrupt::requested()
     }
 }
 
@@ -251,6 +274,7 @@ pub fn run_job(job: &Job, cache_: &impl JobObjects) -> JobResult {
             result.error = Some(format!("{e:#}"));
             result.tally.error += 1;
         }
+        Ok(report) if report.interrupted => return interrupted(job),
         Ok(report) => {
             for t in &report.tests {
                 let latent = match (t.expect_caught, t.status) {
@@ -306,7 +330,7 @@ fn execute(job: &Job, objects: &impl JobObjects) -> anyhow::Result<ScenarioRepor
     let loaded = job.objects.iter().map(|p| objects.object(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let (kernel, modules) = loaded.split_first().expect("a job has a kernel image");
     let modules: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
-    Ok(check::run(&scenario, (&kernel.name, &kernel.bytes), &modules)?)
+    Ok(check::run_observed(&scenario, (&kernel.name, &kernel.bytes), &modules, &mut StopOnInterrupt)?)
 }
 
 /// Tests that run a real job quickly (x86_64 at 2 CPUs), shared by the
