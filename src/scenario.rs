@@ -13,6 +13,45 @@ pub fn fixtures_dir() -> Result<PathBuf> {
     Ok(crate::shipped::fixtures_dir()?)
 }
 
+/// One set of arch names everywhere: `run`, `layout`, `map` and
+/// `matrix --arch` accept the adapter and variant (`x86_64` with
+/// `--variant relative`), the two together (`x86_64/relative`), or the
+/// fixture directory naming both (`x86_64-rel`, `arm64-vhe`, `riscv64` for
+/// km), as `fixtures/build --compile` does.  Returns the adapter name and
+/// the variant (None: the adapter's default).
+pub fn arch_and_variant(arch: &str, variant: Option<&str>) -> Result<(String, Option<String>)> {
+    use percpu_arch::isa;
+    let (arch, inline) = match arch.split_once('/') {
+        Some((a, v)) => (a, Some(v)),
+        None => (arch, None),
+    };
+    let join = |a: &str, from_name: Option<&str>| -> Result<(String, Option<String>)> {
+        match (from_name, variant) {
+            (Some(x), Some(y)) if x != y => {
+                bail!("`{arch}` is {a}/{x}, which contradicts --variant {y}")
+            }
+            (x, y) => Ok((a.to_string(), x.or(y).map(str::to_string))),
+        }
+    };
+    if let Some(adapter) = isa::lookup(arch) {
+        return join(adapter.name(), inline);
+    }
+    // A fixture directory name: it names the adapter and the variant.
+    if inline.is_none() {
+        for adapter in isa::all() {
+            if let Some(v) = adapter.variants().iter().find(|v| v.fixture_dir == arch) {
+                return join(adapter.name(), Some(v.name));
+            }
+        }
+    }
+    let dirs: Vec<&str> = isa::all().iter().flat_map(|a| a.variants().iter().map(|v| v.fixture_dir)).collect();
+    bail!(
+        "unknown arch `{arch}` (known: {}; or a fixture directory: {})",
+        isa::names().join(", "),
+        dirs.join(", ")
+    )
+}
+
 /// The possible mask from `--cpus N` or `--possible MASK` (not both).
 pub fn possible_cpus(cpus: Option<u32>, possible: Option<&str>) -> Result<CpuSet> {
     match (cpus, possible) {
@@ -107,4 +146,26 @@ pub fn kernel_and_modules(
     let kernel = read_object(&kernel_path)?;
     let modules = module_paths.iter().map(|p| read_object(p)).collect::<Result<Vec<_>>>()?;
     Ok((kernel, modules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_an_arch_variant_is_accepted() {
+        let av = |a: &str, v: Option<&str>| arch_and_variant(a, v).map_err(|e| e.to_string());
+        let some = |a: &str, v: &str| Ok((a.to_string(), Some(v.to_string())));
+        assert_eq!(av("x86_64", None), Ok(("x86_64".into(), None)));
+        assert_eq!(av("x86_64", Some("relative")), some("x86_64", "relative"));
+        assert_eq!(av("x86_64/relative", None), some("x86_64", "relative"));
+        assert_eq!(av("x86_64-rel", None), some("x86_64", "relative"));
+        assert_eq!(av("arm64-vhe", None), some("arm64", "el2"));
+        assert_eq!(av("arm64-vhe", Some("el2")), some("arm64", "el2"));
+        assert_eq!(av("riscv64", None), some("km", "default"));
+        assert_eq!(av("km", None), Ok(("km".into(), None)));
+        assert!(av("arm64-vhe", Some("el1")).unwrap_err().contains("contradicts --variant el1"));
+        let e = av("vax", None).unwrap_err();
+        assert!(e.contains("unknown arch `vax`") && e.contains("x86_64-rel") && e.contains("riscv64"), "{e}");
+    }
 }

@@ -202,7 +202,7 @@ fn matrix_fails_with_a_precise_diagnostic_when_a_planted_bug_hides() {
     let o = bed(&["matrix", "--matrix", file.to_str().unwrap(), "--format", "table"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("FAIL s390x/default:near (cpus 0-1, 1 node(s), modules near"), "{out}");
+    assert!(out.contains("FAIL s390x/default:near (cpus 0-1, 1 node, modules near"), "{out}");
     assert!(out.contains("FAIL bug_noweak_module.o:nw_inc (planted bug)"), "{out}");
     assert!(out.contains("planted bug not caught: the test behaved on all 2 CPU(s) it ran on (0-1)"), "{out}");
     assert!(out.trim_end().ends_with("1 job UNEXPECTED"), "{out}");
@@ -345,4 +345,48 @@ fn compressed_objects_are_read_and_special_files_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a regular file (a character device)"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn one_set_of_arch_names_everywhere() {
+    for (arch, header) in [
+        (vec!["--arch", "riscv64"], "km/default on cpus"),
+        (vec!["--arch", "x86_64-rel"], "x86_64/relative on cpus"),
+        (vec!["--arch", "arm64/el2"], "arm64/el2 on cpus"),
+        (vec!["--arch", "arm64-vhe", "--variant", "el2"], "arm64/el2 on cpus"),
+    ] {
+        let mut args = vec!["run", "--cpus", "1"];
+        args.extend(&arch);
+        let o = bed(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).starts_with(header), "{args:?}: {}", stdout(&o));
+    }
+    let o = bed(&["run", "--arch", "arm64-vhe", "--variant", "el1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("contradicts --variant el1"), "{}", stderr(&o));
+    let o = bed(&["matrix", "--arch", "x86_64-rel", "--filter", "cpus-1", "--list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("x86_64/relative:cpus-1"), "{}", stdout(&o));
+}
+
+#[test]
+fn help_describes_every_format_and_the_matrix_schema() {
+    for cmd in ["run", "matrix", "inspect", "bench", "map", "kbuild"] {
+        let o = bed(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let help = stdout(&o);
+        let at = help.find("--format").unwrap_or_else(|| panic!("{cmd}: no --format"));
+        let line = help[at..].lines().next().unwrap();
+        let next = help[at..].lines().nth(1).unwrap_or("");
+        assert!(line.split("  ").filter(|w| !w.trim().is_empty()).count() > 1 || !next.trim().starts_with('-'), "{cmd}: {line}");
+        assert!(!help.contains(".rs"), "{cmd} --help names a source file: {help}");
+    }
+    let schema = stdout(&bed(&["matrix", "--help"]));
+    for key in ["[[arch]]", "[[fixtures]]", "[[config]]", "sample_cpus", "latent", "skip"] {
+        assert!(schema.contains(key), "matrix --help lacks {key}");
+    }
+    let o = bed(&["matrix", "--arch", "riscv64", "--filter", "nothing-matches"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("matches --arch riscv64 --filter nothing-matches") && !e.contains("[\""), "{e}");
 }

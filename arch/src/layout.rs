@@ -43,10 +43,10 @@ pub fn render(isa: &dyn Isa, variant: Option<&str>, cpus: &CpuSet, nodes: u32) -
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{} {} (model {:?}, fixtures/obj/{}): {}-bit {}, {} KiB pages",
+        "{} {} (model {}, fixtures/obj/{}): {}-bit {}, {} KiB pages",
         isa.name(),
         variant.name,
-        variant.model,
+        variant.model.name(),
         variant.fixture_dir,
         isa.ptr_bits(),
         if isa.big_endian() { "big-endian" } else { "little-endian" },
@@ -54,10 +54,11 @@ pub fn render(isa: &dyn Isa, variant: Option<&str>, cpus: &CpuSet, nodes: u32) -
     );
     let _ = writeln!(
         o,
-        "possible cpus {cpus} ({} cpus, nr_cpu_ids {}), {} node(s)",
+        "possible cpus {cpus} ({} cpus, nr_cpu_ids {}), {} node{}",
         cpus.len(),
         cpus.nr_cpu_ids(),
-        nodes.max(1)
+        nodes.max(1),
+        if nodes.max(1) == 1 { "" } else { "s" }
     );
     let _ = writeln!(o, "address space:");
     let lm = space.linear_map();

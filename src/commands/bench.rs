@@ -17,6 +17,7 @@ pub struct Args {
     /// and reported as exceeding it.
     #[arg(long)]
     budget: Option<f64>,
+    /// table: the evaluation's tables; json: every row, for programs.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }

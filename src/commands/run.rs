@@ -5,16 +5,19 @@ use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
 use percpu_bed::output::{emit, emit_human, interrupt, Format, Progress, RunObserver};
 use percpu_bed::kmod;
-use percpu_bed::scenario::{kernel_and_modules, possible_cpus, read_object, Object};
+use percpu_bed::scenario::{arch_and_variant, kernel_and_modules, possible_cpus, read_object, Object};
 
 /// Load a kernel-image object and module objects, run their tests on every
 /// possible CPU of an emulated arch, and check every unit's memory.
 #[derive(clap::Args)]
 pub struct Args {
-    /// x86_64, arm64, sparc32, alpha, s390x or km.
+    /// x86_64, arm64, sparc32, alpha, s390x or km; also ARCH/VARIANT
+    /// (`arm64/el2`) or a fixture directory name (x86_64-rel, arm64-vhe,
+    /// riscv64 = km).
     #[arg(long)]
     arch: String,
-    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2).
+    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2; the
+    /// others: default).
     #[arg(long)]
     variant: Option<String>,
     /// Possible CPUs 0..N (default 4).
@@ -41,6 +44,8 @@ pub struct Args {
     /// Log every percpu access, decoded, at debug level (use with -vv).
     #[arg(long)]
     trace: bool,
+    /// table: a line per test and the diagnostics of failures; json: every
+    /// field of every run and diagnostic.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Also print the full diagnostic of every caught planted bug (the
@@ -75,7 +80,8 @@ pub(crate) enum Placement {
 /// misbehaved or a planted bug went uncaught), 2 bad input.
 pub fn run(args: Args) -> Result<u8> {
     let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-    let mut scenario = Scenario::new(&args.arch, args.variant.as_deref(), cpus)?
+    let (arch, variant) = arch_and_variant(&args.arch, args.variant.as_deref())?;
+    let mut scenario = Scenario::new(&arch, variant.as_deref(), cpus)?
         .nodes(args.nodes)
         .budget(args.budget)
         .trace(args.trace);

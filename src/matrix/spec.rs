@@ -234,7 +234,7 @@ impl Plan {
                     return Err(cfg(format!("`cpus` {n} is beyond the limit of {}", percpu_core::cpus::MAX_CPUS)))
                 }
                 (None, Some(list)) => {
-                    CpuSet::parse_list(list).map_err(|e| cfg(format!("`possible` = {list:?}: {e}")))?;
+                    CpuSet::parse_list(list).map_err(|e| cfg(format!("`possible` = \"{list}\": {e}")))?;
                 }
                 _ => {}
             }
@@ -365,7 +365,8 @@ fn set_objects(set: &FixtureSet, fixture_dir: &str, matrix: &Path, shipped: &Pat
         }
     }
     if !set.objects.is_empty() && picked.len() == 1 {
-        return Err(format!("fixture set `{}`: no object in {} matches {:?}", set.name, dir.display(), set.objects));
+        let pats: Vec<String> = set.objects.iter().map(|p| format!("`{p}`")).collect();
+        return Err(format!("fixture set `{}`: no object in {} matches {}", set.name, dir.display(), pats.join(", ")));
     }
     Ok(picked)
 }

@@ -424,12 +424,13 @@ impl fmt::Display for ScenarioReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}{}",
+            "{}/{} on cpus {} ({} possible, {} node{}), modules {}{}",
             self.arch,
             self.variant,
             self.cpus,
             self.nr_possible,
             self.nodes,
+            if self.nodes == 1 { "" } else { "s" },
             self.placement,
             match self.run_on {
                 RunOn::All => String::new(),
