@@ -88,15 +88,28 @@ pub fn shipped_objects(fixture_dir: &str) -> Result<Vec<PathBuf>> {
     objects_in(&fixtures_dir()?.join(fixture_dir)).context("set PERCPU_BED_FIXTURES to a fixtures/obj directory")
 }
 
-/// The objects (`*.o`) of a directory: `kernel.o` first, then every other
-/// object in name order.
-pub fn objects_in(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Whether a file name is an object percpu-bed loads: `.o`, `.ko`, and
+/// those compressed with xz or zstd.
+pub fn is_object_name(name: &str) -> bool {
+    let base = name.strip_suffix(".xz").or_else(|| name.strip_suffix(".zst")).unwrap_or(name);
+    base.ends_with(".o") || base.ends_with(".ko")
+}
+
+/// Every object file of a directory, in name order.
+pub fn objects_in_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut objects: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list the fixtures in {}", dir.display()))?
+        .with_context(|| format!("cannot list the objects in {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "o"))
+        .filter(|p| p.file_name().is_some_and(|n| is_object_name(&n.to_string_lossy())))
         .collect();
     objects.sort();
+    Ok(objects)
+}
+
+/// The objects of a directory: `kernel.o` first, then every other object
+/// in name order.
+pub fn objects_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut objects = objects_in_dir(dir)?;
     let kernel = dir.join("kernel.o");
     if !objects.contains(&kernel) {
         bail!("{} has no kernel.o", dir.display());
