@@ -34,6 +34,9 @@ pub struct Args {
     /// Also write JUnit XML there (for CI result pages).
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Also write the JSON summary there (see --format json-summary).
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
     /// Also write KTAP there.
     #[arg(long, value_name = "FILE")]
     ktap: Option<PathBuf>,
@@ -82,6 +85,8 @@ enum MatrixFormat {
     Table,
     /// Every field of every job, test and diagnostic (large: ~14 MB for the default matrix).
     Json,
+    /// The tally, a line per job and the unexpected tests with their diagnostics (a few KB).
+    JsonSummary,
     /// JUnit XML: a testsuite per job, a testcase per test (CI result pages).
     Junit,
     /// The kernel's KTAP version 1: a subtest per arch, job and test.
@@ -150,6 +155,7 @@ pub fn run(args: Args) -> Result<u8> {
     let text = match args.format {
         MatrixFormat::Table => percpu_bed::output::human(&matrix::table::render_width(&report, percpu_bed::output::terminal().width)),
         MatrixFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        MatrixFormat::JsonSummary => serde_json::to_string_pretty(&report.summary())? + "\n",
         MatrixFormat::Junit => matrix::junit::render(&report),
         MatrixFormat::Ktap => matrix::ktap::render(&report),
     };
@@ -165,6 +171,10 @@ pub fn run(args: Args) -> Result<u8> {
         if let Some(f) = file {
             std::fs::write(f, render(&report)).with_context(|| format!("cannot write {}", f.display()))?;
         }
+    }
+    if let Some(f) = &args.summary {
+        std::fs::write(f, serde_json::to_string_pretty(&report.summary())? + "\n")
+            .with_context(|| format!("cannot write {}", f.display()))?;
     }
     if report.interrupted {
         let done = report.jobs.iter().filter(|j| j.job.skipped.as_deref() != Some(matrix::INTERRUPTED_REASON)).count();
