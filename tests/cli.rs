@@ -390,3 +390,20 @@ fn help_describes_every_format_and_the_matrix_schema() {
     let e = stderr(&o);
     assert!(e.contains("matches --arch riscv64 --filter nothing-matches") && !e.contains("[\""), "{e}");
 }
+
+#[test]
+fn readme_synopsis_names_every_flag_of_every_command() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## Commands\n").expect("a Commands section");
+    let synopsis = &readme[start..start + readme[start..].find("\n```\n\n").expect("a synopsis block")];
+    for cmd in ["matrix", "run", "layout", "inspect", "bench", "map", "kbuild", "completions", "man"] {
+        let help = stdout(&bed(&[cmd, "--help"]));
+        for word in help.split_whitespace() {
+            let flag = word.trim_end_matches([',', '.']);
+            let flag = flag.split('=').next().unwrap();
+            if flag.starts_with("--") && flag.len() > 2 && flag[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                assert!(synopsis.contains(flag), "README synopsis lacks `percpu-bed {cmd} {flag}`");
+            }
+        }
+    }
+}
