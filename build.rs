@@ -71,9 +71,10 @@ fn git_commit(root: &Path) {
         if let Some(dir) = git(root, &["rev-parse", "--absolute-git-dir"]) {
             println!("cargo:rerun-if-changed={dir}/HEAD");
         }
-        if let (Some(common), Some(head_ref)) =
-            (git(root, &["rev-parse", "--path-format=absolute", "--git-common-dir"]), git(root, &["symbolic-ref", "-q", "HEAD"]))
-        {
+        if let (Some(common), Some(head_ref)) = (
+            git(root, &["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+            git(root, &["symbolic-ref", "-q", "HEAD"]),
+        ) {
             println!("cargo:rerun-if-changed={common}/{head_ref}");
             println!("cargo:rerun-if-changed={common}/packed-refs");
         }

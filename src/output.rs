@@ -86,7 +86,12 @@ pub fn init(when: ColorWhen) -> Terminal {
 
 /// The terminal as [`init`] decided (plain, unwrapped text before that).
 pub fn terminal() -> Terminal {
-    TERMINAL.get().copied().unwrap_or(Terminal { stdout_color: false, stderr_color: false, width: None, stderr_tty: false })
+    TERMINAL.get().copied().unwrap_or(Terminal {
+        stdout_color: false,
+        stderr_color: false,
+        width: None,
+        stderr_tty: false,
+    })
 }
 
 /// The style of a status word in human output.
@@ -295,7 +300,8 @@ mod tests {
 
     #[test]
     fn paints_status_words_only() {
-        let s = paint("  PASS    kernel.o:k_cpu\n  CAUGHT  bug.o:x (planted bug)\n  FAIL    a.o:PASS\nx  FAIL 2  ERROR\n");
+        let s =
+            paint("  PASS    kernel.o:k_cpu\n  CAUGHT  bug.o:x (planted bug)\n  FAIL    a.o:PASS\nx  FAIL 2  ERROR\n");
         assert!(s.contains("\x1b[32mPASS\x1b[0m    kernel.o:k_cpu"), "{s:?}");
         assert!(s.contains("\x1b[36mCAUGHT\x1b[0m"), "{s:?}");
         assert!(s.contains("\x1b[1m\x1b[31mFAIL\x1b[0m    a.o:PASS\n") || s.contains("\x1b[1;31mFAIL"), "{s:?}");

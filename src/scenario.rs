@@ -45,11 +45,7 @@ pub fn arch_and_variant(arch: &str, variant: Option<&str>) -> Result<(String, Op
         }
     }
     let dirs: Vec<&str> = isa::all().iter().flat_map(|a| a.variants().iter().map(|v| v.fixture_dir)).collect();
-    bail!(
-        "unknown arch `{arch}` (known: {}; or a fixture directory: {})",
-        isa::names().join(", "),
-        dirs.join(", ")
-    )
+    bail!("unknown arch `{arch}` (known: {}; or a fixture directory: {})", isa::names().join(", "), dirs.join(", "))
 }
 
 /// The possible mask from `--cpus N` or `--possible MASK` (not both).

@@ -161,14 +161,18 @@ mod tests {
                 if p.extension().is_some_and(|x| x == "o") {
                     on_disk += 1;
                     let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-                    let (_, bytes) = fixture_files().iter().find(|(n, _)| *n == rel).unwrap_or_else(|| panic!("{rel} not embedded"));
+                    let (_, bytes) =
+                        fixture_files().iter().find(|(n, _)| *n == rel).unwrap_or_else(|| panic!("{rel} not embedded"));
                     assert_eq!(*bytes, std::fs::read(&p).unwrap().as_slice(), "{rel}");
                 }
             }
         }
         assert_eq!(fixture_files().len(), on_disk);
         assert!(fixture_files().iter().any(|(n, _)| *n == "x86_64/kernel.o"));
-        assert_eq!(matrix_toml(), std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/matrix.toml")).unwrap());
+        assert_eq!(
+            matrix_toml(),
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/matrix.toml")).unwrap()
+        );
     }
 
     #[test]
@@ -177,7 +181,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&parent);
         let a = unpack_into(&parent).unwrap();
         assert!(a.join(".complete").is_file());
-        assert_eq!(std::fs::read(a.join("s390x/kernel.o")).unwrap(), std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/obj/s390x/kernel.o")).unwrap());
+        assert_eq!(
+            std::fs::read(a.join("s390x/kernel.o")).unwrap(),
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/obj/s390x/kernel.o")).unwrap()
+        );
         // A second call reuses the copy and leaves no temporary behind.
         std::fs::write(a.join("sentinel"), b"x").unwrap();
         assert_eq!(unpack_into(&parent).unwrap(), a);

@@ -378,7 +378,10 @@ fn help_describes_every_format_and_the_matrix_schema() {
         let at = help.find("--format").unwrap_or_else(|| panic!("{cmd}: no --format"));
         let line = help[at..].lines().next().unwrap();
         let next = help[at..].lines().nth(1).unwrap_or("");
-        assert!(line.split("  ").filter(|w| !w.trim().is_empty()).count() > 1 || !next.trim().starts_with('-'), "{cmd}: {line}");
+        assert!(
+            line.split("  ").filter(|w| !w.trim().is_empty()).count() > 1 || !next.trim().starts_with('-'),
+            "{cmd}: {line}"
+        );
         assert!(!help.contains(".rs"), "{cmd} --help names a source file: {help}");
     }
     let schema = stdout(&bed(&["matrix", "--help"]));
@@ -401,7 +404,8 @@ fn readme_synopsis_names_every_flag_of_every_command() {
         for word in help.split_whitespace() {
             let flag = word.trim_end_matches([',', '.']);
             let flag = flag.split('=').next().unwrap();
-            if flag.starts_with("--") && flag.len() > 2 && flag[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+            if flag.starts_with("--") && flag.len() > 2 && flag[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-')
+            {
                 assert!(synopsis.contains(flag), "README synopsis lacks `percpu-bed {cmd} {flag}`");
             }
         }

@@ -112,7 +112,8 @@ fn completions_and_man_pages() {
     assert!(top.contains("PERCPU_BED_FIXTURES"), "{top}");
     // man(1) itself renders it, when installed.
     if Path::new("/usr/bin/man").exists() {
-        let o = Command::new("man").arg("-l").arg(man.join("percpu-bed-run.1")).env("MANPAGER", "cat").output().unwrap();
+        let o =
+            Command::new("man").arg("-l").arg(man.join("percpu-bed-run.1")).env("MANPAGER", "cat").output().unwrap();
         assert!(text(&o.stdout).contains("sample"), "{}", text(&o.stderr));
     }
 }

@@ -25,7 +25,18 @@ impl Tmux {
         let t = Tmux { socket: id.clone(), session: id, dir };
         let st = t
             .cmd()
-            .args(["new-session", "-d", "-s", &t.session, "-x", &width.to_string(), "-y", "50", "-c", env!("CARGO_MANIFEST_DIR")])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &t.session,
+                "-x",
+                &width.to_string(),
+                "-y",
+                "50",
+                "-c",
+                env!("CARGO_MANIFEST_DIR"),
+            ])
             .args(["env", "-u", "NO_COLOR", "-u", "CLICOLOR_FORCE", "TERM=xterm-256color", "sh"])
             .status()
             .unwrap();
@@ -93,7 +104,8 @@ impl Drop for Tmux {
 #[test]
 fn colour_and_width_on_a_terminal_plain_in_a_pipe() {
     let Some(t) = Tmux::start("colour", 100) else { return };
-    let rc = t.run("run --arch x86_64 --cpus 4 --explain fixtures/obj/x86_64/kernel.o fixtures/obj/x86_64/bug_trunc32.o");
+    let rc =
+        t.run("run --arch x86_64 --cpus 4 --explain fixtures/obj/x86_64/kernel.o fixtures/obj/x86_64/bug_trunc32.o");
     assert_eq!(t.exit_code(&rc, Duration::from_secs(60)), 0, "{}", t.screen());
     let s = t.screen();
     assert!(s.contains("\x1b[32mPASS\x1b[39m") || s.contains("\x1b[32mPASS\x1b[0m"), "no green PASS:\n{s:?}");

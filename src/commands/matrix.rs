@@ -153,7 +153,9 @@ pub fn run(args: Args) -> Result<u8> {
     percpu_bed::output::interrupt::install();
     let report = matrix::run(&plan, threads, args.shard.map(|(i, n)| format!("{i}/{n}")));
     let text = match args.format {
-        MatrixFormat::Table => percpu_bed::output::human(&matrix::table::render_width(&report, percpu_bed::output::terminal().width)),
+        MatrixFormat::Table => {
+            percpu_bed::output::human(&matrix::table::render_width(&report, percpu_bed::output::terminal().width))
+        }
         MatrixFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
         MatrixFormat::JsonSummary => serde_json::to_string_pretty(&report.summary())? + "\n",
         MatrixFormat::Junit => matrix::junit::render(&report),
@@ -178,7 +180,10 @@ pub fn run(args: Args) -> Result<u8> {
     }
     if report.interrupted {
         let done = report.jobs.iter().filter(|j| j.job.skipped.as_deref() != Some(matrix::INTERRUPTED_REASON)).count();
-        eprintln!("percpu-bed: interrupted: {done} of {} job(s) finished before Ctrl-C; the report is partial", report.jobs.len());
+        eprintln!(
+            "percpu-bed: interrupted: {done} of {} job(s) finished before Ctrl-C; the report is partial",
+            report.jobs.len()
+        );
         return Ok(130);
     }
     Ok(if report.ok() { 0 } else { 1 })

@@ -568,7 +568,8 @@ mod tests {
         std::fs::create_dir_all(root.join("mine/x86_64")).unwrap();
         std::fs::copy(shipped().join("x86_64/dyn.o"), root.join("mine/x86_64/my_dyn.o")).unwrap();
         let file = root.join("m.toml");
-        let text = "[[arch]]\nname = \"x86_64\"\n[[arch]]\nname = \"arm64\"\n[[fixtures]]\nname = \"mine\"\ndir = \"mine\"\n\
+        let text =
+            "[[arch]]\nname = \"x86_64\"\n[[arch]]\nname = \"arm64\"\n[[fixtures]]\nname = \"mine\"\ndir = \"mine\"\n\
                     [[fixtures]]\nname = \"gone\"\ndir = \"gone\"\n[[config]]\nname = \"c\"\ncpus = 1\n";
         let e = Plan::parse(text, &file, &shipped()).unwrap_err().to_string();
         // x86_64-rel, arm64 and arm64-vhe are missing from `mine`, and all four from `gone`: one error.
@@ -576,7 +577,8 @@ mod tests {
         for want in ["mine/x86_64-rel", "mine/arm64", "mine/arm64-vhe", "gone/x86_64", "gone/arm64-vhe"] {
             assert!(e.contains(want), "{want}: {e}");
         }
-        let text = "[[arch]]\nname = \"x86_64\"\nvariants = [\"zero-based\"]\n[[fixtures]]\nname = \"mine\"\ndir = \"mine\"\n\
+        let text =
+            "[[arch]]\nname = \"x86_64\"\nvariants = [\"zero-based\"]\n[[fixtures]]\nname = \"mine\"\ndir = \"mine\"\n\
                     [[fixtures]]\nname = \"dyn\"\nobjects = [\"dyn.o\"]\n[[config]]\nname = \"c\"\ncpus = 1\n";
         let p = Plan::parse(text, &file, &shipped()).unwrap();
         let mine = &p.jobs[0];
@@ -588,7 +590,11 @@ mod tests {
         for j in &r.jobs {
             assert_eq!(j.status, crate::matrix::JobStatus::Ok, "{:?}", j.error);
             assert!(!j.tests.is_empty());
-            assert!(j.tests.iter().all(|t| t.object != "kernel.o"), "{:?}", j.tests.iter().map(|t| t.name()).collect::<Vec<_>>());
+            assert!(
+                j.tests.iter().all(|t| t.object != "kernel.o"),
+                "{:?}",
+                j.tests.iter().map(|t| t.name()).collect::<Vec<_>>()
+            );
         }
         let _ = std::fs::remove_dir_all(&root);
     }
