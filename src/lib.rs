@@ -10,3 +10,4 @@ pub mod map;
 pub mod matrix;
 pub mod output;
 pub mod scenario;
+pub mod shipped;

@@ -68,8 +68,18 @@ pub fn run_map(
     kernel: &Object,
     modules: &[Object],
 ) -> Result<(ChunkMapView, MapOptions, ScenarioReport), CheckError> {
+    run_map_observed(scenario, kernel, modules, &mut ())
+}
+
+/// [`run_map`], telling `observer` about every test (for a progress bar).
+pub fn run_map_observed(
+    scenario: &Scenario,
+    kernel: &Object,
+    modules: &[Object],
+    observer: &mut dyn check::Observer,
+) -> Result<(ChunkMapView, MapOptions, ScenarioReport), CheckError> {
     let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
-    let (report, view) = check::run_with_map(scenario, (&kernel.name, &kernel.bytes), &module_refs)?;
+    let (report, view) = check::run_with_map_observed(scenario, (&kernel.name, &kernel.bytes), &module_refs, observer)?;
     let mut opts = MapOptions::new(format!(
         "percpu chunk map · {}/{} · cpus {} ({} possible, {} node{})",
         report.arch,

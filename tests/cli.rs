@@ -283,10 +283,10 @@ fn matrix_fails_with_a_precise_diagnostic_when_a_planted_bug_hides() {
     let o = bed(&["matrix", "--matrix", file.to_str().unwrap(), "--format", "table"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("FAIL s390x/default:near (cpus 0-1, 1 node(s), modules near"), "{out}");
+    assert!(out.contains("FAIL s390x/default:near (cpus 0-1, 1 node, modules near"), "{out}");
     assert!(out.contains("FAIL bug_noweak_module.o:nw_inc (planted bug)"), "{out}");
     assert!(out.contains("planted bug not caught: the test behaved on all 2 CPU(s) it ran on (0-1)"), "{out}");
-    assert!(out.trim_end().ends_with("1 job(s) UNEXPECTED"), "{out}");
+    assert!(out.trim_end().ends_with("1 job UNEXPECTED"), "{out}");
 
     let o = bed(&["matrix", "--matrix", file.to_str().unwrap(), "--format", "json"]);
     assert_eq!(o.status.code(), Some(1));
@@ -395,4 +395,100 @@ fn map_refuses_bad_input_with_exit_two() {
     }
     let o = bed(&["map", "--help"]);
     assert!(stdout(&o).contains("random-half-freed"), "--help lists the workloads");
+}
+
+#[test]
+fn compressed_objects_are_read_and_special_files_refused() {
+    let dir = temp_dir("compressed");
+    let plain = std::fs::read("fixtures/obj/x86_64/mod_basic.o").unwrap();
+    let zst = dir.join("mod_basic.o.zst");
+    std::fs::write(&zst, zstd::encode_all(plain.as_slice(), 3).unwrap()).unwrap();
+    let xz = dir.join("mod_basic.o.xz");
+    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 6);
+    std::io::Write::write_all(&mut enc, &plain).unwrap();
+    std::fs::write(&xz, enc.finish().unwrap()).unwrap();
+
+    let o = bed(&["inspect", zst.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("machine x86_64"), "{}", stdout(&o));
+    let o = bed(&["run", "--arch", "x86_64", "--cpus", "2", "fixtures/obj/x86_64/kernel.o", xz.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("PASS    mod_basic.o:"), "{}", stdout(&o));
+
+    let fifo = dir.join("fifo.ko");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for args in [vec!["inspect", fifo.to_str().unwrap()], vec!["run", "--arch", "x86_64", fifo.to_str().unwrap()]] {
+        let o = bed(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("not a regular file (a FIFO)"), "{}", stderr(&o));
+    }
+    let o = bed(&["inspect", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a regular file (a character device)"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn one_set_of_arch_names_everywhere() {
+    for (arch, header) in [
+        (vec!["--arch", "riscv64"], "km/default on cpus"),
+        (vec!["--arch", "x86_64-rel"], "x86_64/relative on cpus"),
+        (vec!["--arch", "arm64/el2"], "arm64/el2 on cpus"),
+        (vec!["--arch", "arm64-vhe", "--variant", "el2"], "arm64/el2 on cpus"),
+    ] {
+        let mut args = vec!["run", "--cpus", "1"];
+        args.extend(&arch);
+        let o = bed(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).starts_with(header), "{args:?}: {}", stdout(&o));
+    }
+    let o = bed(&["run", "--arch", "arm64-vhe", "--variant", "el1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("contradicts --variant el1"), "{}", stderr(&o));
+    let o = bed(&["matrix", "--arch", "x86_64-rel", "--filter", "cpus-1", "--list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("x86_64/relative:cpus-1"), "{}", stdout(&o));
+}
+
+#[test]
+fn help_describes_every_format_and_the_matrix_schema() {
+    for cmd in ["run", "matrix", "inspect", "bench", "map", "kbuild"] {
+        let o = bed(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let help = stdout(&o);
+        let at = help.find("--format").unwrap_or_else(|| panic!("{cmd}: no --format"));
+        let line = help[at..].lines().next().unwrap();
+        let next = help[at..].lines().nth(1).unwrap_or("");
+        assert!(
+            line.split("  ").filter(|w| !w.trim().is_empty()).count() > 1 || !next.trim().starts_with('-'),
+            "{cmd}: {line}"
+        );
+        assert!(!help.contains(".rs"), "{cmd} --help names a source file: {help}");
+    }
+    let schema = stdout(&bed(&["matrix", "--help"]));
+    for key in ["[[arch]]", "[[fixtures]]", "[[config]]", "sample_cpus", "latent", "skip"] {
+        assert!(schema.contains(key), "matrix --help lacks {key}");
+    }
+    let o = bed(&["matrix", "--arch", "riscv64", "--filter", "nothing-matches"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("matches --arch riscv64 --filter nothing-matches") && !e.contains("[\""), "{e}");
+}
+
+#[test]
+fn readme_synopsis_names_every_flag_of_every_command() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## Commands\n").expect("a Commands section");
+    let synopsis = &readme[start..start + readme[start..].find("\n```\n\n").expect("a synopsis block")];
+    for cmd in ["matrix", "run", "layout", "inspect", "bench", "map", "kbuild", "completions", "man"] {
+        let help = stdout(&bed(&[cmd, "--help"]));
+        for word in help.split_whitespace() {
+            let flag = word.trim_end_matches([',', '.']);
+            let flag = flag.split('=').next().unwrap();
+            if flag.starts_with("--") && flag.len() > 2 && flag[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-')
+            {
+                assert!(synopsis.contains(flag), "README synopsis lacks `percpu-bed {cmd} {flag}`");
+            }
+        }
+    }
 }

@@ -124,10 +124,10 @@ pub fn render_request(isa: &dyn Isa, req: &LayoutRequest) -> Result<String, Chec
     let _ = writeln!(o, "{} percpu setup", req.kernel);
     let _ = writeln!(
         o,
-        "{} {} (model {:?}, fixtures/obj/{}): {}-bit {}, {} KiB pages",
+        "{} {} (model {}, fixtures/obj/{}): {}-bit {}, {} KiB pages",
         isa.name(),
         variant.name,
-        variant.model,
+        variant.model.name(),
         variant.fixture_dir,
         isa.ptr_bits(),
         if isa.big_endian() { "big-endian" } else { "little-endian" },
@@ -135,10 +135,11 @@ pub fn render_request(isa: &dyn Isa, req: &LayoutRequest) -> Result<String, Chec
     );
     let _ = writeln!(
         o,
-        "possible cpus {cpus} ({} cpus, nr_cpu_ids {}), {} node(s)",
+        "possible cpus {cpus} ({} cpus, nr_cpu_ids {}), {} node{}",
         cpus.len(),
         cpus.nr_cpu_ids(),
-        nodes.max(1)
+        nodes.max(1),
+        if nodes.max(1) == 1 { "" } else { "s" }
     );
     if let Some(mem) = &req.memory {
         let _ = writeln!(o, "node memory (physical):");

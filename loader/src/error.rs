@@ -59,7 +59,10 @@ pub enum LoadError {
     #[error("{object}: cannot read file: {reason}")]
     Io { object: String, reason: String },
 
-    #[error("{object}: not an ELF file (bad magic {magic:02x?})")]
+    #[error(transparent)]
+    Read(#[from] crate::file::ReadError),
+
+    #[error("{object}: not an ELF file (it starts with {}; an ELF object starts with 7f 45 4c 46)", hex_bytes(magic))]
     BadMagic { object: String, magic: Vec<u8> },
 
     #[error("{object}: truncated: {what} needs bytes {start:#x}..{end:#x} but the file has {len:#x}")]
@@ -164,4 +167,12 @@ impl LoadError {
     pub(crate) fn malformed(object: &str, reason: impl Into<String>) -> Self {
         LoadError::Malformed { object: object.to_string(), reason: reason.into() }
     }
+}
+
+/// `7f 45 4c 46`: bytes as a reader of `xxd` output expects them.
+fn hex_bytes(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "nothing (the file is empty)".into();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }

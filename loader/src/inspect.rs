@@ -139,12 +139,12 @@ impl InspectReport {
     }
 }
 
-/// Inspect a file on disk.
+/// Inspect a file on disk (xz- or zstd-compressed too, see [`crate::file`]).
 pub fn inspect_path(path: impl AsRef<std::path::Path>) -> Result<InspectReport, LoadError> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| LoadError::Io { object: name.clone(), reason: e.to_string() })?;
-    inspect(&name, &bytes)
+    let file = crate::file::read_object_file(path)?;
+    inspect(&name, &file.bytes)
 }
 
 fn bind_name(b: u8) -> &'static str {

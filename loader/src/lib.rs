@@ -28,6 +28,7 @@
 pub mod contract;
 pub mod elf;
 pub mod error;
+pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
@@ -41,6 +42,7 @@ pub mod write;
 pub use contract::{AbiNote, Op, PercpuModel, RetKind, TestDescriptor, TestFlags};
 pub use elf::{ElfObject, Machine};
 pub use error::{LoadError, PlaceError, ReservedExhausted};
+pub use file::{read_object_file, Compression, ObjectBytes, ReadError, MAX_OBJECT_BYTES};
 pub use inspect::{inspect, inspect_path, InspectReport};
 pub use load::{
     load_kernel_image, load_module, load_object, LoadOptions, LoadedObject, LoadedSection, LoadedSymbol, ModulePercpu,

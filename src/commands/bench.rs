@@ -40,7 +40,7 @@ pub struct Args {
     /// MEM_ALLOC_PROFILING, RANDOM_KMALLOC_CACHES).
     #[arg(long, default_value = percpu_core::profile::DEFAULT_KERNEL, value_parser = percpu_bed::scenario::parse_kernel)]
     kernel: percpu_core::KernelProfile,
-    /// Human table or JSON.
+    /// table: the evaluation's tables; json: every row, for programs.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }

@@ -1,15 +1,16 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use percpu_bed::output::{emit, Format};
+use percpu_bed::output::{emit, emit_human, Format};
 
 /// Show an ELF object's percpu sections, symbols and percpu relocations,
 /// with a verdict on its arch's module percpu rules.
 #[derive(clap::Args)]
 pub struct Args {
-    /// ELF objects: fixtures, kernel modules (.ko), linked images (vmlinux).
+    /// ELF objects: fixtures, kernel modules (.ko, .ko.xz, .ko.zst), linked images (vmlinux).
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// table: a human report per object; json: every field, for programs.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Exit 1 when a module breaks its arch's percpu rules (e.g. an alpha or
@@ -27,7 +28,7 @@ pub fn run(args: Args) -> Result<u8> {
         reports.push(report);
     }
     match args.format {
-        Format::Table => emit(&reports.iter().map(|r| r.to_string()).collect::<String>())?,
+        Format::Table => emit_human(&reports.iter().map(|r| r.to_string()).collect::<String>())?,
         Format::Json => emit(&(serde_json::to_string_pretty(&reports)? + "\n"))?,
     }
     let broken = reports.iter().filter(|r| r.verdict.applies && !r.verdict.follows).count();

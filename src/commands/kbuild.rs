@@ -57,7 +57,7 @@ pub struct Args {
     /// make -j (default: the number of CPUs).
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
-    /// Human summary or the manifests as JSON.
+    /// table: a human summary per target; json: the build manifests.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use percpu_arch::layout::LayoutRequest;
-use percpu_bed::output::emit;
-use percpu_bed::scenario::{self, possible_cpus};
+use percpu_bed::output::emit_human;
+use percpu_bed::scenario::{self, arch_and_variant, possible_cpus};
 use percpu_core::first_chunk::{FirstChunkKind, MemoryLayout};
 use percpu_core::Topology;
 
@@ -12,11 +12,14 @@ use percpu_core::Topology;
 /// x86_64, `percpu:`, `pcpu-alloc:`) as a boot log has them.
 #[derive(clap::Args)]
 pub struct Args {
-    /// x86_64, arm64, sparc32, alpha, s390x or km.
+    /// x86_64, arm64, sparc32, alpha, s390x or km; also ARCH/VARIANT
+    /// (`arm64/el2`) or a fixture directory name (x86_64-rel, arm64-vhe,
+    /// riscv64 = km).
     #[arg(long)]
     arch: String,
-    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2).
-    /// Default: the one the kernel version's code is built for.
+    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2; the
+    /// others: default).  Default: the one the kernel version's code is
+    /// built for.
     #[arg(long)]
     variant: Option<String>,
     /// Kernel version modelled, VERSION[+OPTION...] (6.1 to 6.15; options
@@ -79,10 +82,10 @@ enum PercpuAlloc {
 
 pub fn run(args: Args) -> Result<u8> {
     let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-    let isa = percpu_arch::isa::lookup(&args.arch)
-        .with_context(|| format!("unknown arch `{}` (known: {})", args.arch, percpu_arch::isa::names().join(", ")))?;
+    let (arch, variant) = arch_and_variant(&args.arch, args.variant.as_deref())?;
+    let isa = percpu_arch::isa::lookup(&arch).context("resolved arch")?;
     let mut req = LayoutRequest::new(&cpus, args.nodes);
-    req.variant = args.variant.clone();
+    req.variant = variant;
     req.kernel = args.kernel.clone();
     if let Some(list) = &args.cpu_nodes {
         let nodes = list
@@ -131,7 +134,7 @@ pub fn run(args: Args) -> Result<u8> {
     });
     req.nr_cpus_config = args.nr_cpus;
     req.cpumask_offstack = !args.no_cpumask_offstack;
-    emit(&percpu_arch::layout::render_request(isa, &req)?)?;
+    emit_human(&percpu_arch::layout::render_request(isa, &req)?)?;
     Ok(0)
 }
 

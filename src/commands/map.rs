@@ -5,8 +5,8 @@ use percpu_arch::check::Scenario;
 use percpu_arch::isa::ModulePlacement;
 use percpu_bed::bench::{Phase, Workload};
 use percpu_bed::map::{self, DEFAULT_MAX_UNITS};
-use percpu_bed::output::emit;
-use percpu_bed::scenario::{kernel_and_modules, possible_cpus};
+use percpu_bed::output::{emit, Progress, RunObserver};
+use percpu_bed::scenario::{arch_and_variant, kernel_and_modules, possible_cpus};
 
 use super::run::Placement;
 
@@ -16,7 +16,8 @@ use super::run::Placement;
 #[command(after_help = workloads_help())]
 pub struct Args {
     /// Run the fixtures on this arch (x86_64, arm64, sparc32, alpha, s390x
-    /// or km) like `run` and draw the allocator's final state.
+    /// or km; also ARCH/VARIANT or a fixture directory name, as in `run`)
+    /// like `run` and draw the allocator's final state.
     #[arg(long, required_unless_present = "workload", conflicts_with = "workload")]
     arch: Option<String>,
     /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2).
@@ -58,7 +59,8 @@ pub struct Args {
     /// Units drawn per chunk; the rest are counted under each chunk.
     #[arg(long, default_value_t = DEFAULT_MAX_UNITS)]
     max_units: usize,
-    /// svg, or json for the snapshot the picture is drawn from.
+    /// svg: the picture; json: the snapshot it is drawn from (chunks,
+    /// units, pages, allocations).
     #[arg(long, value_enum, default_value = "svg")]
     format: MapFormat,
     /// Write to FILE instead of stdout.
@@ -84,7 +86,7 @@ fn workload_names() -> String {
 
 fn workloads_help() -> String {
     format!(
-        "Workloads (src/bench.rs, run on the bench geometry: x86_64-like, 4 CPUs, 4 KiB pages, 2 MiB atoms):\n  {}",
+        "Workloads (those of `percpu-bed bench`, on its geometry: x86_64-like, 4 CPUs, 4 KiB pages, 2 MiB atoms):\n  {}",
         workload_names()
     )
 }
@@ -107,8 +109,9 @@ pub fn run(args: Args) -> Result<u8> {
         }
         (None, Some(arch)) => {
             let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
+            let (arch, variant) = arch_and_variant(arch, args.variant.as_deref())?;
             let mut scenario =
-                Scenario::for_kernel(arch, args.variant.as_deref(), cpus, args.kernel.clone())?.nodes(args.nodes);
+                Scenario::for_kernel(&arch, variant.as_deref(), cpus, args.kernel.clone())?.nodes(args.nodes);
             if let Some(p) = args.modules {
                 scenario = scenario.placement(match p {
                     Placement::Near => ModulePlacement::Near,
@@ -116,7 +119,10 @@ pub fn run(args: Args) -> Result<u8> {
                 });
             }
             let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel_image, args.objects)?;
-            let (view, opts, report) = map::run_map(&scenario, &kernel, &modules)?;
+            let progress = Progress::new(Some(0));
+            let drawn = map::run_map_observed(&scenario, &kernel, &modules, &mut RunObserver { progress: &progress });
+            progress.finish();
+            let (view, opts, report) = drawn?;
             let unexpected = report.unexpected().len();
             if unexpected > 0 {
                 eprintln!(

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod inspect;
+pub mod install;
 pub mod kbuild;
 pub mod layout;
 pub mod map;

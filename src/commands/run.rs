@@ -3,20 +3,22 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
-use percpu_bed::output::{emit, Format};
+use percpu_bed::output::{emit, emit_human, interrupt, Format, Progress, RunObserver};
 use percpu_bed::kmod;
-use percpu_bed::scenario::{kernel_and_modules, possible_cpus, read_object, Object};
+use percpu_bed::scenario::{arch_and_variant, kernel_and_modules, possible_cpus, read_object, Object};
 
 /// Load a kernel-image object and module objects, run their tests on every
 /// possible CPU of an emulated arch, and check every unit's memory.
 #[derive(clap::Args)]
 pub struct Args {
-    /// x86_64, arm64, sparc32, alpha, s390x or km.
+    /// x86_64, arm64, sparc32, alpha, s390x or km; also ARCH/VARIANT
+    /// (`arm64/el2`) or a fixture directory name (x86_64-rel, arm64-vhe,
+    /// riscv64 = km).
     #[arg(long)]
     arch: String,
-    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2).
-    /// Default: the one the kernel version's code is built for (x86_64:
-    /// zero-based up to 6.14, relative from 6.15).
+    /// Arch variant (x86_64: zero-based, relative; arm64: el1, el2; the
+    /// others: default).  Default: the one the kernel version's code is
+    /// built for (x86_64: zero-based up to 6.14, relative from 6.15).
     #[arg(long)]
     variant: Option<String>,
     /// Kernel version modelled, VERSION[+OPTION...] (6.1 to 6.15; options
@@ -47,6 +49,8 @@ pub struct Args {
     /// Log every percpu access, decoded, at debug level (use with -vv).
     #[arg(long)]
     trace: bool,
+    /// table: a line per test and the diagnostics of failures; json: every
+    /// field of every run and diagnostic.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Also print the full diagnostic of every caught planted bug (the
@@ -81,7 +85,8 @@ pub(crate) enum Placement {
 /// misbehaved or a planted bug went uncaught), 2 bad input.
 pub fn run(args: Args) -> Result<u8> {
     let cpus = possible_cpus(args.cpus, args.possible.as_deref())?;
-    let mut scenario = Scenario::for_kernel(&args.arch, args.variant.as_deref(), cpus, args.kernel.clone())?
+    let (arch, variant) = arch_and_variant(&args.arch, args.variant.as_deref())?;
+    let mut scenario = Scenario::for_kernel(&arch, variant.as_deref(), cpus, args.kernel.clone())?
         .nodes(args.nodes)
         .budget(args.budget)
         .trace(args.trace);
@@ -137,20 +142,30 @@ pub fn run(args: Args) -> Result<u8> {
     } else {
         let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel_image, args.objects)?;
         let module_refs: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
-        check::run(&scenario, (&kernel.name, &kernel.bytes), &module_refs)?
+        interrupt::install();
+        let progress = Progress::new(Some(0));
+        progress.message(&format!("loading {} object(s) on {} cpus", module_refs.len() + 1, scenario.cpus.len()));
+        let report =
+            check::run_observed(&scenario, (&kernel.name, &kernel.bytes), &module_refs, &mut RunObserver { progress: &progress });
+        progress.finish();
+        report?
     };
     match args.format {
         Format::Table => {
-            emit(&report.to_string())?;
+            emit_human(&report.to_string())?;
             if args.explain {
                 for t in report.tests.iter().filter(|t| t.status == check::Status::Caught) {
                     if let Some(d) = &t.diagnostic {
-                        emit(&format!("\n{}:{} (planted bug, caught):\n{d}\n", t.object, t.test))?;
+                        emit_human(&format!("\n{}:{} (planted bug, caught):\n{d}\n", t.object, t.test))?;
                     }
                 }
             }
         }
         Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+    }
+    if report.interrupted {
+        eprintln!("percpu-bed: interrupted: {} test(s) ran before Ctrl-C; the results above are partial", report.tests.len());
+        return Ok(130);
     }
     Ok(if report.unexpected().is_empty() { 0 } else { 1 })
 }

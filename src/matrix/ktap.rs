@@ -69,8 +69,11 @@ fn job_block(out: &mut String, j: &JobResult) {
     let _ = writeln!(out, "    # Subtest: {}", desc(&job.id));
     let _ = writeln!(
         out,
-        "    # cpus {}, {} node(s), modules {}, tests on {} cpus",
-        job.cpus, job.nodes, job.placement, job.run_on
+        "    # cpus {}, {}, modules {}, tests on {} cpus",
+        job.cpus,
+        crate::output::plural(job.nodes as usize, "node", "nodes"),
+        job.placement,
+        job.run_on
     );
     let _ = writeln!(out, "    1..{}", j.tests.len());
     for (i, t) in j.tests.iter().enumerate() {

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use spec::{Job, Plan, SpecError};
 
-use crate::output::Progress;
+use crate::output::{interrupt, Progress};
 
 /// What one test of one job came to.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -88,6 +88,9 @@ pub struct Tally {
     pub latent: usize,
     pub fail: usize,
     pub error: usize,
+    /// Jobs not run because their configuration skips the arch (or Ctrl-C
+    /// came first); their tests are in no other count.
+    pub skipped_jobs: usize,
 }
 
 impl Tally {
@@ -106,6 +109,7 @@ impl Tally {
         self.latent += o.latent;
         self.fail += o.fail;
         self.error += o.error;
+        self.skipped_jobs += o.skipped_jobs;
     }
     pub fn total(&self) -> usize {
         self.pass + self.caught + self.latent + self.fail + self.error
@@ -160,9 +164,89 @@ pub struct MatrixReport {
     pub tally: Tally,
     pub threads: usize,
     pub millis: u64,
+    /// Ctrl-C stopped the run: jobs that had not finished are reported as
+    /// skipped ("interrupted").
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+/// The JSON summary (`--format json-summary`): the tally, a line per job
+/// and the unexpected tests with their diagnostics as text, without the
+/// runner's full reports (a few KB where `--format json` is megabytes).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary<'a> {
+    pub file: &'a std::path::Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<&'a str>,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+    pub tally: Tally,
+    pub threads: usize,
+    pub millis: u64,
+    pub jobs: Vec<JobSummary<'a>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSummary<'a> {
+    pub id: &'a str,
+    pub status: JobStatus,
+    pub tally: Tally,
+    pub millis: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unexpected: Vec<UnexpectedTest>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UnexpectedTest {
+    pub name: String,
+    pub outcome: Outcome,
+    pub expect_caught: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<String>,
 }
 
 impl MatrixReport {
+    /// The summary form of the report.
+    pub fn summary(&self) -> Summary<'_> {
+        Summary {
+            file: &self.file,
+            shard: self.shard.as_deref(),
+            ok: self.ok() && !self.interrupted,
+            interrupted: self.interrupted,
+            tally: self.tally,
+            threads: self.threads,
+            millis: self.millis,
+            jobs: self
+                .jobs
+                .iter()
+                .map(|j| JobSummary {
+                    id: &j.job.id,
+                    status: j.status,
+                    tally: j.tally,
+                    millis: j.millis,
+                    skipped: j.job.skipped.as_deref(),
+                    error: j.error.as_deref(),
+                    unexpected: j
+                        .tests
+                        .iter()
+                        .filter(|t| !t.outcome.expected())
+                        .map(|t| UnexpectedTest {
+                            name: t.name(),
+                            outcome: t.outcome,
+                            expect_caught: t.expect_caught,
+                            diagnostic: t.diagnostic.as_ref().map(|d| d.to_string()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// True when every result of every job is as expected.
     pub fn ok(&self) -> bool {
         self.jobs.iter().all(|j| matches!(j.status, JobStatus::Ok | JobStatus::Skipped))
@@ -183,7 +267,7 @@ pub fn run(plan: &Plan, threads: usize, shard: Option<String>) -> MatrixReport {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = plan.jobs.get(i) else { break };
-                let result = run_job(job, &cache);
+                let result = if interrupt::requested() { interrupted(job) } else { run_job(job, &cache) };
                 progress.step(&format!("{} {}", job.id, status_word(&result)));
                 slots.lock().expect("no worker panics while holding the lock")[i] = Some(result);
             });
@@ -205,6 +289,26 @@ pub fn run(plan: &Plan, threads: usize, shard: Option<String>) -> MatrixReport {
         tally,
         threads,
         millis: t0.elapsed().as_millis() as u64,
+        interrupted: interrupt::requested(),
+    }
+}
+
+pub const INTERRUPTED_REASON: &str = "not run: interrupted (Ctrl-C)";
+
+/// A job Ctrl-C kept from running (or from finishing).
+fn interrupted(job: &Job) -> JobResult {
+    let mut job = job.clone();
+    job.skipped = Some(INTERRUPTED_REASON.into());
+    let tally = Tally { skipped_jobs: 1, ..Tally::default() };
+    JobResult { job, status: JobStatus::Skipped, tally, tests: Vec::new(), error: None, report: None, millis: 0 }
+}
+
+/// Stops a running job on Ctrl-C.
+struct StopOnInterrupt;
+
+impl check::Observer for StopOnInterrupt {
+    fn finished(&mut self, _: &check::TestReport) -> bool {
+        !interrupt::requested()
     }
 }
 
@@ -244,6 +348,7 @@ pub fn run_job(job: &Job, cache_: &impl JobObjects) -> JobResult {
         millis: 0,
     };
     if job.skipped.is_some() {
+        result.tally.skipped_jobs = 1;
         return result;
     }
     let _span = tracing::info_span!("job", id = %job.id).entered();
@@ -254,6 +359,7 @@ pub fn run_job(job: &Job, cache_: &impl JobObjects) -> JobResult {
             result.error = Some(format!("{e:#}"));
             result.tally.error += 1;
         }
+        Ok(report) if report.interrupted => return interrupted(job),
         Ok(report) => {
             for t in &report.tests {
                 let latent = match (t.expect_caught, t.status) {
@@ -323,7 +429,7 @@ fn execute(job: &Job, objects: &impl JobObjects) -> anyhow::Result<ScenarioRepor
     }
     let (kernel, modules) = loaded.split_first().expect("a job has a kernel image");
     let modules: Vec<(&str, &[u8])> = modules.iter().map(|m| (m.name.as_str(), m.bytes.as_slice())).collect();
-    Ok(check::run(&scenario, (&kernel.name, &kernel.bytes), &modules)?)
+    Ok(check::run_observed(&scenario, (&kernel.name, &kernel.bytes), &modules, &mut StopOnInterrupt)?)
 }
 
 /// Tests that run a real job quickly (x86_64 at 2 CPUs), shared by the
@@ -396,5 +502,22 @@ mod tests {
         assert_eq!(broken.status, JobStatus::Error);
         assert!(broken.error.as_deref().unwrap().contains("/nonexistent/kernel.o"));
         assert!(!r.ok());
+        assert_eq!(r.tally.skipped_jobs, 1);
+
+        let summary = serde_json::to_value(r.summary()).unwrap();
+        assert_eq!(summary["ok"], false);
+        assert_eq!(summary["tally"]["skipped_jobs"], 1);
+        assert_eq!(summary["tally"]["pass"], r.tally.pass);
+        let jobs = summary["jobs"].as_array().unwrap();
+        assert_eq!(jobs.len(), r.jobs.len());
+        let missing = jobs.iter().find(|j| j["id"] == "x86_64/zero-based:missing").unwrap();
+        assert_eq!(missing["status"], "error");
+        assert!(missing["error"].as_str().unwrap().contains("/nonexistent/kernel.o"));
+        let skipped = jobs.iter().find(|j| j["id"] == "x86_64/zero-based:skipped").unwrap();
+        assert_eq!(skipped["skipped"], "not applicable");
+        // Far smaller than the full report.
+        let full = serde_json::to_string(&r).unwrap().len();
+        let small = serde_json::to_string(&r.summary()).unwrap().len();
+        assert!(small * 10 < full, "summary {small} bytes, full {full}");
     }
 }

@@ -154,6 +154,10 @@ pub struct Job {
     /// ABI): the objects are real kernel modules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kbuild: Option<PathBuf>,
+    /// Report the tests of these objects only (the set picked some objects
+    /// or brought its own: the kernel image's tests are not theirs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests_of: Option<Vec<String>>,
     /// Latent planted bugs: pattern -> reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub latent: BTreeMap<String, String>,
@@ -168,12 +172,14 @@ impl Job {
     /// The runner's scenario for this job.
     pub fn scenario(&self) -> Result<Scenario, Box<percpu_arch::check::CheckError>> {
         let cpus = CpuSet::parse_list(&self.cpus).expect("validated when the plan was built");
-        Ok(Scenario::for_kernel(&self.arch, Some(&self.variant), cpus, self.kernel.clone())
+        let mut s = Scenario::for_kernel(&self.arch, Some(&self.variant), cpus, self.kernel.clone())
             .map_err(Box::new)?
             .nodes(self.nodes)
             .placement(self.placement)
             .budget(self.budget)
-            .run_on(self.run_on))
+            .run_on(self.run_on);
+        s.only = self.tests_of.clone();
+        Ok(s)
     }
 
     /// The reason a planted bug `object:test` is latent here, if it is.
@@ -262,7 +268,7 @@ impl Plan {
                     return Err(cfg(format!("`cpus` {n} is beyond the limit of {}", percpu_core::cpus::MAX_CPUS)))
                 }
                 (None, Some(list)) => {
-                    CpuSet::parse_list(list).map_err(|e| cfg(format!("`possible` = {list:?}: {e}")))?;
+                    CpuSet::parse_list(list).map_err(|e| cfg(format!("`possible` = \"{list}\": {e}")))?;
                 }
                 _ => {}
             }
@@ -282,6 +288,8 @@ impl Plan {
         let several_sets = sets.len() > 1;
         let mut rows = Vec::new();
         let mut jobs = Vec::new();
+        // Every missing directory or object at once, not one per run.
+        let mut missing = Vec::new();
         for (adapter, variant) in &variants {
             let arch_variant = format!("{}/{}", adapter.name(), variant.name);
             for set in &sets {
@@ -289,11 +297,19 @@ impl Plan {
                     continue;
                 }
                 let row = if several_sets { format!("{arch_variant}/{}", set.name) } else { arch_variant.clone() };
-                let (objects, kbuild, nr_cpus, set_skip) = match &set.kbuild {
-                    None => (set_objects(set, variant.fixture_dir, path, fixtures_dir).map_err(&invalid)?, None, None, None),
+                let (objects, tests_of, kbuild, nr_cpus, set_skip) = match &set.kbuild {
+                    None => match set_objects(set, variant.fixture_dir, path, fixtures_dir) {
+                        Ok((objects, tests_of)) => (objects, tests_of, None, None, None),
+                        Err(e) => {
+                            if !missing.contains(&e) {
+                                missing.push(e);
+                            }
+                            continue;
+                        }
+                    },
                     Some(_) => {
                         let k = kbuild_objects(set, adapter.name(), variant.name, path).map_err(&invalid)?;
-                        (k.objects, k.dir, k.nr_cpus, k.skip)
+                        (k.objects, None, k.dir, k.nr_cpus, k.skip)
                     }
                 };
                 for c in &file.configs {
@@ -335,6 +351,7 @@ impl Plan {
                         budget: c.budget.unwrap_or(percpu_arch::check::DEFAULT_BUDGET),
                         objects: objects.clone(),
                         kbuild: kbuild.clone(),
+                        tests_of: tests_of.clone(),
                         latent: c.latent.clone(),
                         skipped,
                         kernel: KernelProfile::default(),
@@ -342,6 +359,11 @@ impl Plan {
                 }
                 rows.push(row);
             }
+        }
+        match missing.len() {
+            0 => {}
+            1 => return Err(invalid(missing.remove(0))),
+            n => return Err(invalid(format!("{n} problems with fixture sets:\n  {}", missing.join("\n  ")))),
         }
         Ok(Plan {
             file: path.into(),
@@ -407,29 +429,62 @@ fn unique<'a>(names: impl Iterator<Item = &'a str>, what: &str) -> Result<(), St
     Ok(())
 }
 
-/// The objects of a fixture set for one fixture dir: `kernel.o` first.
-fn set_objects(set: &FixtureSet, fixture_dir: &str, matrix: &Path, shipped: &Path) -> Result<Vec<PathBuf>, String> {
+/// The objects of a fixture set for one fixture dir, `kernel.o` first, and
+/// whose tests to report (None: every object's).  A directory of your own
+/// without a `kernel.o` uses the shipped one, and then, like a set that
+/// picks objects by pattern, reports the picked objects' tests only.
+#[allow(clippy::type_complexity)]
+fn set_objects(
+    set: &FixtureSet,
+    fixture_dir: &str,
+    matrix: &Path,
+    shipped: &Path,
+) -> Result<(Vec<PathBuf>, Option<Vec<String>>), String> {
     let root = match &set.dir {
         Some(d) if d.is_relative() => matrix.parent().unwrap_or(Path::new(".")).join(d),
         Some(d) => d.clone(),
         None => shipped.to_path_buf(),
     };
     let dir = root.join(fixture_dir);
-    let all = crate::scenario::objects_in(&dir).map_err(|e| format!("fixture set `{}`: {e:#}", set.name))?;
-    let mut picked = vec![all[0].clone()];
+    let what = |m: String| format!("fixture set `{}`: {m}", set.name);
     for pat in &set.objects {
-        glob::Pattern::new(pat).map_err(|e| format!("fixture set `{}`: bad pattern `{pat}`: {e}", set.name))?;
+        glob::Pattern::new(pat).map_err(|e| what(format!("bad pattern `{pat}`: {e}")))?;
     }
-    for p in &all[1..] {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if set.objects.is_empty() || set.objects.iter().any(|pat| glob_match(pat, &name)) {
-            picked.push(p.clone());
+    let mut all = crate::scenario::objects_in_dir(&dir).map_err(|e| what(format!("{e:#}")))?;
+    let kernel = dir.join("kernel.o");
+    let own_kernel = all.contains(&kernel);
+    if own_kernel {
+        all.retain(|p| *p != kernel);
+    }
+    let kernel = if own_kernel {
+        kernel
+    } else if set.dir.is_some() {
+        let k = shipped.join(fixture_dir).join("kernel.o");
+        if !k.is_file() {
+            return Err(what(format!("{} has no kernel.o and there is no shipped {}", dir.display(), k.display())));
         }
+        k
+    } else {
+        return Err(what(format!("{} has no kernel.o", dir.display())));
+    };
+    let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let picked: Vec<PathBuf> = all
+        .into_iter()
+        .filter(|p| set.objects.is_empty() || set.objects.iter().any(|pat| glob_match(pat, &name(p))))
+        .collect();
+    if picked.is_empty() && (!set.objects.is_empty() || !own_kernel) {
+        let pats: Vec<String> = set.objects.iter().map(|p| format!("`{p}`")).collect();
+        return Err(what(if pats.is_empty() {
+            format!("no objects in {}", dir.display())
+        } else {
+            format!("no object in {} matches {}", dir.display(), pats.join(", "))
+        }));
     }
-    if !set.objects.is_empty() && picked.len() == 1 {
-        return Err(format!("fixture set `{}`: no object in {} matches {:?}", set.name, dir.display(), set.objects));
-    }
-    Ok(picked)
+    let tests_of = (!set.objects.is_empty() || !own_kernel)
+        .then(|| picked.iter().map(|p| percpu_loader::file::object_name(p)).collect());
+    let mut objects = vec![kernel];
+    objects.extend(picked);
+    Ok((objects, tests_of))
 }
 
 /// A `kbuild` set's modules for one arch variant, or why it has none.
@@ -614,6 +669,44 @@ mod tests {
             assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
             assert!(e.starts_with("test-matrix.toml"), "{e}");
         }
+    }
+
+    #[test]
+    fn own_fixture_dirs_reuse_the_shipped_kernel_and_say_all_that_is_missing() {
+        let root = std::env::temp_dir().join(format!("percpu-bed-spec-own-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("mine/x86_64")).unwrap();
+        std::fs::copy(shipped().join("x86_64/dyn.o"), root.join("mine/x86_64/my_dyn.o")).unwrap();
+        let file = root.join("m.toml");
+        let text =
+            "[[arch]]\nname = \"x86_64\"\n[[arch]]\nname = \"arm64\"\n[[fixtures]]\nname = \"mine\"\ndir = \"mine\"\n\
+                    [[fixtures]]\nname = \"gone\"\ndir = \"gone\"\n[[config]]\nname = \"c\"\ncpus = 1\n";
+        let e = Plan::parse(text, &file, &shipped()).unwrap_err().to_string();
+        // x86_64-rel, arm64 and arm64-vhe are missing from `mine`, and all four from `gone`: one error.
+        assert!(e.contains("7 problems with fixture sets"), "{e}");
+        for want in ["mine/x86_64-rel", "mine/arm64", "mine/arm64-vhe", "gone/x86_64", "gone/arm64-vhe"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let text =
+            "[[arch]]\nname = \"x86_64\"\nvariants = [\"zero-based\"]\n[[fixtures]]\nname = \"mine\"\ndir = \"mine\"\n\
+                    [[fixtures]]\nname = \"dyn\"\nobjects = [\"dyn.o\"]\n[[config]]\nname = \"c\"\ncpus = 1\n";
+        let p = Plan::parse(text, &file, &shipped()).unwrap();
+        let mine = &p.jobs[0];
+        assert_eq!(mine.objects[0], shipped().join("x86_64/kernel.o"));
+        assert_eq!(mine.tests_of.as_deref(), Some(&["my_dyn.o".to_string()][..]));
+        assert_eq!(p.jobs[1].tests_of.as_deref(), Some(&["dyn.o".to_string()][..]));
+        // Only the picked objects' tests are reported.
+        let r = crate::matrix::run(&p, 1, None);
+        for j in &r.jobs {
+            assert_eq!(j.status, crate::matrix::JobStatus::Ok, "{:?}", j.error);
+            assert!(!j.tests.is_empty());
+            assert!(
+                j.tests.iter().all(|t| t.object != "kernel.o"),
+                "{:?}",
+                j.tests.iter().map(|t| t.name()).collect::<Vec<_>>()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{JobResult, JobStatus, MatrixReport, Outcome};
+use crate::output::plural;
 
 /// One cell: `65p 5c` (pass, caught, `l` latent), `FAIL 2`, `ERROR`,
 /// `skip`, or `.` for a job not in this run (filtered or another shard).
@@ -24,7 +25,15 @@ fn cell(j: Option<&JobResult>) -> String {
     }
 }
 
+/// The table at any width (see [`render_width`]).
 pub fn render(r: &MatrixReport) -> String {
+    render_width(r, None)
+}
+
+/// The table; with a `width`, its columns are split into blocks that fit
+/// (each repeating the arch column) instead of letting the terminal wrap
+/// every row.
+pub fn render_width(r: &MatrixReport, width: Option<usize>) -> String {
     let mut out = String::new();
     let find = |row: &str, col: &str| r.jobs.iter().find(|j| j.job.row == row && j.job.config == col);
     let rows: Vec<&String> = r.rows.iter().filter(|row| r.jobs.iter().any(|j| &j.job.row == *row)).collect();
@@ -36,20 +45,38 @@ pub fn render(r: &MatrixReport) -> String {
         .enumerate()
         .map(|(i, c)| cells.iter().map(|row| row[i].len()).max().unwrap_or(0).max(c.len()))
         .collect();
-    // the corner cell names the kernel modelled
+    // Blocks of columns: as many as fit beside the arch column (at least one).
+    let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    let mut used = w0;
+    for (i, w) in widths.iter().enumerate() {
+        if width.is_some_and(|max| i > start && used + 2 + w > max) {
+            blocks.push(start..i);
+            start = i;
+            used = w0;
+        }
+        used += 2 + w;
+    }
+    blocks.push(start..cols.len());
+    // The corner cell names the kernel modelled.
     let corner = format!("arch ({})", r.kernel);
     let w0 = w0.max(corner.len());
-    let _ = write!(out, "{corner:<w0$}");
-    for (c, w) in cols.iter().zip(&widths) {
-        let _ = write!(out, "  {c:>w$}");
-    }
-    out.push('\n');
-    for (row, cells) in rows.iter().zip(&cells) {
-        let _ = write!(out, "{row:<w0$}");
-        for (c, w) in cells.iter().zip(&widths) {
-            let _ = write!(out, "  {c:>w$}");
+    for (b, block) in blocks.iter().enumerate() {
+        if b > 0 {
+            out.push('\n');
+        }
+        let _ = write!(out, "{corner:<w0$}");
+        for i in block.clone() {
+            let _ = write!(out, "  {:>w$}", cols[i], w = widths[i]);
         }
         out.push('\n');
+        for (row, cells) in rows.iter().zip(&cells) {
+            let _ = write!(out, "{row:<w0$}");
+            for i in block.clone() {
+                let _ = write!(out, "  {:>w$}", cells[i], w = widths[i]);
+            }
+            out.push('\n');
+        }
     }
     out.push_str("p pass, c planted bug caught, l planted bug latent in this configuration (declared in the matrix)\n");
 
@@ -65,11 +92,11 @@ pub fn render(r: &MatrixReport) -> String {
     for j in &unexpected {
         let _ = writeln!(
             out,
-            "\n{} {} (cpus {}, {} node(s), modules {}, tests on {} cpus):",
+            "\n{} {} (cpus {}, {}, modules {}, tests on {} cpus):",
             if j.status == JobStatus::Error { "ERROR" } else { "FAIL" },
             j.job.id,
             j.job.cpus,
-            j.job.nodes,
+            plural(j.job.nodes as usize, "node", "nodes"),
             j.job.placement,
             j.job.run_on
         );
@@ -90,18 +117,24 @@ pub fn render(r: &MatrixReport) -> String {
     let ran = r.jobs.iter().filter(|j| j.status != JobStatus::Skipped).count();
     let _ = writeln!(
         out,
-        "\n{} jobs ({} skipped){} on {} thread(s) in {:.1} s: {} pass, {} caught, {} latent, {} fail, {} error: {}",
-        ran,
+        "\n{} ({} skipped){} on {} in {:.1} s: {} pass, {} caught, {} latent, {} fail, {} error: {}",
+        plural(ran, "job", "jobs"),
         r.jobs.len() - ran,
         r.shard.as_ref().map(|s| format!(", shard {s}")).unwrap_or_default(),
-        r.threads,
+        plural(r.threads, "thread", "threads"),
         r.millis as f64 / 1000.0,
         t.pass,
         t.caught,
         t.latent,
         t.fail,
         t.error,
-        if r.ok() { "all as expected".to_string() } else { format!("{} job(s) UNEXPECTED", unexpected.len()) }
+        if r.interrupted {
+            "INTERRUPTED, partial".to_string()
+        } else if r.ok() {
+            "all as expected".to_string()
+        } else {
+            format!("{} UNEXPECTED", plural(unexpected.len(), "job", "jobs"))
+        }
     );
     out
 }
@@ -125,6 +158,23 @@ mod tests {
         assert!(text.contains("ERROR x86_64/zero-based:missing"), "{text}");
         assert!(text.contains("cannot run: ") && text.contains("/nonexistent/kernel.o"));
         assert!(text.contains("x86_64/zero-based:skipped: not applicable"));
-        assert!(text.trim_end().ends_with("1 job(s) UNEXPECTED"), "{text}");
+        assert!(text.trim_end().ends_with("1 job UNEXPECTED"), "{text}");
+    }
+
+    #[test]
+    fn narrow_tables_split_their_columns_into_blocks() {
+        let r = super::super::testutil::report();
+        let wide = render_width(&r, None);
+        let narrow = render_width(&r, Some(30));
+        let headers: Vec<&str> = narrow.lines().filter(|l| l.starts_with("arch")).collect();
+        assert!(headers.len() > 1, "{narrow}");
+        assert_eq!(wide.lines().filter(|l| l.starts_with("arch")).count(), 1);
+        // Every column is in exactly one block, and the rows fit.
+        for c in &r.columns {
+            assert_eq!(headers.iter().filter(|h| h.split_whitespace().any(|w| w == c)).count(), 1, "{c}: {narrow}");
+        }
+        for l in narrow.lines().take_while(|l| !l.starts_with("p pass")) {
+            assert!(l.len() <= 30 || !l.contains("  "), "{l:?}");
+        }
     }
 }

@@ -411,7 +411,25 @@ pub struct ScenarioReport {
     /// (qemu-alpha without `--trace`).
     pub uncounted_runs: usize,
     pub runs: usize,
+    /// The run was stopped (an [`Observer`] asked, e.g. on Ctrl-C): `tests`
+    /// holds the tests that ran before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
+
+/// Watches a run test by test: for progress bars and for stopping early.
+pub trait Observer {
+    /// Before the first test: how many tests (and module inits) will run.
+    fn planned(&mut self, _tests: usize) {}
+    /// After each test; return false to stop the run (the report then has
+    /// the tests so far and `interrupted` set).
+    fn finished(&mut self, _test: &TestReport) -> bool {
+        true
+    }
+}
+
+/// Watches nothing, stops nothing.
+impl Observer for () {}
 
 impl ScenarioReport {
     /// The report of one test by name (first match over objects).
@@ -432,12 +450,13 @@ impl fmt::Display for ScenarioReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}/{} on cpus {} ({} possible, {} node(s)), modules {}{}, {}",
+            "{}/{} on cpus {} ({} possible, {} node{}), modules {}{}, {}",
             self.arch,
             self.variant,
             self.cpus,
             self.nr_possible,
             self.nodes,
+            if self.nodes == 1 { "" } else { "s" },
             self.placement,
             match self.run_on {
                 RunOn::All => String::new(),
@@ -564,8 +583,18 @@ pub fn run(
     kernel: (&str, &[u8]),
     modules: &[(&str, &[u8])],
 ) -> Result<ScenarioReport, CheckError> {
+    run_observed(scenario, kernel, modules, &mut ())
+}
+
+/// [`run`], telling `observer` about every test as it finishes.
+pub fn run_observed(
+    scenario: &Scenario,
+    kernel: (&str, &[u8]),
+    modules: &[(&str, &[u8])],
+    observer: &mut dyn Observer,
+) -> Result<ScenarioReport, CheckError> {
     let kernel = KernelImage::Object { name: kernel.0, bytes: kernel.1 };
-    run_bed(scenario, kernel, modules, &HashMap::new(), |_| ()).map(|(report, ())| report)
+    run_bed(scenario, kernel, modules, &HashMap::new(), observer, |_| ()).map(|(report, ())| report)
 }
 
 /// Run real kernel modules (built from a kernel tree whose runtime ABI is
@@ -579,7 +608,7 @@ pub fn run_kernel_modules(
     modules: &[(&str, &[u8])],
     expects: &HashMap<String, ModuleExpect>,
 ) -> Result<ScenarioReport, CheckError> {
-    run_bed(scenario, KernelImage::Runtime(abi), modules, expects, |_| ()).map(|(report, ())| report)
+    run_bed(scenario, KernelImage::Runtime(abi), modules, expects, &mut (), |_| ()).map(|(report, ())| report)
 }
 
 /// [`run`], also handing back the allocator's final state, after every
@@ -589,8 +618,18 @@ pub fn run_with_map(
     kernel: (&str, &[u8]),
     modules: &[(&str, &[u8])],
 ) -> Result<(ScenarioReport, ChunkMapView), CheckError> {
+    run_with_map_observed(scenario, kernel, modules, &mut ())
+}
+
+/// [`run_with_map`], telling `observer` about every test as it finishes.
+pub fn run_with_map_observed(
+    scenario: &Scenario,
+    kernel: (&str, &[u8]),
+    modules: &[(&str, &[u8])],
+    observer: &mut dyn Observer,
+) -> Result<(ScenarioReport, ChunkMapView), CheckError> {
     let kernel = KernelImage::Object { name: kernel.0, bytes: kernel.1 };
-    run_bed(scenario, kernel, modules, &HashMap::new(), |bed| bed.percpu.chunk_map())
+    run_bed(scenario, kernel, modules, &HashMap::new(), observer, |bed| bed.percpu.chunk_map())
 }
 
 /// Build the bed, run every test, and let `last` look at the bed before it
@@ -600,6 +639,7 @@ fn run_bed<T>(
     kernel: KernelImage<'_>,
     modules: &[(&str, &[u8])],
     expects: &HashMap<String, ModuleExpect>,
+    observer: &mut dyn Observer,
     last: impl FnOnce(&bed::Bed) -> T,
 ) -> Result<(ScenarioReport, T), CheckError> {
     let t0 = Instant::now();
@@ -629,11 +669,22 @@ fn run_bed<T>(
     let mut instructions = 0u64;
     let mut uncounted_runs = 0usize;
     let mut runs = 0usize;
-    for oi in 0..bed.objects.len() {
-        if let Some(only) = &scenario.only {
-            if !only.iter().any(|n| *n == bed.objects[oi].name) {
-                continue;
-            }
+    let selected = |o: &bed::BedObject| scenario.only.as_ref().is_none_or(|only| only.iter().any(|n| *n == o.name));
+    observer.planned(
+        bed.objects
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| selected(o))
+            .map(|(oi, o)| {
+                let init = !o.kernel && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || o.rejected.is_some());
+                o.tests.len() + usize::from(init)
+            })
+            .sum(),
+    );
+    let mut interrupted = false;
+    'objects: for oi in 0..bed.objects.len() {
+        if !selected(&bed.objects[oi]) {
+            continue;
         }
         let is_module = !bed.objects[oi].kernel;
         if is_module && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || bed.objects[oi].rejected.is_some()) {
@@ -644,7 +695,12 @@ fn run_bed<T>(
             instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
             uncounted_runs += report.runs.iter().filter(|r| r.instructions.is_none()).count();
             runs += report.runs.len();
+            let go_on = observer.finished(&report);
             tests.push(report);
+            if !go_on {
+                interrupted = true;
+                break 'objects;
+            }
             if bed.objects[oi].rejected.is_some() {
                 continue;
             }
@@ -655,7 +711,12 @@ fn run_bed<T>(
             instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
             uncounted_runs += report.runs.iter().filter(|r| r.instructions.is_none()).count();
             runs += report.runs.len();
+            let go_on = observer.finished(&report);
             tests.push(report);
+            if !go_on {
+                interrupted = true;
+                break 'objects;
+            }
         }
     }
     let objects = bed.objects.iter().map(|o| o.report()).collect();
@@ -681,6 +742,7 @@ fn run_bed<T>(
         instructions,
         uncounted_runs,
         runs,
+        interrupted,
     };
     Ok((report, extra))
 }

@@ -65,6 +65,18 @@ pub enum OffsetModel {
 }
 
 impl OffsetModel {
+    /// The model's name in reports (its JSON spelling): `x86-zero-based`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OffsetModel::X86ZeroBased => "x86-zero-based",
+            OffsetModel::X86Relative => "x86-relative",
+            OffsetModel::TpidrEl1 => "tpidr-el1",
+            OffsetModel::TpidrEl2 => "tpidr-el2",
+            OffsetModel::ThreadInfo => "thread-info",
+            OffsetModel::Lowcore => "lowcore",
+        }
+    }
+
     /// The contract's number for this model.
     pub fn contract_id(self) -> u32 {
         match self {
