@@ -12,7 +12,7 @@
 # the exact command to run and exits 1.
 set -euo pipefail
 
-pkgs=(cmake clang libclang-dev pkg-config qemu-user binutils-multiarch xz-utils)
+pkgs=(cmake clang libclang-dev pkg-config qemu-user binutils-multiarch xz-utils tmux)
 if [[ "${1:-}" == "--cross" || "${1:-}" == "--kbuild" ]]; then
   pkgs+=(gcc-aarch64-linux-gnu gcc-sparc64-linux-gnu gcc-alpha-linux-gnu
          gcc-s390x-linux-gnu gcc-riscv64-linux-gnu)
