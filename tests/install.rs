@@ -24,13 +24,23 @@ impl Installed {
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.bin)
-            .args(args)
-            .current_dir(&self.dir)
-            .env_remove("PERCPU_BED_FIXTURES")
-            .env("PERCPU_BED_CACHE", self.dir.join("cache"))
-            .output()
-            .expect("the installed binary runs")
+        // ETXTBSY: another test thread forking while the copy's write fd was
+        // open hands the child that fd until it execs; wait it out.
+        for _ in 0..100 {
+            match Command::new(&self.bin)
+                .args(args)
+                .current_dir(&self.dir)
+                .env_remove("PERCPU_BED_FIXTURES")
+                .env("PERCPU_BED_CACHE", self.dir.join("cache"))
+                .output()
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => return r.expect("the installed binary runs"),
+            }
+        }
+        panic!("the installed binary stayed busy (ETXTBSY) for 2 s");
     }
 }
 
