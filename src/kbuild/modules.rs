@@ -31,6 +31,7 @@ pub static PROJECT_FILES: &[(&str, &str)] = &[
     ("pcpubed_api.c", include_str!("../../fixtures/kmod/src/pcpubed_api.c")),
     ("pcpubed_export.c", include_str!("../../fixtures/kmod/src/pcpubed_export.c")),
     ("pcpubed_import.c", include_str!("../../fixtures/kmod/src/pcpubed_import.c")),
+    ("pcpubed_contract.c", include_str!("../../fixtures/kmod/src/pcpubed_contract.c")),
     ("pcpubed_bug_uaf.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_uaf.c")),
     ("pcpubed_bug_nullalloc.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_nullalloc.c")),
     ("pcpubed_bug_reserved.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_reserved.c")),
@@ -45,6 +46,7 @@ pub static PROJECT_EXPECT: &[(&str, &str)] = &[
     ("pcpubed_api", include_str!("../../fixtures/kmod/expect/pcpubed_api.expect.toml")),
     ("pcpubed_export", include_str!("../../fixtures/kmod/expect/pcpubed_export.expect.toml")),
     ("pcpubed_import", include_str!("../../fixtures/kmod/expect/pcpubed_import.expect.toml")),
+    ("pcpubed_contract", include_str!("../../fixtures/kmod/expect/pcpubed_contract.expect.toml")),
     ("pcpubed_bug_uaf", include_str!("../../fixtures/kmod/expect/pcpubed_bug_uaf.expect.toml")),
     ("pcpubed_bug_nullalloc", include_str!("../../fixtures/kmod/expect/pcpubed_bug_nullalloc.expect.toml")),
     ("pcpubed_bug_reserved", include_str!("../../fixtures/kmod/expect/pcpubed_bug_reserved.expect.toml")),
@@ -316,7 +318,13 @@ mod tests {
                     let src = PROJECT_FILES.iter().find(|(p, _)| *p == format!("{m}.c")).unwrap().1;
                     assert!(src.contains("PLANTED BUG") && src.contains("Mimics"), "{m}.c must name the bug it mimics");
                 } else {
-                    assert!(e.planted.is_none() && !e.printk.is_empty(), "{m}: a good module prints its done line");
+                    // A module with an init prints its done line; one with
+                    // only contract descriptors (pcpubed-kmod.h) has none.
+                    let src = PROJECT_FILES.iter().find(|(p, _)| *p == format!("{m}.c")).unwrap().1;
+                    let has_init = src.contains("module_init(");
+                    assert!(e.planted.is_none(), "{m}: a good module has no [planted]");
+                    assert!(!has_init || !e.printk.is_empty(), "{m}: a good module prints its done line");
+                    assert!(has_init || src.contains("PCPUBED_TEST("), "{m}: no init and no descriptors");
                 }
             }
         }
@@ -357,5 +365,39 @@ mod tests {
         assert!(s.files.iter().all(|(p, _)| p != Path::new("m.ko")), "build outputs are not copied");
         assert_eq!(s.expect.len(), 1);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// pcpubed-kmod.h is the fixture contract for Kbuild modules: every
+    /// `PCPUBED_*` constant and the descriptor's fields are pcpubed.h's.
+    #[test]
+    fn the_kbuild_contract_header_matches_the_fixture_contract() {
+        let fixture = include_str!("../../fixtures/include/pcpubed.h");
+        let kmod = PROJECT_FILES.iter().find(|(n, _)| *n == "pcpubed-kmod.h").expect("embedded").1;
+        let defines = |text: &str| -> std::collections::BTreeMap<String, String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("#define PCPUBED_"))
+                .filter_map(|l| {
+                    let mut it = l.split_whitespace();
+                    let name = it.next()?;
+                    let value = it.next()?;
+                    // Constants only: hex or decimal literals.
+                    (value.as_bytes()[0].is_ascii_digit() && !name.contains('(')).then(|| (name.to_string(), value.to_string()))
+                })
+                .collect()
+        };
+        let (f, k) = (defines(fixture), defines(kmod));
+        assert!(f.len() >= 20, "{f:?}");
+        for (name, value) in &f {
+            if ["PAGE_SIZE", "L1_CACHE_BYTES", "TI_CPU_OFFSET", "LOWCORE_PERCPU_OFFSET", "ABI_FLAGS"].contains(&name.as_str()) {
+                continue;
+            }
+            assert_eq!(k.get(name), Some(value), "PCPUBED_{name}");
+        }
+        let fields = |text: &str| -> String {
+            let start = text.find("struct pcpubed_test {").expect("the descriptor");
+            let body = &text[start..start + text[start..].find("};").unwrap()];
+            body.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(fields(fixture), fields(kmod));
     }
 }

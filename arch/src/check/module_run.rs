@@ -173,7 +173,7 @@ impl Bed<'_> {
 
     /// A write no check constrains: the stack, the current task, the
     /// module's own (non-percpu) writable data.
-    fn ordinary_write(&self, a: u64, len: u64) -> bool {
+    pub(crate) fn ordinary_write(&self, a: u64, len: u64) -> bool {
         let within = |r: &std::ops::Range<u64>| r.start <= a && a.wrapping_add(len) <= r.end;
         if within(&self.stack) {
             return true;
