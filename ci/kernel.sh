@@ -67,6 +67,10 @@ run_module() {
   esac
 }
 
+echo "== inspect --check: every built module's percpu and relocations"
+"$bed" inspect --check "$out"/stock/*/*.ko > "$out/inspect.txt" || fail "inspect --check (see $out/inspect.txt)"
+echo "  $(grep -c '^  verdict: follows' "$out/inspect.txt") modules follow the module percpu rules"
+
 echo "== kbuild --debian-headers: Debian's configured amd64, arm64 and s390x kernels"
 # The distribution's own configuration (__fentry__, retpolines, IBT, arm64
 # pointer authentication, s390x z10 code) is what users run.
