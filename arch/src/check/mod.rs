@@ -686,27 +686,20 @@ fn run_bed<T>(
         if !selected(&bed.objects[oi]) {
             continue;
         }
+        // A real module's init (or its refusal) first, then its descriptors.
         let is_module = !bed.objects[oi].kernel;
-        if is_module && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || bed.objects[oi].rejected.is_some()) {
-            let default = ModuleExpect::default();
-            let expect = expects.get(&bed.objects[oi].name).unwrap_or(&default);
-            let report = module_run::run_module(&mut bed, oi, expect)?;
-            counts.add(report.status);
-            instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
-            uncounted_runs += report.runs.iter().filter(|r| r.instructions.is_none()).count();
-            runs += report.runs.len();
-            let go_on = observer.finished(&report);
-            tests.push(report);
-            if !go_on {
-                interrupted = true;
-                break 'objects;
-            }
-            if bed.objects[oi].rejected.is_some() {
-                continue;
-            }
-        }
-        for ti in 0..bed.objects[oi].tests.len() {
-            let report = exec::run_test(&mut bed, oi, ti)?;
+        let rejected = bed.objects[oi].rejected.is_some();
+        let init = is_module && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || rejected);
+        let descriptors = if init && rejected { 0 } else { bed.objects[oi].tests.len() };
+        for step in (!init as usize)..=descriptors {
+            let report = match step {
+                0 => {
+                    let default = ModuleExpect::default();
+                    let expect = expects.get(&bed.objects[oi].name).unwrap_or(&default);
+                    module_run::run_module(&mut bed, oi, expect)?
+                }
+                n => exec::run_test(&mut bed, oi, n - 1)?,
+            };
             counts.add(report.status);
             instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
             uncounted_runs += report.runs.iter().filter(|r| r.instructions.is_none()).count();
