@@ -5,12 +5,14 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 struct Tmux {
     socket: String,
     session: String,
     dir: PathBuf,
+    runs: AtomicUsize,
 }
 
 impl Tmux {
@@ -22,7 +24,7 @@ impl Tmux {
         let id = format!("percpu-bed-{tag}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir).unwrap();
-        let t = Tmux { socket: id.clone(), session: id, dir };
+        let t = Tmux { socket: id.clone(), session: id, dir, runs: AtomicUsize::new(0) };
         let st = t
             .cmd()
             .args([
@@ -62,7 +64,10 @@ impl Tmux {
 
     /// Run `args` in the pane, writing the exit code to a file when done.
     fn run(&self, args: &str) -> PathBuf {
-        let rc = self.dir.join(format!("rc-{}", Instant::now().elapsed().as_nanos()));
+        // A fresh file per command: reusing a name would read the previous
+        // command's code before this one has finished.
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        let rc = self.dir.join(format!("rc-{n}"));
         let line = format!("clear; {} {args}; echo $? > {}", env!("CARGO_BIN_EXE_percpu-bed"), rc.display());
         self.send(&[&line, "Enter"]);
         rc
