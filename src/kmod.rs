@@ -184,7 +184,8 @@ struct Planted {
 /// Parse an expectation file's text; errno names are looked up in the
 /// tree's runtime ABI.
 pub fn parse_expect(text: &str, path: &Path, abi: &RtAbi) -> Result<ModuleExpect> {
-    let f: ExpectFile = toml::from_str(text).with_context(|| format!("{}: not a valid expectation file", path.display()))?;
+    let f: ExpectFile =
+        toml::from_str(text).with_context(|| format!("{}: not a valid expectation file", path.display()))?;
     let returns = match f.init.returns {
         Returns::Value(v) => v,
         Returns::Errno(name) => {
@@ -199,7 +200,11 @@ pub fn parse_expect(text: &str, path: &Path, abi: &RtAbi) -> Result<ModuleExpect
                     path.display()
                 )
             })?;
-            if neg { -v } else { v }
+            if neg {
+                -v
+            } else {
+                v
+            }
         }
     };
     if !(i32::MIN as i64..=i32::MAX as i64).contains(&returns) {
@@ -283,7 +288,12 @@ mod tests {
         assert_eq!((e.init_returns, e.planted.as_deref()), (0, Some("x")));
         assert!(parse_expect("[init]\nreturn = 0\n", p, &abi).unwrap_err().to_string().contains("m.expect.toml"));
         assert!(parse_expect("[init]\nreturns = 4294967296\n", p, &abi).is_err());
-        let e = parse_expect("[init]\nfail_alloc = [1, 3]\n[planted]\nbug = \"b\"\nneeds = [\"smp\", \"sparse\"]\n", p, &abi).unwrap();
+        let e = parse_expect(
+            "[init]\nfail_alloc = [1, 3]\n[planted]\nbug = \"b\"\nneeds = [\"smp\", \"sparse\"]\n",
+            p,
+            &abi,
+        )
+        .unwrap();
         assert_eq!(e.fail_alloc, [1, 3]);
         assert_eq!(e.needs, [Needs::Smp, Needs::Sparse]);
         let err = parse_expect("[planted]\nbug = \"b\"\nneeds = [\"numa\"]\n", p, &abi).unwrap_err().to_string();

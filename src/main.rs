@@ -79,6 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let term = percpu_bed::output::init(cli.color);
     init_tracing(cli.verbose, term.stderr_color);
+    percpu_bed::output::interrupt::install_global();
     // Exit codes: 0 all as expected, 1 a check failed, 2 bad input or usage.
     let result = match cli.command {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),

@@ -251,25 +251,41 @@ impl percpu_arch::check::Observer for RunObserver<'_> {
     }
 }
 
-/// Ctrl-C: the first press asks the running command to stop and report
-/// what it has; a second one exits at once.
+/// Ctrl-C, SIGTERM and SIGHUP.  A command that reports partial results
+/// opts in with [`interrupt::install`]: the first signal asks it to stop
+/// and report what it has, a second one exits at once.  Every other
+/// command exits at the first.  Exiting from the handler skips the
+/// engines' drops, so it first kills the emulator processes and removes
+/// their scratch directories (`percpu_arch::engine::scratch`).
 pub mod interrupt {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+    static INTERRUPTIBLE: AtomicBool = AtomicBool::new(false);
     static REQUESTED: AtomicBool = AtomicBool::new(false);
     static PRESSES: AtomicUsize = AtomicUsize::new(0);
 
-    /// Install the handler (once; later calls do nothing).
-    pub fn install() {
+    /// Install the process-wide handler (once; later calls do nothing).
+    /// `main` calls it before any command runs.
+    pub fn install_global() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
             let _ = ctrlc::set_handler(|| {
-                REQUESTED.store(true, Ordering::SeqCst);
-                if PRESSES.fetch_add(1, Ordering::SeqCst) >= 1 {
-                    std::process::exit(130);
+                let first = PRESSES.fetch_add(1, Ordering::SeqCst) == 0;
+                if first && INTERRUPTIBLE.load(Ordering::SeqCst) {
+                    REQUESTED.store(true, Ordering::SeqCst);
+                    return;
                 }
+                percpu_arch::engine::scratch::remove_all();
+                std::process::exit(130);
             });
         });
+    }
+
+    /// The running command stops at the next test when interrupted and
+    /// reports what it has (see [`requested`]).
+    pub fn install() {
+        install_global();
+        INTERRUPTIBLE.store(true, Ordering::SeqCst);
     }
 
     /// Ctrl-C was pressed.

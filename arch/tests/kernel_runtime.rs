@@ -98,7 +98,8 @@ fn scenario(cpus: u32) -> Scenario {
 fn init_runs_on_every_cpu_with_printk_captured() {
     let ko = module("_printk");
     let abi = x86_64_abi();
-    let expect = ModuleExpect { init_returns: -11, printk: vec!["percpu 42 done".into()], planted: None, ..Default::default() };
+    let expect =
+        ModuleExpect { init_returns: -11, printk: vec!["percpu 42 done".into()], planted: None, ..Default::default() };
     let expects = HashMap::from([("m.ko".to_string(), expect)]);
     let r = run_kernel_modules(&scenario(3), &abi, &[("m.ko", &ko)], &expects).unwrap();
     assert_eq!(r.tests.len(), 1, "{r}");
@@ -113,7 +114,8 @@ fn init_runs_on_every_cpu_with_printk_captured() {
 fn a_wrong_return_value_or_missing_line_fails() {
     let ko = module("_printk");
     let abi = x86_64_abi();
-    let expect = ModuleExpect { init_returns: 0, printk: vec!["percpu test done".into()], planted: None, ..Default::default() };
+    let expect =
+        ModuleExpect { init_returns: 0, printk: vec!["percpu test done".into()], planted: None, ..Default::default() };
     let expects = HashMap::from([("m.ko".to_string(), expect)]);
     let r = run_kernel_modules(&scenario(2), &abi, &[("m.ko", &ko)], &expects).unwrap();
     let t = &r.tests[0];

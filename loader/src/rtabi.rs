@@ -26,13 +26,17 @@ pub fn read(obj: &ElfObject<'_>) -> Result<Option<BTreeMap<String, u64>>, LoadEr
     let bad = |reason: String| LoadError::Malformed { object: obj.name.clone(), reason };
     let data = obj.section_data(sec.index);
     if sec.is_nobits() || data.len() % RECORD_BYTES != 0 {
-        return Err(bad(format!("{SECTION} is {} bytes, not a whole number of {RECORD_BYTES}-byte records", data.len())));
+        return Err(bad(format!(
+            "{SECTION} is {} bytes, not a whole number of {RECORD_BYTES}-byte records",
+            data.len()
+        )));
     }
     let mut out = BTreeMap::new();
     for rec in data.chunks_exact(RECORD_BYTES) {
         let name_bytes = &rec[..NAME_BYTES];
         let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
-        let name = std::str::from_utf8(&name_bytes[..end]).map_err(|_| bad(format!("{SECTION}: a name is not UTF-8")))?;
+        let name =
+            std::str::from_utf8(&name_bytes[..end]).map_err(|_| bad(format!("{SECTION}: a name is not UTF-8")))?;
         if name.is_empty() {
             return Err(bad(format!("{SECTION}: a record has an empty name")));
         }

@@ -61,7 +61,11 @@ pub fn run_modules(dir: &Path, cpus: u32, all_modules: bool) -> Result<Vec<Modul
         .collect();
     targets.sort();
     if targets.is_empty() {
-        bail!("{} holds no kbuild target directories (build them with `percpu-bed kbuild -o {}`)", dir.display(), dir.display());
+        bail!(
+            "{} holds no kbuild target directories (build them with `percpu-bed kbuild -o {}`)",
+            dir.display(),
+            dir.display()
+        );
     }
     let mut rows = Vec::new();
     for t in targets {
@@ -123,7 +127,9 @@ fn module_row(target_dir: &Path, ko: &Path, cpus: u32) -> ModuleRow {
 fn qemu_command(arch: &str, image: &Path, smp: u32) -> Result<Command> {
     let append = "loglevel=8 ignore_loglevel nokaslr panic=0";
     let (binary, machine, console, package) = match arch {
-        "x86_64" => ("qemu-system-x86_64", vec!["-machine", "q35,accel=tcg", "-cpu", "max"], "ttyS0", "qemu-system-x86"),
+        "x86_64" => {
+            ("qemu-system-x86_64", vec!["-machine", "q35,accel=tcg", "-cpu", "max"], "ttyS0", "qemu-system-x86")
+        }
         "arm64" => {
             let gic = if smp > 8 { "virt,gic-version=3" } else { "virt" };
             ("qemu-system-aarch64", vec!["-machine", gic, "-cpu", "cortex-a57"], "ttyAMA0", "qemu-system-arm")
@@ -198,7 +204,11 @@ pub fn boot(arch: &str, image: &Path, smp: u32, timeout: Duration) -> BootRow {
 impl std::fmt::Display for KernelBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "Real kernel modules on the kernel runtime (wall time from reading the module to the report)")?;
-        writeln!(f, "{:<9} {:<22} {:<9} {:>5} {:>5} {:>10}  status", "arch", "module", "kernel", "cpus", "runs", "wall ms")?;
+        writeln!(
+            f,
+            "{:<9} {:<22} {:<9} {:>5} {:>5} {:>10}  status",
+            "arch", "module", "kernel", "cpus", "runs", "wall ms"
+        )?;
         for r in &self.modules {
             writeln!(
                 f,
@@ -218,7 +228,14 @@ impl std::fmt::Display for KernelBench {
             for b in &self.boots {
                 match (b.wall_ms, &b.error) {
                     (Some(ms), _) => {
-                        writeln!(f, "{:<9} -smp {:<3} {:>10.1} ms  {}", b.arch, b.smp, ms, b.line.as_deref().unwrap_or(""))?;
+                        writeln!(
+                            f,
+                            "{:<9} -smp {:<3} {:>10.1} ms  {}",
+                            b.arch,
+                            b.smp,
+                            ms,
+                            b.line.as_deref().unwrap_or("")
+                        )?;
                         if let Some(m) = self.modules.iter().find(|m| m.arch == b.arch && m.error.is_none()) {
                             writeln!(
                                 f,

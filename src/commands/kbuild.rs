@@ -72,10 +72,8 @@ pub fn run(args: Args) -> Result<u8> {
     let mut targets = Vec::new();
     for name in &args.arch {
         for n in name.split(',').filter(|n| !n.is_empty()) {
-            let t = target::lookup(n).ok_or_else(|| kbuild::KbuildError::UnknownTarget {
-                name: n.to_string(),
-                known: target::names(),
-            })?;
+            let t = target::lookup(n)
+                .ok_or_else(|| kbuild::KbuildError::UnknownTarget { name: n.to_string(), known: target::names() })?;
             if !targets.iter().any(|x: &&target::Target| std::ptr::eq(*x, t)) {
                 targets.push(t);
             }

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use percpu_arch::check::{self, Scenario};
 use percpu_arch::isa::ModulePlacement;
-use percpu_bed::output::{emit, emit_human, interrupt, Format, Progress, RunObserver};
 use percpu_bed::kmod;
+use percpu_bed::output::{emit, emit_human, interrupt, Format, Progress, RunObserver};
 use percpu_bed::scenario::{arch_and_variant, kernel_and_modules, possible_cpus, read_object, Object};
 
 /// Load a kernel-image object and module objects, run their tests on every
@@ -120,8 +120,11 @@ pub fn run(args: Args) -> Result<u8> {
     let real = objects.iter().filter(|(_, o)| kmod::is_kernel_module(&o.bytes)).count();
     let report = if real > 0 {
         if real != objects.len() {
-            let fixtures: Vec<&str> =
-                objects.iter().filter(|(_, o)| !kmod::is_kernel_module(&o.bytes)).map(|(_, o)| o.name.as_str()).collect();
+            let fixtures: Vec<&str> = objects
+                .iter()
+                .filter(|(_, o)| !kmod::is_kernel_module(&o.bytes))
+                .map(|(_, o)| o.name.as_str())
+                .collect();
             bail!(
                 "real kernel modules (built by a kernel tree's Kbuild) and percpu-bed fixtures cannot run together: \
                  the fixtures ({}) need a fixture kernel image, the modules percpu-bed's kernel runtime",
@@ -133,11 +136,17 @@ pub fn run(args: Args) -> Result<u8> {
         }
         let paths: Vec<PathBuf> = objects.iter().map(|(p, _)| p.clone()).collect();
         let rt = kmod::runtime_abi(args.kbuild.as_deref(), &paths)?;
-        tracing::info!("runtime ABI of Linux {} from {}: {}", rt.abi.kernel_version(), rt.from.display(), kmod::describe_abi(&rt.abi));
+        tracing::info!(
+            "runtime ABI of Linux {} from {}: {}",
+            rt.abi.kernel_version(),
+            rt.from.display(),
+            kmod::describe_abi(&rt.abi)
+        );
         scenario = real_module_variant(scenario, args.variant.as_deref(), &rt.abi)?;
         let pairs: Vec<(PathBuf, &Object)> = objects.iter().map(|(p, o)| (p.clone(), o)).collect();
         let expects = kmod::expectations(&pairs, &rt.abi)?;
-        let module_refs: Vec<(&str, &[u8])> = objects.iter().map(|(_, m)| (m.name.as_str(), m.bytes.as_slice())).collect();
+        let module_refs: Vec<(&str, &[u8])> =
+            objects.iter().map(|(_, m)| (m.name.as_str(), m.bytes.as_slice())).collect();
         check::run_kernel_modules(&scenario, &rt.abi, &module_refs, &expects)?
     } else {
         let (kernel, modules) = kernel_and_modules(scenario.variant.fixture_dir, args.kernel_image, args.objects)?;
@@ -145,8 +154,12 @@ pub fn run(args: Args) -> Result<u8> {
         interrupt::install();
         let progress = Progress::new(Some(0));
         progress.message(&format!("loading {} object(s) on {} cpus", module_refs.len() + 1, scenario.cpus.len()));
-        let report =
-            check::run_observed(&scenario, (&kernel.name, &kernel.bytes), &module_refs, &mut RunObserver { progress: &progress });
+        let report = check::run_observed(
+            &scenario,
+            (&kernel.name, &kernel.bytes),
+            &module_refs,
+            &mut RunObserver { progress: &progress },
+        );
         progress.finish();
         report?
     };
@@ -164,7 +177,10 @@ pub fn run(args: Args) -> Result<u8> {
         Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
     }
     if report.interrupted {
-        eprintln!("percpu-bed: interrupted: {} test(s) ran before Ctrl-C; the results above are partial", report.tests.len());
+        eprintln!(
+            "percpu-bed: interrupted: {} test(s) ran before Ctrl-C; the results above are partial",
+            report.tests.len()
+        );
         return Ok(130);
     }
     Ok(if report.unexpected().is_empty() { 0 } else { 1 })

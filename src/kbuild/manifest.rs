@@ -55,7 +55,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn new(tree: &Tree, target: &Target, compiler: &str, rtabi: BTreeMap<String, u64>, steps: Vec<StepTime>) -> Self {
+    pub fn new(
+        tree: &Tree,
+        target: &Target,
+        compiler: &str,
+        rtabi: BTreeMap<String, u64>,
+        steps: Vec<StepTime>,
+    ) -> Self {
         Manifest {
             format: MANIFEST_FORMAT,
             generator: format!("percpu-bed {}", env!("CARGO_PKG_VERSION")),

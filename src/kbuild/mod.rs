@@ -79,7 +79,9 @@ pub enum KbuildError {
     UnknownTarget { name: String, known: String },
     #[error("{target}: {program} is not installed (Debian package: {package})")]
     MissingCompiler { target: String, program: String, package: String },
-    #[error("{program} is not installed (Debian package: {package}); ci/deps.sh --kbuild installs everything kbuild needs")]
+    #[error(
+        "{program} is not installed (Debian package: {package}); ci/deps.sh --kbuild installs everything kbuild needs"
+    )]
     MissingTool { program: String, package: String },
     #[error("{what} failed (exit status {status}); last lines of {log}:\n{tail}")]
     Command { what: String, status: String, log: PathBuf, tail: String },
@@ -217,7 +219,10 @@ pub fn check_host_tools(headers_only: bool) -> Result<(), KbuildError> {
         }
     }
     if !headers_only && !Path::new("/usr/include/gelf.h").is_file() && !Path::new("/usr/include/libelf.h").is_file() {
-        return Err(KbuildError::MissingTool { program: "libelf headers (gelf.h)".into(), package: "libelf-dev".into() });
+        return Err(KbuildError::MissingTool {
+            program: "libelf headers (gelf.h)".into(),
+            package: "libelf-dev".into(),
+        });
     }
     Ok(())
 }
@@ -313,7 +318,12 @@ fn build_target(
     }
     // One run at a time per build directory.
     let lock_path = dirs.logs.join(".lock");
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| KbuildError::io(&lock_path, e))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| KbuildError::io(&lock_path, e))?;
     if lock.try_lock().is_err() {
         progress.step(target.name, "waiting for another percpu-bed kbuild using this build directory");
         lock.lock().map_err(|e| KbuildError::io(&lock_path, e))?;
@@ -355,8 +365,8 @@ fn build_target(
             sha256_hex(target.fragment.as_bytes())
         );
         let stamp = dirs.build.join(".percpu-bed-config");
-        let configured = dirs.build.join(".config").is_file()
-            && std::fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text);
+        let configured =
+            dirs.build.join(".config").is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text);
         let log = dirs.logs.join("configure.log");
         timed("configure", &mut || {
             if configured {
@@ -419,7 +429,10 @@ fn build_target(
                     .map(|m| m.name.clone())
                     .collect();
                 if !differ.is_empty() {
-                    return Err(KbuildError::NotReproducible { target: target.name.into(), modules: differ.join(", ") });
+                    return Err(KbuildError::NotReproducible {
+                        target: target.name.into(),
+                        modules: differ.join(", "),
+                    });
                 }
                 Ok(true)
             })?;
@@ -431,7 +444,8 @@ fn build_target(
         // The probe is data for the manifest, not a module to run.
         entries.extend(result.into_iter().filter(|m| m.name != rtabi::PROBE_MODULE));
     }
-    let rt = rt.ok_or_else(|| KbuildError::RtAbi { target: target.name.into(), reason: "the probe was not built".into() })?;
+    let rt =
+        rt.ok_or_else(|| KbuildError::RtAbi { target: target.name.into(), reason: "the probe was not built".into() })?;
 
     // Outputs: fresh each run, so a module removed from a set disappears.
     let mut manifest = Manifest::new(tree, target, &compiler, rt, steps);

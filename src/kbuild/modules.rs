@@ -310,8 +310,11 @@ mod tests {
         for m in &mods {
             assert!(PROJECT_FILES.iter().any(|(p, _)| *p == format!("{m}.c")), "{m}.c is not embedded");
             if m != super::super::rtabi::PROBE_MODULE {
-                let (_, text) = PROJECT_EXPECT.iter().find(|(n, _)| n == m).unwrap_or_else(|| panic!("{m}: no expectation file"));
-                let e = crate::kmod::parse_expect(text, Path::new(&expect_file_name(m)), &crate::kmod::alpha_like_abi()).unwrap();
+                let (_, text) =
+                    PROJECT_EXPECT.iter().find(|(n, _)| n == m).unwrap_or_else(|| panic!("{m}: no expectation file"));
+                let e =
+                    crate::kmod::parse_expect(text, Path::new(&expect_file_name(m)), &crate::kmod::alpha_like_abi())
+                        .unwrap();
                 // A planted bug says which real bug it mimics; its source too.
                 if m.starts_with("pcpubed_bug_") {
                     assert!(e.planted.is_some(), "{m} is a planted bug without [planted]");
@@ -381,14 +384,17 @@ mod tests {
                     let name = it.next()?;
                     let value = it.next()?;
                     // Constants only: hex or decimal literals.
-                    (value.as_bytes()[0].is_ascii_digit() && !name.contains('(')).then(|| (name.to_string(), value.to_string()))
+                    (value.as_bytes()[0].is_ascii_digit() && !name.contains('('))
+                        .then(|| (name.to_string(), value.to_string()))
                 })
                 .collect()
         };
         let (f, k) = (defines(fixture), defines(kmod));
         assert!(f.len() >= 20, "{f:?}");
         for (name, value) in &f {
-            if ["PAGE_SIZE", "L1_CACHE_BYTES", "TI_CPU_OFFSET", "LOWCORE_PERCPU_OFFSET", "ABI_FLAGS"].contains(&name.as_str()) {
+            if ["PAGE_SIZE", "L1_CACHE_BYTES", "TI_CPU_OFFSET", "LOWCORE_PERCPU_OFFSET", "ABI_FLAGS"]
+                .contains(&name.as_str())
+            {
                 continue;
             }
             assert_eq!(k.get(name), Some(value), "PCPUBED_{name}");

@@ -102,7 +102,10 @@ pub static TARGETS: [Target; 6] = [
 /// Debian architecture (`amd64`).
 pub fn lookup(name: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|t| {
-        t.name == name || t.bed_arch == name || t.debian_arch == Some(name) || (t.kbuild_arch == name && name != "sparc")
+        t.name == name
+            || t.bed_arch == name
+            || t.debian_arch == Some(name)
+            || (t.kbuild_arch == name && name != "sparc")
     })
 }
 

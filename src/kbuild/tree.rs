@@ -113,7 +113,8 @@ pub fn makefile_version(tree: &Path) -> Result<String, KbuildError> {
 
 /// A user's kernel source tree.
 pub fn user_tree(path: &Path) -> Result<Tree, KbuildError> {
-    let abs = path.canonicalize().map_err(|e| KbuildError::NotATree { path: path.to_path_buf(), reason: e.to_string() })?;
+    let abs =
+        path.canonicalize().map_err(|e| KbuildError::NotATree { path: path.to_path_buf(), reason: e.to_string() })?;
     for must in ["Makefile", "Kconfig", "include/linux/percpu.h", "mm/percpu.c", "scripts/Makefile.build"] {
         if !abs.join(must).is_file() {
             return Err(KbuildError::NotATree {
@@ -124,7 +125,8 @@ pub fn user_tree(path: &Path) -> Result<Tree, KbuildError> {
     }
     let kernel_version = makefile_version(&abs)?;
     let base = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
-    let base: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    let base: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
     let key = format!("tree-{base}-{}", &super::sha256_hex(abs.as_os_str().as_encoded_bytes())[..12]);
     Ok(Tree { kind: TreeKind::Dir, path: abs, key, kernel_version })
 }
@@ -272,13 +274,18 @@ pub(crate) fn apt_download(dir: &Path, package: &str, log: &Path) -> Result<Path
     let name = package.split(':').next().unwrap_or(package);
     debs_in(dir)
         .into_iter()
-        .find(|p| !before.contains(p) && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}_"))))
+        .find(|p| {
+            !before.contains(p)
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}_")))
+        })
         .ok_or_else(|| KbuildError::Download { package: package.into(), reason: "apt-get wrote no .deb".into() })
 }
 
 fn debs_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -330,8 +337,11 @@ pub fn debian_headers(cache: &Cache, debian_arch: &str, progress: &Progress) -> 
     // The arch package includes the -common Makefile by absolute path.
     let common = final_dir.join("root/usr/src").join(format!("linux-headers-{abi}-common/Makefile"));
     let mk = root.join("usr/src").join(format!("linux-headers-{abi}-{flavour}/Makefile"));
-    std::fs::write(&mk, format!("# percpu-bed: was an include of /usr/src/...; unpacked elsewhere\ninclude {}\n", common.display()))
-        .map_err(|e| KbuildError::io(&mk, e))?;
+    std::fs::write(
+        &mk,
+        format!("# percpu-bed: was an include of /usr/src/...; unpacked elsewhere\ninclude {}\n", common.display()),
+    )
+    .map_err(|e| KbuildError::io(&mk, e))?;
     std::fs::write(dl.join("root/.complete"), version.as_bytes()).map_err(|e| KbuildError::io(&dl, e))?;
     if final_dir.exists() {
         let _ = std::fs::remove_dir_all(&final_dir);
@@ -390,7 +400,8 @@ fn ensure_foreign_arch(arch: &str) -> Result<(), KbuildError> {
     if arch == native_debian_arch() {
         return Ok(());
     }
-    let foreign = Command::new("dpkg").arg("--print-foreign-architectures").output().map(|o| o.stdout).unwrap_or_default();
+    let foreign =
+        Command::new("dpkg").arg("--print-foreign-architectures").output().map(|o| o.stdout).unwrap_or_default();
     if String::from_utf8_lossy(&foreign).lines().any(|l| l.trim() == arch) {
         return Ok(());
     }
@@ -431,7 +442,8 @@ fn header_abi(arch: &str, flavour: &str, qualified: &dyn Fn(&str) -> String) -> 
     if let Some(abi) = wanted.filter(|a| available(a)) {
         return Ok(abi);
     }
-    let search = out(&["search", "--names-only", &format!("^linux-headers-6\\.1\\.0-[0-9]+{suffix}$")]).unwrap_or_default();
+    let search =
+        out(&["search", "--names-only", &format!("^linux-headers-6\\.1\\.0-[0-9]+{suffix}$")]).unwrap_or_default();
     let mut abis: Vec<String> = search
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.strip_prefix(prefix)?.strip_suffix(&suffix).map(str::to_string))

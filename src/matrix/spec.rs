@@ -252,7 +252,10 @@ impl Plan {
         for set in &sets {
             for pat in set.only.iter().flatten() {
                 if !names_arch(pat) {
-                    return Err(invalid(format!("fixture set `{}`: `{pat}` names no arch or arch/variant of this matrix", set.name)));
+                    return Err(invalid(format!(
+                        "fixture set `{}`: `{pat}` names no arch or arch/variant of this matrix",
+                        set.name
+                    )));
                 }
             }
         }
@@ -328,7 +331,11 @@ impl Plan {
                         PlacementChoice::Far => ModulePlacement::Far,
                     };
                     let too_many = nr_cpus.filter(|&n| cpus.iter().any(|c| c >= n)).map(|n| {
-                        format!("the tree's {} build has NR_CPUS={n}; this config needs cpu {}", adapter.name(), cpus.iter().last().unwrap_or(0))
+                        format!(
+                            "the tree's {} build has NR_CPUS={n}; this config needs cpu {}",
+                            adapter.name(),
+                            cpus.iter().last().unwrap_or(0)
+                        )
                     });
                     let skipped = c
                         .skip
@@ -503,7 +510,11 @@ fn kbuild_objects(set: &FixtureSet, arch: &str, variant: &str, matrix: &Path) ->
         return Err(fail("give `dir` (fixtures) or `kbuild` (real modules), not both".into()));
     }
     if !root.is_dir() {
-        return Err(fail(format!("{} is not a directory: build it with `percpu-bed kbuild -o {}`", root.display(), root.display())));
+        return Err(fail(format!(
+            "{} is not a directory: build it with `percpu-bed kbuild -o {}`",
+            root.display(),
+            root.display()
+        )));
     }
     let skip = |reason: String| Ok(KbuildObjects { objects: Vec::new(), dir: None, nr_cpus: None, skip: Some(reason) });
     let Some(target) = crate::kbuild::target::lookup(arch) else {
@@ -511,7 +522,12 @@ fn kbuild_objects(set: &FixtureSet, arch: &str, variant: &str, matrix: &Path) ->
     };
     let dir = root.join(target.name);
     if !dir.join(crate::kbuild::manifest::MANIFEST_FILE).is_file() {
-        return skip(format!("no modules built for {} in {} (percpu-bed kbuild --arch {})", target.name, root.display(), target.name));
+        return skip(format!(
+            "no modules built for {} in {} (percpu-bed kbuild --arch {})",
+            target.name,
+            root.display(),
+            target.name
+        ));
     }
     let abi = crate::kmod::runtime_abi(Some(&dir), &[]).map_err(|e| fail(format!("{e:#}")))?.abi;
     if let Some(want) = crate::kmod::variant_for(arch, &abi) {
@@ -783,5 +799,4 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("`vax` names no arch"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-
 }

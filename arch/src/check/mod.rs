@@ -476,7 +476,11 @@ impl fmt::Display for ScenarioReport {
                 writeln!(f, "          | {line}")?;
             }
             if t.printk.len() > MAX_PRINTK_SHOWN {
-                writeln!(f, "          | ... {} more lines (--format json has them all)", t.printk.len() - MAX_PRINTK_SHOWN)?;
+                writeln!(
+                    f,
+                    "          | ... {} more lines (--format json has them all)",
+                    t.printk.len() - MAX_PRINTK_SHOWN
+                )?;
             }
             if !t.emulated.is_empty() {
                 let what: Vec<String> = t.emulated.iter().map(|(k, n)| format!("{k} x{n}")).collect();
@@ -676,7 +680,8 @@ fn run_bed<T>(
             .enumerate()
             .filter(|(_, o)| selected(o))
             .map(|(oi, o)| {
-                let init = !o.kernel && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || o.rejected.is_some());
+                let init =
+                    !o.kernel && bed.kernel.is_some() && (module_run::has_init(&bed, oi) || o.rejected.is_some());
                 o.tests.len() + usize::from(init)
             })
             .sum(),

@@ -92,10 +92,7 @@ impl std::str::FromStr for Needs {
     /// The known names, for the error message.
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Needs::ALL
-            .into_iter()
-            .find(|n| n.name() == s)
-            .ok_or_else(|| Needs::ALL.map(|n| n.name()).join(", "))
+        Needs::ALL.into_iter().find(|n| n.name() == s).ok_or_else(|| Needs::ALL.map(|n| n.name()).join(", "))
     }
 }
 
@@ -237,9 +234,11 @@ impl Bed<'_> {
             if !(start <= a && a < start + p.size) {
                 continue;
             }
-            let covering = l.symbols.iter().filter(|s| s.defined && s.percpu).find(|s| {
-                self.cpu_ptr(s.value, k).is_some_and(|v| v <= a && a + len <= v + s.size.max(1))
-            });
+            let covering = l
+                .symbols
+                .iter()
+                .filter(|s| s.defined && s.percpu)
+                .find(|s| self.cpu_ptr(s.value, k).is_some_and(|v| v <= a && a + len <= v + s.size.max(1)));
             let imported = covering.is_some_and(|s| mine.symbols.iter().any(|u| !u.defined && u.name == s.name));
             return (!imported).then(|| (l.name.clone(), covering.map(|s| s.name.clone())));
         }

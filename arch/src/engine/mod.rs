@@ -258,4 +258,5 @@ pub trait Engine {
 
 pub mod gdb_remote;
 pub mod qemu_alpha;
+pub mod scratch;
 pub mod unicorn;

@@ -197,14 +197,14 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::gdb_remote::{gdb_signal, GdbClient, StopReply};
+use super::scratch::ScratchDir;
 use super::{Access, Cpu, Engine, EngineError, MemAccess, Outcome, Perms, Reg, TraceMode};
 
 const ENGINE: &str = "qemu-alpha";
@@ -697,39 +697,6 @@ pub fn harness_elf() -> Vec<u8> {
     f
 }
 
-/// A private temporary directory, removed on drop.
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn new() -> io::Result<PrivateDir> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        // A Unix socket path must fit in 108 bytes: fall back to /tmp when
-        // TMPDIR is long.
-        let tmp = std::env::temp_dir();
-        let base = if tmp.as_os_str().len() <= 60 { tmp } else { PathBuf::from("/tmp") };
-        for _ in 0..100 {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let p = base.join(format!("percpu-bed-alpha-{}-{n}-{nanos:08x}", std::process::id()));
-            match fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => return Ok(PrivateDir(p)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary directory name"))
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The QEMU child process; killed and reaped on drop.  Declared after the
 /// client in [`QemuAlphaEngine`] so the socket closes first.
 struct QemuProcess {
@@ -777,7 +744,7 @@ impl Drop for QemuProcess {
 pub struct QemuAlphaEngine {
     client: GdbClient<UnixStream>,
     process: QemuProcess,
-    _dir: PrivateDir,
+    _dir: ScratchDir,
     cfg: QemuAlphaConfig,
     regs: Option<Vec<u64>>,
     dirty: bool,
@@ -821,8 +788,9 @@ impl QemuAlphaEngine {
 
     pub fn with_config(cfg: QemuAlphaConfig) -> Result<Self, EngineError> {
         let engine_err = |reason: String| EngineError::Engine { engine: ENGINE, reason };
-        let dir = PrivateDir::new().map_err(|e| engine_err(format!("cannot create a private temp dir: {e}")))?;
-        let elf = dir.0.join("harness.elf");
+        let dir = ScratchDir::new("percpu-bed-alpha")
+            .map_err(|e| engine_err(format!("cannot create a private temp dir: {e}")))?;
+        let elf = dir.path().join("harness.elf");
         // qemu-user refuses files without execute permission (EACCES).
         fs::OpenOptions::new()
             .write(true)
@@ -831,8 +799,8 @@ impl QemuAlphaEngine {
             .open(&elf)
             .and_then(|mut f| f.write_all(&harness_elf()))
             .map_err(|e| engine_err(format!("cannot write {}: {e}", elf.display())))?;
-        let sock = dir.0.join("gdb.sock");
-        let stderr_path = dir.0.join("qemu.stderr");
+        let sock = dir.path().join("gdb.sock");
+        let stderr_path = dir.path().join("qemu.stderr");
         let stderr = File::create(&stderr_path)
             .map_err(|e| engine_err(format!("cannot create {}: {e}", stderr_path.display())))?;
         let child = Command::new(&cfg.qemu)
@@ -846,6 +814,7 @@ impl QemuAlphaEngine {
             .stderr(stderr)
             .spawn()
             .map_err(|e| missing_or_error(&cfg.qemu, e))?;
+        dir.set_owner_process(child.id());
         let mut process = QemuProcess { child, stderr_path };
         let stream = connect(&mut process, &sock, cfg.connect_timeout)?;
         let mut client = GdbClient::new(stream, ENGINE, cfg.timeout);
@@ -1336,7 +1305,8 @@ impl QemuAlphaEngine {
             }
             gdb_signal::SIGTRAP if pc == SYSCALL_STUB => Outcome::Trap {
                 pc,
-                reason: "jumped into the harness's system call stub (a system call from guest code; not executed)".into(),
+                reason: "jumped into the harness's system call stub (a system call from guest code; not executed)"
+                    .into(),
             },
             gdb_signal::SIGTRAP if self.host_calls.contains(&pc) => Outcome::HostCall { pc, instructions },
             gdb_signal::SIGTRAP if self.breakpoints.contains(&pc) => Outcome::Breakpoint { pc, instructions },

@@ -64,9 +64,8 @@ pub fn parse(
             b.iter().fold(0u64, |v, &x| v << 8 | x as u64)
         }
     };
-    let field = |entry: &[u8], off: u64, len: usize| -> Option<u64> {
-        entry.get(off as usize..off as usize + len).map(uint)
-    };
+    let field =
+        |entry: &[u8], off: u64, len: usize| -> Option<u64> { entry.get(off as usize..off as usize + len).map(uint) };
     let pointer = |entry: &[u8], at: u64, off: u64| -> Option<u64> {
         if layout.relative {
             let disp = field(entry, off, 4)? as u32 as i32 as i64;

@@ -532,8 +532,16 @@ impl UnicornEngine {
         })
         .map_err(uc_err)?;
 
-        let mut engine =
-            UnicornEngine { cpu, abi, uc, trampoline, trace_hook: None, sparc_stop_hooks: Vec::new(), tb_dirty: false, snapshot: None };
+        let mut engine = UnicornEngine {
+            cpu,
+            abi,
+            uc,
+            trampoline,
+            trace_hook: None,
+            sparc_stop_hooks: Vec::new(),
+            tb_dirty: false,
+            snapshot: None,
+        };
         // The trampoline page.
         engine.map_pages(trampoline, GRANULE, Perms::RX).map_err(|e| EngineError::Map {
             engine: ENGINE,
@@ -971,7 +979,6 @@ const _: () = {
     const fn is_send<T: Send>() {}
     is_send::<UnicornEngine>();
 };
-
 
 impl UnicornEngine {
     /// Run from `pc` until the trampoline, a stop, a fault or `budget`
