@@ -53,8 +53,6 @@ fn x86_64_abi() -> RtAbi {
 /// `init_module() { _printk(KERN_INFO "percpu %d done\n", 42); return -11; }`
 /// calling `callee` instead of `_printk`, as Kbuild would lay it out.
 fn module(callee: &str) -> Vec<u8> {
-    let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
-    let text = o.section_id(StandardSection::Text);
     #[rustfmt::skip]
     let code = [
         0x48, 0x8d, 0x3d, 0, 0, 0, 0, // lea fmt(%rip), %rdi
@@ -63,9 +61,16 @@ fn module(callee: &str) -> Vec<u8> {
         0xb8, 0xf5, 0xff, 0xff, 0xff, // mov $-11, %eax
         0xc3,                         // ret
     ];
-    o.append_section_data(text, &code, 16);
-    let rodata = o.section_id(StandardSection::ReadOnlyString);
-    let fmt_off = o.append_section_data(rodata, b"\x016percpu %d done\n\0", 1);
+    ko(&code, &[(13, callee)], Some((3, b"\x016percpu %d done\n\0")))
+}
+
+/// An x86_64 `.ko` whose `init_module` is `code`, with a PLT32 call
+/// relocation at each `(offset, callee)` and, if given, a string in
+/// .rodata reached by a PC32 relocation at `offset`.
+fn ko(code: &[u8], calls: &[(u64, &str)], string: Option<(u64, &[u8])>) -> Vec<u8> {
+    let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let text = o.section_id(StandardSection::Text);
+    o.append_section_data(text, code, 16);
     let modinfo = o.add_section(Vec::new(), b".modinfo".to_vec(), object::SectionKind::ReadOnlyData);
     o.append_section_data(modinfo, b"vermagic=6.1.192 SMP preempt mod_unload \0license=GPL\0", 1);
     let sym = |o: &mut Object, name: &str, section, value, kind, scope| {
@@ -81,9 +86,18 @@ fn module(callee: &str) -> Vec<u8> {
         })
     };
     sym(&mut o, "init_module", SymbolSection::Section(text), 0, SymbolKind::Text, SymbolScope::Dynamic);
-    let fmt = sym(&mut o, ".LC0", SymbolSection::Section(rodata), fmt_off, SymbolKind::Data, SymbolScope::Compilation);
-    let ext = sym(&mut o, callee, SymbolSection::Undefined, 0, SymbolKind::Text, SymbolScope::Dynamic);
-    for (offset, symbol, r_type) in [(3, fmt, elf::R_X86_64_PC32), (13, ext, elf::R_X86_64_PLT32)] {
+    let mut relocs = Vec::new();
+    if let Some((at, bytes)) = string {
+        let rodata = o.section_id(StandardSection::ReadOnlyString);
+        let off = o.append_section_data(rodata, bytes, 1);
+        let s = sym(&mut o, ".LC0", SymbolSection::Section(rodata), off, SymbolKind::Data, SymbolScope::Compilation);
+        relocs.push((at, s, elf::R_X86_64_PC32));
+    }
+    for &(at, callee) in calls {
+        let s = sym(&mut o, callee, SymbolSection::Undefined, 0, SymbolKind::Text, SymbolScope::Dynamic);
+        relocs.push((at, s, elf::R_X86_64_PLT32));
+    }
+    for (offset, symbol, r_type) in relocs {
         o.add_relocation(text, Relocation { offset, symbol, addend: -4, flags: RelocationFlags::Elf { r_type } })
             .unwrap();
     }
@@ -151,4 +165,33 @@ fn a_module_with_nothing_to_run_is_an_error_unless_load_only() {
     sc.load_only = true;
     let r = run_kernel_modules(&sc, &x86_64_abi(), &[("idle.ko", &ko)], &HashMap::new()).unwrap();
     assert!(r.tests.is_empty());
+}
+
+#[test]
+fn a_use_after_free_percpu_names_the_allocation_and_both_call_sites() {
+    #[rustfmt::skip]
+    let code = [
+        0x53,                         // push %rbx
+        0xbf, 0x10, 0, 0, 0,          // mov $16, %edi
+        0xbe, 0x08, 0, 0, 0,          // mov $8, %esi
+        0xe8, 0, 0, 0, 0,             // call __alloc_percpu
+        0x48, 0x89, 0xc3,             // mov %rax, %rbx
+        0x48, 0x89, 0xc7,             // mov %rax, %rdi
+        0xe8, 0, 0, 0, 0,             // call free_percpu
+        0x65, 0xff, 0x43, 0x08,       // incl %gs:8(%rbx): this_cpu_inc(p->second)
+        0x31, 0xc0,                   // xor %eax, %eax
+        0x5b,                         // pop %rbx
+        0xc3,                         // ret
+    ];
+    let ko = ko(&code, &[(12, "__alloc_percpu"), (23, "free_percpu")], None);
+    let expects = HashMap::from([("uaf.ko".to_string(), ModuleExpect::default())]);
+    let r = run_kernel_modules(&scenario(2), &x86_64_abi(), &[("uaf.ko", &ko)], &expects).unwrap();
+    assert_eq!(r.tests[0].status, Status::Fail, "{r}");
+    let text = r.to_string();
+    assert!(
+        text.contains("of freed percpu memory at")
+            && text.contains("byte 0x8 of the 16-byte allocation made by alloc_percpu in init_module+0x10 in uaf.ko")
+            && text.contains("freed by free_percpu in init_module+0x1b in uaf.ko (a use after free_percpu)"),
+        "{text}"
+    );
 }

@@ -172,6 +172,21 @@ pub(crate) struct DynAlloc {
     pub test: String,
 }
 
+/// A dynamic allocation that was freed, kept so that a later access to
+/// its memory can be named as a use after free with both call sites.
+#[derive(Clone, Debug)]
+pub(crate) struct FreedAlloc {
+    pub ptr: u64,
+    pub size: u64,
+    /// Who allocated it (as [`DynAlloc::test`]).
+    pub allocated_by: String,
+    /// Where `free_percpu` was called.
+    pub freed_at: String,
+}
+
+/// How many freed allocations [`Bed::freed_allocs`] remembers.
+const FREED_HISTORY: usize = 4096;
+
 pub(crate) struct Bed<'s> {
     pub sc: &'s Scenario,
     /// The object whose real-module code is running (for the rule that a
@@ -197,6 +212,8 @@ pub(crate) struct Bed<'s> {
     /// Other named areas (fixed mappings).
     pub regions: Vec<(Range<u64>, String)>,
     pub dyn_allocs: Vec<DynAlloc>,
+    /// The most recently freed dynamic allocations, oldest first.
+    pub freed_allocs: std::collections::VecDeque<FreedAlloc>,
     /// Units that belong to a CPU (others are never mapped).
     pub used_units: Vec<usize>,
     /// The kernel runtime, when the bed runs real kernel modules.
@@ -544,6 +561,7 @@ impl<'s> Bed<'s> {
             big_endian: isa.big_endian(),
             regions: Vec::new(),
             dyn_allocs: Vec::new(),
+            freed_allocs: Default::default(),
             used_units,
             kernel: None,
             mapped: HashSet::new(),
@@ -896,10 +914,31 @@ impl<'s> Bed<'s> {
     }
 
     pub fn free_dynamic(&mut self, ptr: u64) -> Result<(), CheckError> {
+        self.free_dynamic_at(ptr, None)
+    }
+
+    /// Free a dynamic allocation, remembering it (with `freed_at`, the
+    /// caller of `free_percpu`) for [`Self::freed_allocation_at`].
+    pub fn free_dynamic_at(&mut self, ptr: u64, freed_at: Option<String>) -> Result<(), CheckError> {
         let _ = self.percpu.free(PcpuPtr(ptr));
-        self.dyn_allocs.retain(|d| d.ptr != ptr);
+        if let Some(i) = self.dyn_allocs.iter().position(|d| d.ptr == ptr) {
+            let d = self.dyn_allocs.remove(i);
+            if let Some(freed_at) = freed_at {
+                if self.freed_allocs.len() == FREED_HISTORY {
+                    self.freed_allocs.pop_front();
+                }
+                self.freed_allocs.push_back(FreedAlloc { ptr, size: d.size, allocated_by: d.test, freed_at });
+            }
+        }
         self.run_balance_work();
         self.sync_events()
+    }
+
+    /// The most recently freed allocation that held percpu pointer `ptr`
+    /// (the allocator may have reused the memory since: then the access is
+    /// to a live allocation and this is not asked).
+    pub fn freed_allocation_at(&self, ptr: u64) -> Option<&FreedAlloc> {
+        self.freed_allocs.iter().rev().find(|f| ptr >= f.ptr && ptr - f.ptr < f.size.max(1))
     }
 
     /// `free_percpu` schedules `pcpu_balance_workfn` when a free leaves a

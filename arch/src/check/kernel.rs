@@ -521,7 +521,9 @@ impl Bed<'_> {
             return Ok(Some(f));
         }
         let size = self.dyn_allocs.iter().find(|d| d.ptr == ptr).map_or(0, |d| d.size);
-        self.free_dynamic(ptr)?;
+        let at = self.caller();
+        let at = at.symbol.clone().unwrap_or_else(|| format!("{:#x}", at.pc));
+        self.free_dynamic_at(ptr, Some(at))?;
         self.alloc_event(ptr, size, false);
         self.rt().log.frees += 1;
         Ok(None)

@@ -315,12 +315,24 @@ impl Bed<'_> {
                         if a.access == Access::Write { "wrote" } else { "read" },
                         self.decode(a.addr)
                     )),
-                    _ if !allocated => Some(format!(
-                        "{} {len} bytes of unallocated percpu memory at {} (freed, or never allocated: a use after \
-                         free_percpu?)",
-                        if a.access == Access::Write { "wrote" } else { "read" },
-                        self.decode(a.addr)
-                    )),
+                    _ if !allocated => Some(match self.freed_allocation_at(loc.pcpu_ptr.0) {
+                        Some(f) => format!(
+                            "{} {len} bytes of freed percpu memory at {}: byte {:#x} of the {}-byte allocation made \
+                             by {} and freed by free_percpu in {} (a use after free_percpu)",
+                            if a.access == Access::Write { "wrote" } else { "read" },
+                            self.decode(a.addr),
+                            loc.pcpu_ptr.0 - f.ptr,
+                            f.size,
+                            f.allocated_by,
+                            f.freed_at
+                        ),
+                        None => format!(
+                            "{} {len} bytes of unallocated percpu memory at {} (never allocated, or freed before \
+                             this run: a stray pointer or a use after free_percpu?)",
+                            if a.access == Access::Write { "wrote" } else { "read" },
+                            self.decode(a.addr)
+                        ),
+                    }),
                     None => Some(format!("{} a unit that belongs to no CPU at {}", a.access, self.decode(a.addr))),
                     Some(k) if k != cpu && a.access == Access::Write && !explicit.contains(&k) && reads_traced => {
                         Some(format!(
