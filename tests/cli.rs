@@ -134,6 +134,22 @@ fn run_refuses_bad_input_with_exit_two() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// Issue 12 item 24: what the matrix refuses, `run`, `layout` and `map`
+/// refuse too, and `layout` refuses what `run` cannot set up.
+#[test]
+fn impossible_topologies_are_refused_everywhere() {
+    for cmd in ["run", "layout", "map"] {
+        let o = bed(&[cmd, "--arch", "x86_64", "--nodes", "0"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd} --nodes 0: {}", stdout(&o));
+        assert!(stderr(&o).contains("--nodes"), "{cmd}: {}", stderr(&o));
+    }
+    for cmd in ["run", "layout"] {
+        let o = bed(&[cmd, "--arch", "km", "--nodes", "2"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd} km --nodes 2: {}", stdout(&o));
+        assert!(stderr(&o).contains("percpu-km can't handle more than one group"), "{cmd}: {}", stderr(&o));
+    }
+}
+
 #[test]
 fn layout_prints_alloc_info_and_offsets() {
     let o = bed(&["layout", "--arch", "arm64", "--cpus", "8", "--nodes", "2"]);

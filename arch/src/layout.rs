@@ -113,7 +113,8 @@ pub fn render_request(isa: &dyn Isa, req: &LayoutRequest) -> Result<String, Chec
         (atom, dynamic) = (isa.page_size() as usize, 0);
     }
     let per_cpu_start = cfg.per_cpu_start;
-    let percpu = percpu_core::percpu::Percpu::new(cfg).map_err(|source| CheckError::Setup {
+    // Through the arch's own setup, as `run` does: km refuses NUMA groups.
+    let percpu = isa.setup_percpu(cfg).map_err(|source| CheckError::Setup {
         arch: isa.name().into(),
         variant: variant.name.into(),
         source,

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     possible: Option<String>,
     /// NUMA nodes the possible CPUs are spread over in blocks.
-    #[arg(long, default_value_t = 1, conflicts_with = "cpu_nodes")]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "cpu_nodes")]
     nodes: u32,
     /// The node of each possible CPU, in order (e.g. 0,0,1,1).
     #[arg(long, value_name = "LIST")]

@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "workload")]
     possible: Option<String>,
     /// NUMA nodes the possible CPUs are spread over.
-    #[arg(long, default_value_t = 1, conflicts_with = "workload")]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "workload")]
     nodes: u32,
     /// Where modules are placed relative to the percpu area (default: the
     /// arch's realistic placement).

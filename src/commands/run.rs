@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     possible: Option<String>,
     /// NUMA nodes the possible CPUs are spread over.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     nodes: u32,
     /// Where modules are placed relative to the percpu area (default: the
     /// arch's realistic placement: far for alpha and s390x, near elsewhere).

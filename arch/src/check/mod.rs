@@ -522,6 +522,8 @@ pub enum CheckError {
     UnknownVariant { arch: String, variant: String, known: String },
     #[error("the possible CPU mask is empty")]
     NoCpus,
+    #[error("--nodes 0: a machine has at least one NUMA node")]
+    NoNodes,
     #[error("object {object} is {found} but --arch {arch} (expects {expected})")]
     WrongMachine { object: String, found: String, arch: String, expected: String },
     #[error("object {object} was built for percpu model {found} ({found_name}) but {arch}/{variant} uses model {expected} ({expected_name}); use the objects in fixtures/obj/{fixture_dir}")]
@@ -649,6 +651,9 @@ fn run_bed<T>(
     let t0 = Instant::now();
     if scenario.cpus.is_empty() {
         return Err(CheckError::NoCpus);
+    }
+    if scenario.nodes == 0 {
+        return Err(CheckError::NoNodes);
     }
     if !scenario.isa.variants().contains(&scenario.variant) {
         return Err(CheckError::UnknownVariant {
