@@ -124,7 +124,7 @@ pub fn run(args: Args) -> Result<u8> {
         })
         .collect::<Result<Vec<_>>>()?;
     plan.set_kernel(args.kernel);
-    plan.select(&arches, &args.filter);
+    plan.select(&arches, &args.filter).map_err(anyhow::Error::msg)?;
     if let Some((i, n)) = args.shard {
         plan.shard(i, n);
     }

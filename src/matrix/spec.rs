@@ -247,6 +247,12 @@ impl Plan {
             }
         }
         let arch_names: Vec<String> = variants.iter().map(|(a, v)| format!("{}/{}", a.name(), v.name)).collect();
+        // The same variant twice would give two jobs one id.
+        for (i, n) in arch_names.iter().enumerate() {
+            if arch_names[..i].contains(n) {
+                return Err(invalid(format!("arch variant `{n}` is listed twice ([[arch]] entries overlap)")));
+            }
+        }
         let names_arch = |pat: &str| arch_names.iter().any(|n| n == pat || n.split('/').next() == Some(pat));
 
         for set in &sets {
@@ -372,6 +378,22 @@ impl Plan {
             1 => return Err(invalid(missing.remove(0))),
             n => return Err(invalid(format!("{n} problems with fixture sets:\n  {}", missing.join("\n  ")))),
         }
+        // A latent entry must name an object some job of its config runs:
+        // a misspelt one would silently stop declaring anything.
+        for c in &file.configs {
+            for pat in c.latent.keys() {
+                let object = pat.split(':').next().unwrap_or(pat);
+                let named = jobs.iter().filter(|j| j.config == c.name).any(|j| {
+                    j.objects.iter().filter_map(|o| o.file_name()).any(|n| glob_match(object, &n.to_string_lossy()))
+                });
+                if !named && jobs.iter().any(|j| j.config == c.name) {
+                    return Err(invalid(format!(
+                        "config `{}`: latent entry `{pat}` names no object this config runs",
+                        c.name
+                    )));
+                }
+            }
+        }
         Ok(Plan {
             file: path.into(),
             rows,
@@ -391,12 +413,27 @@ impl Plan {
 
     /// Keep the jobs of `arches` (`arch` or `arch/variant`; empty: all)
     /// whose id contains one of `filters` (empty: all).
-    pub fn select(&mut self, arches: &[String], filters: &[String]) {
+    ///
+    /// Every `--arch` given must select something: one the matrix does not
+    /// run is an error, not silently dropped beside the others.
+    pub fn select(&mut self, arches: &[String], filters: &[String]) -> Result<(), String> {
+        let names_job = |a: &String, j: &Job| *a == j.arch || *a == format!("{}/{}", j.arch, j.variant);
+        let unmatched: Vec<&String> = arches.iter().filter(|a| !self.jobs.iter().any(|j| names_job(a, j))).collect();
+        if !unmatched.is_empty() {
+            let list: Vec<String> = unmatched.iter().map(|a| format!("--arch {a}")).collect();
+            return Err(format!(
+                "{} {} no job of {} (its rows: {})",
+                list.join(", "),
+                if unmatched.len() == 1 { "selects" } else { "select" },
+                self.file.display(),
+                self.rows.join(", ")
+            ));
+        }
         self.jobs.retain(|j| {
-            let av = format!("{}/{}", j.arch, j.variant);
-            (arches.is_empty() || arches.iter().any(|a| *a == j.arch || *a == av))
+            (arches.is_empty() || arches.iter().any(|a| names_job(a, j)))
                 && (filters.is_empty() || filters.iter().any(|f| j.id.contains(f.as_str())))
         });
+        Ok(())
     }
 
     /// Keep shard `index` (1-based) of `count`: job k (in plan order) goes
@@ -634,9 +671,35 @@ mod tests {
     #[test]
     fn select_by_arch_and_filter() {
         let mut p = plan(SMALL).unwrap();
-        p.select(&["x86_64/relative".into()], &["sparse".into(), "big".into()]);
+        p.select(&["x86_64/relative".into()], &["sparse".into(), "big".into()]).unwrap();
         let ids: Vec<&str> = p.jobs.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(ids, ["x86_64/relative:sparse", "x86_64/relative:big"]);
+    }
+
+    /// Issue 12 item 25: an `--arch` this matrix does not run, beside one
+    /// it does, is refused rather than dropped.
+    #[test]
+    fn select_refuses_an_arch_the_matrix_does_not_run() {
+        let mut p = plan(SMALL).unwrap();
+        let e = p.select(&["x86_64".into(), "sparc32".into(), "arm64/el1".into()], &[]).unwrap_err();
+        assert!(e.contains("--arch sparc32, --arch arm64/el1 select no job"), "{e}");
+        assert_eq!(p.jobs.len(), plan(SMALL).unwrap().jobs.len(), "nothing is dropped on error");
+    }
+
+    /// Issue 12 item 25: entries that would make two jobs one id, or
+    /// declare nothing, are refused.
+    #[test]
+    fn overlapping_arches_and_latent_entries_naming_nothing_are_refused() {
+        let dup = "[[arch]]\nname = \"arm64\"\n[[arch]]\nname = \"arm64\"\nvariants = [\"el2\"]\n[[config]]\nname = \"c\"\ncpus = 1\n";
+        let e = plan(dup).unwrap_err().to_string();
+        assert!(e.contains("arch variant `arm64/el2` is listed twice"), "{e}");
+        let latent = "[[arch]]\nname = \"s390x\"\n[[config]]\nname = \"c\"\ncpus = 1\nlatent = { \"bug_nowaek_module.o\" = \"typo\" }\n";
+        let e = plan(latent).unwrap_err().to_string();
+        assert!(e.contains("latent entry `bug_nowaek_module.o` names no object"), "{e}");
+        let good = latent.replace("nowaek", "noweak");
+        plan(&good).unwrap();
+        let with_test = latent.replace("bug_nowaek_module.o", "bug_noweak_module.o:nw_inc");
+        plan(&with_test).unwrap();
     }
 
     #[test]
