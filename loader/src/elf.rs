@@ -257,6 +257,15 @@ impl<'a> ElfObject<'a> {
         if !matches!(e_type, ET_REL | ET_EXEC | ET_DYN) {
             return Err(LoadError::UnsupportedType { object: object.to_string(), e_type });
         }
+        // Before anything machine-specific is read: relocation entries'
+        // r_info layout differs per machine (mips64el's is not ELF64_R_INFO).
+        if Machine::from_elf(header.e_machine, is_64).is_none() {
+            return Err(LoadError::UnsupportedMachine {
+                object: object.to_string(),
+                machine: header.e_machine,
+                name: format!("{}, {}-bit", machine_name(header.e_machine), if is_64 { 64 } else { 32 }),
+            });
+        }
 
         // Section headers.
         let shentsize: u64 = if is_64 { 64 } else { 40 };
@@ -309,6 +318,18 @@ impl<'a> ElfObject<'a> {
 
         let mut sections = Vec::with_capacity(nsec);
         for (i, s) in sections_raw.iter().enumerate() {
+            if let Some(t) = shstr {
+                if s.sh_name >= t.len() && s.sh_type != gs::SHT_NULL {
+                    return Err(LoadError::malformed(
+                        object,
+                        format!(
+                            "section [{i}]: name offset {:#x} is beyond the {}-byte section name table",
+                            s.sh_name,
+                            t.len()
+                        ),
+                    ));
+                }
+            }
             let name = shstr.map(|t| cstr_at(t, s.sh_name)).unwrap_or_default();
             if s.sh_type != gs::SHT_NOBITS && s.sh_type != gs::SHT_NULL {
                 file_range(object, &format!("section {name} [{i}]"), s.sh_offset, s.sh_size, bytes.len())?;

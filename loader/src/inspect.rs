@@ -118,7 +118,6 @@ pub struct InspectReport {
     pub endianness: &'static str,
     pub elf_type: &'static str,
     pub role: ObjectRole,
-    pub supported: bool,
     pub percpu_sections: Vec<PercpuSection>,
     pub percpu_symbols: Vec<PercpuSymbol>,
     pub pcpu_unique_markers: Vec<String>,
@@ -260,6 +259,8 @@ fn judge(m: Machine, t: u32, code: bool) -> (RefVerdict, &'static str) {
 pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
     let obj = ElfObject::parse(name, bytes)?;
     let role = role_of(&obj);
+    // What `run` would refuse, refused here too, for the same reason.
+    crate::validate::validate(&obj, role, true)?;
     let machine = obj.machine;
     let elf_type = match obj.e_type {
         elf::ET_REL => "relocatable",
@@ -451,7 +452,6 @@ pub fn inspect(name: &str, bytes: &[u8]) -> Result<InspectReport, LoadError> {
         endianness: if obj.little_endian { "little" } else { "big" },
         elf_type,
         role,
-        supported: machine.is_some(),
         percpu_sections,
         percpu_symbols,
         pcpu_unique_markers: markers,
@@ -484,9 +484,6 @@ impl fmt::Display for InspectReport {
                 ObjectRole::LinkedImage => "linked image",
             }
         )?;
-        if !self.supported {
-            writeln!(f, "  machine not supported by the loader")?;
-        }
         if let Some(a) = &self.static_area {
             writeln!(
                 f,

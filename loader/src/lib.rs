@@ -37,6 +37,7 @@ pub mod placement;
 pub mod reloc;
 pub mod rtabi;
 pub mod symbols;
+pub mod validate;
 pub mod write;
 
 pub use contract::{AbiNote, Op, PercpuModel, RetKind, TestDescriptor, TestFlags};

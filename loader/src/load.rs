@@ -381,6 +381,7 @@ fn load_rel(
     let name = obj.name.as_str();
     let machine = obj.require_machine()?;
     let arch = arch_for(machine);
+    crate::validate::validate(obj, role, opts.contract)?;
     let mut budget = Budget { object: name, used: 0 };
     let mut warnings = Vec::new();
     let mut homes = vec![Home::NotLoaded; obj.sections.len()];

@@ -122,7 +122,9 @@ fn unsupported_machine() {
     let e = load(&b).err().unwrap();
     assert!(matches!(e, LoadError::UnsupportedMachine { machine: 8, .. }), "{e}");
     assert!(e.to_string().contains("MIPS"), "{e}");
-    assert!(!inspect("x", &b).unwrap().supported);
+    // inspect refuses it too, before reading relocations (issue 12 item 4).
+    let e = inspect("x", &b).unwrap_err();
+    assert!(matches!(e, LoadError::UnsupportedMachine { machine: 8, .. }), "{e}");
 }
 
 #[test]
@@ -235,4 +237,54 @@ fn bad_abi_note() {
     put(&mut b, off, 4, 0x4250_4350, true);
     let e = inspect("x", &b).err().unwrap();
     assert!(e.to_string().contains("wrong byte order?"), "{e}");
+}
+
+/// Issue 12 item 5: one validator for `inspect` and the loader.  Each of
+/// these objects parses, `run` refuses it, and `inspect` (so `inspect
+/// --check`) refuses it for the same reason instead of reporting on it.
+#[test]
+fn inspect_refuses_what_the_loader_refuses() {
+    let base = x86();
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+
+    let mut b = base.clone();
+    let off = rela_entry(&b, ".percpu_bed.tests", 0);
+    put(&mut b, off, 8, 0x10_0000, true);
+    cases.push(("relocation offset outside its section", b));
+
+    let mut b = base.clone();
+    let i = section_index(&b, ".percpu_bed.tests");
+    let at = shdr_field(&b, i, 4, 4);
+    put(&mut b, at, 4, 8, true); // SHT_NOBITS
+    cases.push(("SHT_NOBITS tests section", b));
+
+    let mut b = base.clone();
+    let abi = section_index(&b, ".percpu_bed.abi");
+    let abi_name = get(&b, shdr_field(&b, abi, 0, 0), 4, true);
+    let other = section_index(&b, ".note.GNU-stack");
+    let at = shdr_field(&b, other, 0, 0);
+    put(&mut b, at, 4, abi_name, true);
+    cases.push(("two ABI notes", b));
+
+    let mut b = base.clone();
+    let i = section_index(&b, ".rela.percpu_bed.tests");
+    let at = shdr_field(&b, i, 4, 4);
+    put(&mut b, at, 4, 9, true); // SHT_REL
+    cases.push(("REL relocations", b));
+
+    let mut b = base.clone();
+    let i = section_index(&b, ".note.GNU-stack");
+    let at = shdr_field(&b, i, 0, 0);
+    put(&mut b, at, 4, 0xffff_0000, true);
+    cases.push(("section name offset beyond .shstrtab", b));
+
+    for (what, b) in &cases {
+        let from_load = load(b).err().unwrap_or_else(|| panic!("{what}: the loader accepted it"));
+        let from_inspect = inspect("bad.o", b).err().unwrap_or_else(|| panic!("{what}: inspect accepted it"));
+        assert_eq!(
+            std::mem::discriminant(&from_load),
+            std::mem::discriminant(&from_inspect),
+            "{what}: load says {from_load}, inspect says {from_inspect}"
+        );
+    }
 }
