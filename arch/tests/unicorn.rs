@@ -726,3 +726,35 @@ fn reset_cpu_returns_to_the_snapshot() {
     e.reset_cpu().unwrap();
     assert_eq!(e.reg(r15).unwrap(), 7);
 }
+
+/// Issue 12 item 6: an instruction that would leave the test (a system or
+/// hypervisor call) stops the run as a trap naming it on every arch, and
+/// a halt names the instruction that ended emulation.
+#[test]
+fn system_calls_and_halts_are_named_traps() {
+    let cases: [(Cpu, Vec<u8>, &str); 6] = [
+        (Cpu::X86_64, vec![0x0f, 0x05, 0xc3], "syscall"),  // syscall ; ret
+        (Cpu::X86_64, vec![0x0f, 0x34, 0xc3], "sysenter"), // sysenter ; ret
+        (Cpu::X86_64, vec![0xf4, 0xc3], "`hlt`"),          // hlt ; ret
+        (Cpu::S390x, vec![0x83, 0x00, 0x00, 0x44, 0x07, 0xfe], "diag"), // diag %r0,%r0,0x44 ; br %r14
+        (Cpu::Arm64, words_le(&[0xd503_207f, 0xd65f_03c0]), "`wfi`"), // wfi ; ret
+        (Cpu::Riscv64, words_le(&[0x1050_0073, 0x0000_8067]), "`wfi`"), // wfi ; ret
+    ];
+    for (cpu, code, what) in cases {
+        let (mut e, _) = setup(cpu);
+        let at = CODE + 0x400;
+        e.write(at, &code).unwrap();
+        match e.call(at, &[], STACK_TOP, BUDGET).unwrap() {
+            Outcome::Trap { pc, reason } => {
+                assert!(reason.contains(what), "{cpu} {what}: {reason}");
+                assert_eq!(pc, at, "{cpu} {what}: {reason}");
+            }
+            other => panic!("{cpu} {what}: expected a trap, got {other:?}"),
+        }
+    }
+    // Code rewritten over a `diag` no longer stops there.
+    let (mut e, _) = setup(Cpu::S390x);
+    e.write(CODE + 0x400, &[0x83, 0x00, 0x00, 0x44, 0x07, 0xfe]).unwrap();
+    e.write(CODE + 0x400, &[0x07, 0x07, 0x07, 0x07, 0x07, 0xfe]).unwrap(); // nopr ; nopr ; br %r14
+    assert!(matches!(e.call(CODE + 0x400, &[], STACK_TOP, BUDGET).unwrap(), Outcome::Returned { .. }));
+}

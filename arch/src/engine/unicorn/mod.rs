@@ -160,6 +160,12 @@ enum Stop {
     StrayHostPage {
         pc: u64,
     },
+    /// Reached an instruction test code must never run here (a system
+    /// call, a hypervisor call): stopped before or as it executes.
+    Forbidden {
+        pc: u64,
+        what: &'static str,
+    },
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -284,6 +290,9 @@ struct State {
     /// returning from a host call is.
     skip_breakpoint: Option<u64>,
     last_breakpoint: Option<u64>,
+    /// Instructions found in written code that must not run (s390x
+    /// `diag`, which Unicorn would execute quietly): address -> what.
+    forbidden: HashMap<u64, &'static str>,
 }
 
 impl State {
@@ -296,6 +305,9 @@ impl State {
             } else {
                 Stop::StrayHostPage { pc: addr }
             });
+        }
+        if let Some(&what) = self.forbidden.get(&addr) {
+            return Some(Stop::Forbidden { pc: addr, what });
         }
         if !self.breakpoints.is_empty() && self.breakpoints.contains(&addr) {
             if self.skip_breakpoint == Some(addr) {
@@ -518,6 +530,25 @@ impl UnicornEngine {
         })
         .map_err(uc_err)?;
 
+        // x86_64 `syscall`/`sysenter` run without a fault in Unicorn
+        // (there is no kernel to enter): stop on them.  The hook runs as the
+        // instruction executes; the code hook has the pc of its start.
+        if cpu == Cpu::X86_64 {
+            for (insn, what) in [
+                (unicorn_engine::X86Insn::SYSCALL, "syscall (a system call from test code; not executed)"),
+                (unicorn_engine::X86Insn::SYSENTER, "sysenter (a system call from test code; not executed)"),
+            ] {
+                uc.add_insn_sys_hook(insn, 1, 0, move |uc| {
+                    let st = uc.get_data_mut();
+                    if st.stop.is_none() {
+                        st.stop = Some(Stop::Forbidden { pc: st.pc, what });
+                    }
+                    let _ = uc.emu_stop();
+                })
+                .map_err(uc_err)?;
+            }
+        }
+
         uc.add_intr_hook(move |uc, intno| {
             let mut pc = current_pc(uc);
             // Unicorn moves sparc's pc to npc before calling interrupt hooks.
@@ -708,6 +739,30 @@ impl UnicornEngine {
 }
 
 /// The address of the instruction executing now, from inside a hook.
+/// Offsets of the `diag` instructions (opcode 0x83, RS format) in s390x
+/// code, decoded linearly from its start: an instruction's length is in
+/// the top two bits of its first byte (00: 2 bytes, 01/10: 4, 11: 6).
+/// Sections start on an instruction, and the kernel's code has no data in
+/// its text (z10 and later address literals relatively).
+fn s390x_diag_offsets(code: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut off = 0usize;
+    std::iter::from_fn(move || {
+        while off + 2 <= code.len() {
+            let op = code[off];
+            let at = off;
+            off += match op >> 6 {
+                0 => 2,
+                1 | 2 => 4,
+                _ => 6,
+            };
+            if op == 0x83 && at + 4 <= code.len() {
+                return Some(at);
+            }
+        }
+        None
+    })
+}
+
 fn current_pc(uc: &Unicorn<'_, State>) -> u64 {
     let st = uc.get_data();
     if st.pc_from_register {
@@ -788,6 +843,13 @@ impl Engine for UnicornEngine {
                 len: data.len(),
                 reason: format!("{e} ({e:?})"),
             })?;
+        }
+        if code && self.cpu == Cpu::S390x {
+            let st = self.uc.get_data_mut();
+            st.forbidden.retain(|a, _| a.wrapping_sub(addr) >= data.len() as u64);
+            for off in s390x_diag_offsets(data) {
+                st.forbidden.insert(addr + off as u64, "diag (a hypervisor call from test code; not executed)");
+            }
         }
         if code && self.tb_dirty {
             // New code over code that may have been translated already.
@@ -981,6 +1043,26 @@ const _: () = {
 };
 
 impl UnicornEngine {
+    /// The instruction that ended emulation without a stop of ours: a
+    /// halt-like one (`hlt`, `wfi`; `wfe` runs as a hint) Unicorn treats as the end of
+    /// the run.  `last_pc` is where the code hook saw it start.
+    fn stopping_instruction(&mut self, pc: u64, last_pc: u64) -> (u64, Option<&'static str>) {
+        let mut b = [0u8; 4];
+        if self.read(last_pc, &mut b).is_err() {
+            return (pc, None);
+        }
+        let word = u32::from_le_bytes(b);
+        let what = match self.cpu {
+            Cpu::X86_64 if b[0] == 0xf4 => Some("hlt"),
+            Cpu::Arm64 if word == 0xd503_207f => Some("wfi"),
+            Cpu::Riscv64 if word == 0x1050_0073 => Some("wfi"),
+            _ => None,
+        };
+        (if what.is_some() { last_pc } else { pc }, what)
+    }
+}
+
+impl UnicornEngine {
     /// Run from `pc` until the trampoline, a stop, a fault or `budget`
     /// more instructions.
     fn run_from(&mut self, pc: u64, budget: u64) -> Result<Outcome, EngineError> {
@@ -1024,6 +1106,7 @@ impl UnicornEngine {
                 reason: format!("jumped into the kernel runtime's function page at {pc:#x}, not to a function"),
             },
             Some(Stop::Budget { pc }) => Outcome::BudgetExhausted { pc, budget },
+            Some(Stop::Forbidden { pc, what }) => Outcome::Trap { pc, reason: what.to_string() },
             Some(Stop::StrayTrampoline { pc }) => {
                 Outcome::Trap { pc, reason: format!("jumped into the trampoline page at {pc:#x} instead of its start") }
             }
@@ -1035,7 +1118,16 @@ impl UnicornEngine {
                 Err(e) => Outcome::Trap { pc: last_pc, reason: format!("emulation stopped: {e} ({e:?})") },
                 Ok(()) => {
                     let pc = self.reg(Reg::Pc)?;
-                    Outcome::Trap { pc, reason: "emulation stopped without a return, fault or trap".into() }
+                    let (at, what) = self.stopping_instruction(pc, last_pc);
+                    match what {
+                        Some(insn) => Outcome::Trap {
+                            pc: at,
+                            reason: format!("emulation stopped at `{insn}` without a return, fault or trap"),
+                        },
+                        None => {
+                            Outcome::Trap { pc, reason: "emulation stopped without a return, fault or trap".into() }
+                        }
+                    }
                 }
             },
         };
