@@ -340,3 +340,20 @@ fn writes_of_a_misbehaving_run_are_undone() {
         }
     }
 }
+
+/// Issue 12 items 2 and 3: a module the loader rejects is reported through
+/// its tests; when those cannot be read either, the run is an error, never
+/// a run with nothing in it that exits 0.
+#[test]
+fn a_rejected_object_whose_tests_cannot_be_read_is_an_error() {
+    use percpu_loader::elf::ElfObject;
+    let mut bytes = std::fs::read(obj_dir("s390x").join("bug_noweak_module.o")).unwrap();
+    let tests = ElfObject::parse("x", &bytes).unwrap().section_by_name(".percpu_bed.tests").unwrap().offset as usize;
+    bytes[tests + 56..tests + 60].copy_from_slice(&3u32.to_be_bytes()); // descriptor 0: width 3
+    let kernel = std::fs::read(obj_dir("s390x").join("kernel.o")).unwrap();
+    let sc = Scenario::new("s390x", None, CpuSet::first_n(2)).unwrap();
+    let e = check::run(&sc, ("kernel.o", &kernel), &[("bug_noweak_module.o", &bytes)]).unwrap_err();
+    assert!(matches!(e, CheckError::RejectedUnreadable { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("overflow in relocation R_390_PC32DBL") && text.contains("width"), "{text}");
+}

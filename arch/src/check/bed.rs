@@ -359,11 +359,19 @@ impl SymbolResolver for DummyResolver {
 /// The test descriptors of an object the loader rejected: load it again
 /// where nothing can overflow (everything below 64 MiB, undefined symbols
 /// at a dummy address) just to read `.percpu_bed.tests`.
-fn descriptors_of_rejected(name: &str, bytes: &[u8], page: u64) -> Option<(Vec<TestDescriptor>, Option<AbiNote>)> {
+///
+/// If even that fails the object's tests cannot be known, and the run must
+/// not go on as if it had none (a rejected object's tests are its
+/// findings): the error says why.
+fn descriptors_of_rejected(
+    name: &str,
+    bytes: &[u8],
+    page: u64,
+) -> Result<(Vec<TestDescriptor>, Option<AbiNote>), LoadError> {
     let mut pl = InMemoryPercpu::new(1, 0x1000, 1 << 20, 0x0200_0000, 0x0200_0000).with_page_size(page);
     let mut layout = LinearLayout::at(0x0040_0000).with_page_size(page);
-    let obj = load_module(name, bytes, &LoadOptions::default(), &mut pl, &mut layout, &[&DummyResolver]).ok()?;
-    Some((obj.tests, obj.abi))
+    let obj = load_module(name, bytes, &LoadOptions::default(), &mut pl, &mut layout, &[&DummyResolver])?;
+    Ok((obj.tests, obj.abi))
 }
 
 /// The symbols a real module exports: those with a `__ksymtab_<name>`
@@ -692,7 +700,13 @@ impl<'s> Bed<'s> {
                     LoadError::Overflow { .. } | LoadError::PercpuAlloc { .. } => {
                         let msg = e.to_string();
                         tracing::info!("{name}: rejected by the loader: {msg}");
-                        let (tests, abi) = descriptors_of_rejected(name, bytes, page).unwrap_or_default();
+                        let (tests, abi) = descriptors_of_rejected(name, bytes, page).map_err(|source| {
+                            CheckError::RejectedUnreadable {
+                                object: name.to_string(),
+                                rejection: msg.clone(),
+                                source: Box::new(source),
+                            }
+                        })?;
                         check_model(self.sc, name, abi.as_ref())?;
                         self.objects.push(BedObject {
                             name: name.to_string(),

@@ -524,6 +524,8 @@ pub enum CheckError {
     NoCpus,
     #[error("--nodes 0: a machine has at least one NUMA node")]
     NoNodes,
+    #[error("{object}: the loader rejected it ({rejection}), and its tests cannot be read to report them: {source}")]
+    RejectedUnreadable { object: String, rejection: String, source: Box<percpu_loader::LoadError> },
     #[error("object {object} is {found} but --arch {arch} (expects {expected})")]
     WrongMachine { object: String, found: String, arch: String, expected: String },
     #[error("object {object} was built for percpu model {found} ({found_name}) but {arch}/{variant} uses model {expected} ({expected_name}); use the objects in fixtures/obj/{fixture_dir}")]
