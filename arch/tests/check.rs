@@ -357,3 +357,33 @@ fn a_rejected_object_whose_tests_cannot_be_read_is_an_error() {
     let text = e.to_string();
     assert!(text.contains("overflow in relocation R_390_PC32DBL") && text.contains("width"), "{text}");
 }
+
+/// Issue 12 item 23: a module whose percpu section (size and alignment)
+/// the reserved chunk cannot take is refused alone, with the kernel's
+/// message, and the other modules of the run still run and pass.
+#[test]
+fn a_module_exhausting_the_reserved_chunk_is_rejected_alone() {
+    use percpu_loader::elf::ElfObject;
+    let mut big = std::fs::read(obj_dir("x86_64").join("mod_aligned.o")).unwrap();
+    let (shoff, index) = {
+        let o = ElfObject::parse("x", &big).unwrap();
+        let i = o.sections.iter().position(|s| s.name == ".data..percpu").unwrap();
+        (u64::from_le_bytes(big[0x28..0x30].try_into().unwrap()) as usize, i)
+    };
+    let sh = shoff + index * 64;
+    big[sh + 4..sh + 8].copy_from_slice(&8u32.to_le_bytes()); // SHT_NOBITS
+    big[sh + 32..sh + 40].copy_from_slice(&0x1800u64.to_le_bytes()); // 6 KiB
+    big[sh + 48..sh + 56].copy_from_slice(&4096u64.to_le_bytes()); // page aligned
+    let basic = std::fs::read(obj_dir("x86_64").join("mod_basic.o")).unwrap();
+    let kernel = std::fs::read(obj_dir("x86_64").join("kernel.o")).unwrap();
+    let sc = Scenario::new("x86_64", None, CpuSet::first_n(2)).unwrap();
+    let r = check::run(&sc, ("kernel.o", &kernel), &[("big.o", &big), ("mod_basic.o", &basic)]).unwrap();
+    let big_tests: Vec<&TestReport> = r.tests.iter().filter(|t| t.object == "big.o").collect();
+    assert!(!big_tests.is_empty());
+    for t in &big_tests {
+        assert_eq!(t.status, Status::Fail, "{}", t.test);
+        assert!(diag_text(t).contains("Could not allocate 6144 bytes percpu data"), "{}", diag_text(t));
+    }
+    let basic_tests: Vec<&TestReport> = r.tests.iter().filter(|t| t.object == "mod_basic.o").collect();
+    assert!(!basic_tests.is_empty() && basic_tests.iter().all(|t| t.status == Status::Pass), "{r}");
+}
