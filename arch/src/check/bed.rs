@@ -25,7 +25,7 @@ const RT_MASK_OFF: u64 = 0;
 const RT_MASK_BYTES: u64 = 8192 / 8;
 const RT_NR_CPU_IDS_OFF: u64 = 0x400;
 const RT_THREAD_INFO_OFF: u64 = 0x440;
-const RT_THREAD_INFO_BYTES: u64 = 0x200;
+pub(crate) const RT_THREAD_INFO_BYTES: u64 = 0x200;
 /// Stack size (plus one unmapped guard page below it).
 const STACK_BYTES: u64 = 64 << 10;
 /// Below this a static percpu area's link address is a null-page guard

@@ -168,14 +168,23 @@ impl Bed<'_> {
         Ok(())
     }
 
-    /// A write no check constrains: the stack, the current task, the
-    /// module's own (non-percpu) writable data.
+    /// A write no check constrains (fixtures/CONTRACT.md, "How a test
+    /// runs"): the stack, the current task (the kernel runtime's, or the
+    /// contract's `pcpubed_thread_info`), a module's ordinary
+    /// (non-percpu) writable data.  Percpu sections are not among an
+    /// object's loaded sections; the kernel image's data
+    /// (`__per_cpu_offset[]`) and the runtime's mask and `nr_cpu_ids` stay
+    /// constrained.
     pub(crate) fn ordinary_write(&self, a: u64, len: u64) -> bool {
         let within = |r: &std::ops::Range<u64>| r.start <= a && a.wrapping_add(len) <= r.end;
         if within(&self.stack) {
             return true;
         }
-        if self.kernel.as_ref().is_some_and(|k| within(&k.task_area)) {
+        let task = match &self.kernel {
+            Some(k) => k.task_area.clone(),
+            None => self.runtime.thread_info..self.runtime.thread_info + super::bed::RT_THREAD_INFO_BYTES,
+        };
+        if within(&task) {
             return true;
         }
         self.objects.iter().filter(|o| !o.kernel).filter_map(|o| o.loaded.as_ref()).any(|l| {
