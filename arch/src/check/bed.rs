@@ -28,9 +28,6 @@ const RT_THREAD_INFO_OFF: u64 = 0x440;
 pub(crate) const RT_THREAD_INFO_BYTES: u64 = 0x200;
 /// Stack size (plus one unmapped guard page below it).
 const STACK_BYTES: u64 = 64 << 10;
-/// Below this a static percpu area's link address is a null-page guard
-/// (x86_64 zero-based links it at 0): its load image is not mapped there.
-const LOW_GUARD: u64 = 0x10000;
 
 /// The runtime data page: `__cpu_possible_mask`, `nr_cpu_ids`,
 /// `pcpubed_thread_info`.
@@ -203,8 +200,6 @@ pub(crate) struct Bed<'s> {
     pub per_cpu_start: u64,
     /// The static area's link range (`__per_cpu_start`..`__per_cpu_end`).
     pub static_link: Range<u64>,
-    /// Whether the static area's load image is mapped at its link range.
-    pub static_image_mapped: bool,
     pub runtime: Runtime,
     pub stack: Range<u64>,
     pub ptr_bytes: usize,
@@ -562,7 +557,6 @@ impl<'s> Bed<'s> {
             offsets: first.per_cpu_offset.clone(),
             per_cpu_start,
             static_link: sp.start..sp.end,
-            static_image_mapped: false,
             runtime,
             stack,
             ptr_bytes,
@@ -587,13 +581,11 @@ impl<'s> Bed<'s> {
             bed.regions.push((m.addr..m.addr + m.size, m.what.to_string()));
         }
 
-        // The static area's load image (not any CPU's unit), unless linked
-        // at the null-page guard (x86_64 zero-based).
-        if sp.start >= LOW_GUARD && sp.end > sp.start {
-            bed.map(sp.start, sp.end - sp.start, Perms::RW, "static percpu load image")?;
-            bed.write(sp.start, &sp.data, "static percpu load image")?;
-            bed.static_image_mapped = true;
-        }
+        // The static area's load image is not mapped: it lies in the init
+        // section, which the kernel frees after boot (arm64 and x86_64 also
+        // unmap it), so code that reaches it (no percpu offset applied, or
+        // per_cpu_ptr of an impossible CPU, whose __per_cpu_offset is 0 or
+        // __per_cpu_load) faults there, reads included, on every engine.
 
         // The first chunk: every backed unit, each with the static data.
         for r in &first.backed {

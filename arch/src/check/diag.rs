@@ -198,10 +198,9 @@ impl Bed<'_> {
             return mk(loc.to_string(), Some(loc), symbol);
         }
         if self.static_link.contains(&addr) {
-            let what = if self.static_image_mapped { "load image" } else { "link address" };
             return mk(
                 format!(
-                    "the static percpu area's {what} (__per_cpu_start+{:#x}), not any CPU's copy",
+                    "the static percpu area's load image (__per_cpu_start+{:#x}, freed after boot), not any CPU's copy",
                     addr - self.static_link.start
                 ),
                 None,
@@ -301,7 +300,8 @@ impl Bed<'_> {
         if rel < size {
             h.push(format!(
                 "no per-CPU offset was applied: {a:#x} is the percpu pointer {t:#x}{} itself (the link address / \
-                 load image, which is no CPU's copy)",
+                 load image, which is no CPU's copy); per_cpu_ptr() of a CPU that is not possible lands here too, \
+                 its __per_cpu_offset[] entry never set (loop with for_each_possible_cpu)",
                 if rel > 0 { format!("+{rel:#x}") } else { String::new() }
             ));
         }

@@ -352,7 +352,7 @@ impl Bed<'_> {
                     }
                     _ => None,
                 }
-            } else if self.static_link.contains(&a.addr) && self.static_image_mapped {
+            } else if self.static_link.contains(&a.addr) {
                 Some(format!(
                     "{} the static percpu area's load image at {} (__per_cpu_offset of an impossible CPU is 0 on \
                      generic arches, so per_cpu_ptr(ptr, cpu) of such a CPU lands here)",
