@@ -328,7 +328,7 @@ fn run_with_map_hands_back_the_final_allocator_state() {
 
 /// A misbehaving run's writes are undone before the next run: a planted
 /// bug that increments the neighbouring CPU's copy (CPU number off by
-/// one) writes init + 1 there on every CPU, never init + 2, because cpu k's
+/// one) writes that copy's start value + 1 there on every CPU, never + 2, because cpu k's
 /// stray write into cpu k+1's copy is gone when cpu k+1 runs.  Big-endian
 /// (sparc32) and little-endian (riscv64 km) engines read the old bytes in
 /// their own byte order.  (The static area's load image, which such bugs
@@ -346,7 +346,9 @@ fn writes_of_a_misbehaving_run_are_undone() {
         for run in &t.runs[..3] {
             let s = run.summary.as_deref().unwrap_or("");
             let next = format!("(cpu {})", run.cpu + 1);
-            assert!(s.starts_with("wrote 8 bytes (0x78) at ") && s.contains(&next), "{arch} cpu {}: {s}", run.cpu);
+            // cpu k+1's copy starts at init + k + 1 (contract version 2).
+            let wrote = format!("wrote 8 bytes ({:#x}) at ", 0x77 + run.cpu + 2);
+            assert!(s.starts_with(&wrote) && s.contains(&next), "{arch} cpu {}: {s}", run.cpu);
         }
     }
 }
@@ -425,4 +427,28 @@ fn a_module_exhausting_the_reserved_chunk_is_rejected_alone() {
     }
     let basic_tests: Vec<&TestReport> = r.tests.iter().filter(|t| t.object == "mod_basic.o").collect();
     assert!(!basic_tests.is_empty() && basic_tests.iter().all(|t| t.status == Status::Pass), "{r}");
+}
+
+/// Issue 12 item 14: contract version 2 starts each CPU's copy at its own
+/// value, so a read of the neighbour's copy is wrong on every CPU (with one
+/// `init` for all it passed on all but the last), and the hint names the
+/// copy that was read.
+#[test]
+fn reads_of_another_cpus_copy_are_caught_on_every_cpu() {
+    for (arch, variant) in [("sparc32", "default"), ("km", "default"), ("alpha", "default")] {
+        let sc = Scenario::new(arch, Some(variant), CpuSet::first_n(4)).unwrap();
+        let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+        let bug = mods.iter().find(|(n, _)| n == "bug_cpu_off_by_one.o").expect("bug_cpu_off_by_one.o");
+        let r = check::run(&sc, ("kernel.o", &kernel), &[(bug.0.as_str(), bug.1.as_slice())]).unwrap();
+        let t = test(&r, "ob_read");
+        assert_eq!(t.status, Status::Caught, "{arch}");
+        assert_eq!(t.runs.len(), 4, "{arch}");
+        for run in &t.runs[..3] {
+            let s = run.summary.as_deref().unwrap_or("");
+            let want = format!("returned {:#x}, expected {:#x}", 0x1001 + run.cpu, 0x1000 + run.cpu);
+            assert!(s.starts_with(&want), "{arch} cpu {}: {s}", run.cpu);
+        }
+        let d = diag_text(t);
+        assert!(d.contains("is cpu 1's initial value"), "{arch}: {d}");
+    }
 }

@@ -12,7 +12,12 @@ use crate::load::LoadedObject;
 pub const ABI_SECTION: &str = ".percpu_bed.abi";
 pub const TESTS_SECTION: &str = ".percpu_bed.tests";
 pub const ABI_MAGIC: u32 = 0x5043_5042;
-pub const ABI_VERSION: u32 = 1;
+/// The newest contract version (fixtures/CONTRACT.md): 2 gives each CPU's
+/// copy its own initial value (`init + cpu`); 1 (still read) starts every
+/// copy at `init`.
+pub const ABI_VERSION: u32 = 2;
+/// The oldest contract version the loader reads.
+pub const ABI_MIN_VERSION: u32 = 1;
 pub const ABI_SIZE: usize = 24;
 
 /// How code finds its CPU's percpu offset (`model` in the ABI note).
@@ -236,8 +241,8 @@ pub fn parse_abi(object: &str, bytes: &[u8], little: bool) -> Result<AbiNote, Lo
     if w(0) != ABI_MAGIC {
         return Err(bad(format!("magic {:#010x} (want {ABI_MAGIC:#010x} \"PCPB\"; wrong byte order?)", w(0))));
     }
-    if w(1) != ABI_VERSION {
-        return Err(bad(format!("version {} (this loader reads version {ABI_VERSION})", w(1))));
+    if !(ABI_MIN_VERSION..=ABI_VERSION).contains(&w(1)) {
+        return Err(bad(format!("version {} (this loader reads versions {ABI_MIN_VERSION} to {ABI_VERSION})", w(1))));
     }
     let model = PercpuModel::from_u32(w(2)).ok_or_else(|| bad(format!("unknown model {} (1..=6)", w(2))))?;
     let flags = w(5);

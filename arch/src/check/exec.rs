@@ -39,6 +39,10 @@ struct Ctx<'t> {
     /// cpu -> address of its copy (indexed by cpu number).
     copies: Vec<Option<u64>>,
     nr_possible: usize,
+    /// Contract version 2: cpu `k`'s copy starts at `init + k` (so a test
+    /// that reads another CPU's copy sees another value); version 1: every
+    /// copy starts at `init`.
+    per_cpu_init: bool,
 }
 
 impl Ctx<'_> {
@@ -51,21 +55,26 @@ impl Ctx<'_> {
     fn width(&self) -> u64 {
         self.test.width as u64
     }
-    /// This CPU's value after the op.
-    fn new_value(&self) -> u64 {
+    /// The value cpu `k`'s copy starts from.
+    fn init(&self, k: u32) -> u64 {
+        let spread = if self.per_cpu_init { u64::from(k) } else { 0 };
+        self.test.init.wrapping_add(spread) & wmask(self.test.width)
+    }
+    /// Cpu `k`'s value after the op (when the op changes it).
+    fn new_value(&self, k: u32) -> u64 {
         let m = wmask(self.test.width);
         match self.test.op {
-            Op::Add | Op::AddAll => self.test.init.wrapping_add(self.test.operand) & m,
+            Op::Add | Op::AddAll => self.init(k).wrapping_add(self.test.operand) & m,
             Op::Write => self.test.operand & m,
-            Op::Read | Op::SumAll => self.test.init & m,
+            Op::Read | Op::SumAll => self.init(k),
         }
     }
     /// What cpu `k`'s copy must hold after a run on `cpu`.
     fn want(&self, k: u32, cpu: u32) -> u64 {
         match self.test.op {
-            Op::AddAll => self.new_value(),
-            Op::Add | Op::Write if k == cpu => self.new_value(),
-            _ => self.test.init & wmask(self.test.width),
+            Op::AddAll => self.new_value(k),
+            Op::Add | Op::Write if k == cpu => self.new_value(k),
+            _ => self.init(k),
         }
     }
 }
@@ -184,7 +193,8 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     for &c in &bed.possible {
         copies[c as usize] = bed.cpu_ptr(t, c);
     }
-    let ctx = Ctx { test: &test, t, copies, nr_possible: bed.possible.len() };
+    let per_cpu_init = abi.as_ref().is_some_and(|a| a.version >= 2);
+    let ctx = Ctx { test: &test, t, copies, nr_possible: bed.possible.len(), per_cpu_init };
     let first_cpu = bed.possible[0];
     let a0 = ctx.copy(first_cpu);
     if bed.percpu.classify(a0).is_none() || !bed.is_mapped(a0) {
@@ -203,7 +213,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     // init into every possible CPU's copy (the rest of the object keeps its bytes).
     let width = test.width as usize;
     for &c in &bed.possible.clone() {
-        bed.write_uint(ctx.copy(c), test.init, width, "init")?;
+        bed.write_uint(ctx.copy(c), ctx.init(c), width, "init")?;
     }
     let full = bed.possible.len() <= FULL_CHECK_CPUS;
     let run_cpus: Vec<u32> = if test.flags.once() {
@@ -275,12 +285,12 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
                 Some(s) => restore(bed, &ctx, s)?,
                 None => {
                     for &c in &bed.possible.clone() {
-                        bed.write_uint(ctx.copy(c), test.init, width, "init")?;
+                        bed.write_uint(ctx.copy(c), ctx.init(c), width, "init")?;
                     }
                 }
             }
         } else if matches!(test.op, Op::Add | Op::Write) {
-            bed.write_uint(ctx.copy(cpu), test.init, width, "init")?;
+            bed.write_uint(ctx.copy(cpu), ctx.init(cpu), width, "init")?;
         }
         let status = if findings.is_empty() {
             Status::Pass
@@ -444,10 +454,10 @@ fn evaluate(
             let want = match test.ret {
                 RetKind::None => None,
                 RetKind::Value => Some((test.expect_ret & pm, pm, format!("RET_VALUE {:#x}", test.expect_ret & pm))),
-                RetKind::Old => Some((test.init & m, m, "RET_OLD: this CPU's value before the op".into())),
-                RetKind::New => Some((ctx.new_value() & m, m, "RET_NEW: this CPU's value after the op".into())),
+                RetKind::Old => Some((ctx.init(cpu) & m, m, "RET_OLD: this CPU's value before the op".into())),
+                RetKind::New => Some((ctx.new_value(cpu) & m, m, "RET_NEW: this CPU's value after the op".into())),
                 RetKind::Sum => Some((
-                    test.init.wrapping_mul(n) & wmask(test.width) & m,
+                    bed.possible.iter().fold(0u64, |sum, &k| sum.wrapping_add(ctx.init(k))) & wmask(test.width) & m,
                     m,
                     format!("RET_SUM: the sum of {n} CPUs' values"),
                 )),
@@ -461,8 +471,16 @@ fn evaluate(
                         format!("returned {got:#x}, expected {want:#x} ({what})"),
                     );
                     if matches!(test.ret, RetKind::New | RetKind::Value) && test.op == Op::Add {
-                        f.hints = explain_value(true, test.init, test.operand, cmp, want, got);
+                        f.hints = explain_value(true, ctx.init(cpu), test.operand, cmp, want, got);
                         f.hints.retain(|h| !h.starts_with("the value was not modified"));
+                    }
+                    if test.ret == RetKind::Old && ctx.per_cpu_init {
+                        if let Some(&k) = bed.possible.iter().find(|&&k| k != cpu && ctx.init(k) & mask == got) {
+                            f.hints.push(format!(
+                                "{got:#x} is cpu {k}'s initial value (each copy starts at init + cpu): the test read \
+                                 cpu {k}'s copy while running on cpu {cpu}"
+                            ));
+                        }
                     }
                     if test.ret == RetKind::Cpu {
                         f.hints.push(format!(
@@ -608,13 +626,13 @@ fn evaluate(
                     "cpu {k}'s copy of the target holds {got:#x}, expected {want:#x} ({} by cpu {cpu}, init {:#x}, \
                      operand {:#x}) at {info}",
                     op_name(test.op),
-                    test.init & wmask(test.width),
+                    ctx.init(k),
                     test.operand
                 ),
             );
             f.hints = explain_value(
                 matches!(test.op, Op::Add | Op::AddAll) && (k == cpu || test.op == Op::AddAll),
-                test.init,
+                ctx.init(k),
                 test.operand,
                 test.width,
                 want,
