@@ -71,7 +71,7 @@ impl ChunkMap {
         shape("bound_map (words)", s.bound_map.len(), words_for(c.region_bits + 1))?;
         shape("populated (words)", s.populated.len(), words_for(c.nr_pages))?;
         shape("md_blocks", s.md_blocks.len(), c.nr_pages)?;
-        if s.start_offset % PCPU_MIN_ALLOC_SIZE != 0 || s.start_offset >= s.page_size {
+        if !s.start_offset.is_multiple_of(PCPU_MIN_ALLOC_SIZE) || s.start_offset >= s.page_size {
             return Err(ImportError { what: "start_offset", got: s.start_offset, expected: 0 });
         }
         c.alloc_map.clone_from(&s.alloc_map);
