@@ -34,7 +34,7 @@ macro_rules! tree_or_skip {
             None => {
                 eprintln!(
                     "SKIP {}: no linux-source-6.1 unpacked in the percpu-bed cache (run `percpu-bed harness build` once)",
-                    module_path!()
+                    std::thread::current().name().unwrap_or("harness test")
                 );
                 return;
             }
@@ -42,11 +42,27 @@ macro_rules! tree_or_skip {
     };
 }
 
-fn temp_cache(name: &str) -> Cache {
+/// A fresh cache directory, removed when the test ends.
+struct TempCache(Cache);
+
+impl std::ops::Deref for TempCache {
+    type Target = Cache;
+    fn deref(&self) -> &Cache {
+        &self.0
+    }
+}
+
+impl Drop for TempCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0.root);
+    }
+}
+
+fn temp_cache(name: &str) -> TempCache {
     let dir = std::env::temp_dir().join(format!("percpu-bed-harness-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    Cache::at(dir)
+    TempCache(Cache::at(dir))
 }
 
 fn driver(tree: &Path, cache: &Cache) -> Driver {
