@@ -265,7 +265,9 @@ fn objects_workload(
     Phases { allocated, freed, alloc_time, free_time: start.elapsed(), exceeded }
 }
 
-fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts: &BenchOptions) -> BenchRow {
+/// One allocator (`bitmap`, `areamap` or `bump`) on one objects workload,
+/// as `bench` runs it (the harness puts the real code beside it).
+pub fn run_one(name: &'static str, size: usize, align: usize, pattern: Pattern, opts: &BenchOptions) -> BenchRow {
     let mut a = make(name, &opts.kernel);
     let n = opts.objects;
     let ph = objects_workload(a.as_mut(), size, align, pattern, n, opts.budget, Phase::End);

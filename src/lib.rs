@@ -4,6 +4,7 @@
 //! (cargo's `ops` pattern).
 
 pub mod bench;
+pub mod harness;
 pub mod kbuild;
 pub mod kmod;
 pub mod map;

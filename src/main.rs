@@ -51,6 +51,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Build percpu test modules (lib/percpu_test.c, real-API modules, yours) with a real kernel tree's Kbuild.
     Kbuild(commands::kbuild::Args),
+    /// Compile a kernel tree's own mm/percpu.c chunk allocator in userspace: differential, verify, bench.
+    Harness(commands::harness::Args),
     /// Draw a chunk map as SVG after a run or a benchmark workload.
     Map(commands::map::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Kbuild(args) => commands::kbuild::run(args),
+        Command::Harness(args) => commands::harness::run(args),
         Command::Matrix(args) => commands::matrix::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Layout(args) => commands::layout::run(args),

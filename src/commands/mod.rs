@@ -1,6 +1,7 @@
 //! One module per subcommand: argument structs and printing only.
 
 pub mod bench;
+pub mod harness;
 pub mod inspect;
 pub mod install;
 pub mod kbuild;

@@ -146,6 +146,7 @@
 mod bits;
 mod block;
 mod hints;
+mod import;
 mod verify;
 
 #[cfg(test)]
@@ -156,6 +157,7 @@ use std::ops::Range;
 use crate::consts::PCPU_MIN_ALLOC_SIZE;
 
 pub use block::BlockHints;
+pub use import::{ImportError, KernelChunkState};
 pub use verify::VerifyError;
 
 use bits::{words_for, WORD_BITS};

@@ -692,6 +692,12 @@ impl Percpu {
                 match found {
                     Some(off) => (r, off),
                     None => {
+                        // pcpu_alloc's fail: label, reached by every failed
+                        // atomic request, the reserved chunk's included
+                        if atomic {
+                            self.atomic_alloc_failed = true;
+                            self.balance_pending = true;
+                        }
                         let m = &self.chunk(r).map;
                         return Err(AllocError::ReservedExhausted {
                             size,
@@ -804,10 +810,12 @@ impl Percpu {
         Ok(bits)
     }
 
-    /// `pcpu_should_reclaim_chunk`.
+    /// `pcpu_should_reclaim_chunk`: percpu-vm's rule; percpu-km's says no
+    /// to every chunk (a km chunk is one contiguous allocation, populated
+    /// whole at creation, so there is nothing to depopulate page by page).
     fn should_reclaim(&self, id: ChunkId) -> bool {
         let c = self.chunk(id);
-        if c.role != ChunkRole::Dynamic {
+        if c.role != ChunkRole::Dynamic || self.backend.kind() == BackendKind::Km {
             return false;
         }
         let empty = c.map.nr_empty_pop_pages();

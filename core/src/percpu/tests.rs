@@ -257,3 +257,63 @@ fn stats_layout_matches_percpu_stats() {
     assert_eq!(first.sum_frag, 12);
     assert_eq!(first.cur_max_alloc, 100);
 }
+
+/// percpu-km.c's `pcpu_should_reclaim_chunk` returns false: km chunks are
+/// never isolated, however many empty pages they have (found by the
+/// userspace harness's differential at pcpu_alloc level; checked in 6.1).
+#[test]
+fn km_chunks_are_never_isolated_for_reclaim() {
+    let make = |backend| {
+        let space = AddressSpace::new(64, 4096, 0x8000_0000..0x1_0000_0000, 0x2_0000_0000..0x3_0000_0000).unwrap();
+        let mut cfg = PercpuConfig::generic(space, Topology::uma(CpuSet::first_n(3)), 0x3000);
+        cfg.backend = backend;
+        Percpu::new(cfg).unwrap()
+    };
+    let isolates = |backend| {
+        let mut p = make(backend);
+        let mut ptrs = Vec::new();
+        while p.nr_chunks() < 5 {
+            ptrs.push(p.alloc(AllocRequest::new(2048, 8)).unwrap());
+        }
+        // populate whatever vm left unpopulated, so both backends have the
+        // same empty populated pages
+        p.balance();
+        let mut isolated = false;
+        // free the objects of the dynamic chunks but the last of each: the
+        // empty pages of the earlier chunks count against a later one's, so
+        // percpu-vm isolates it while it is still in use
+        for ptr in ptrs {
+            let chunk = p.classify(p.per_cpu_ptr(ptr, 0).unwrap()).unwrap().chunk;
+            if p.chunk(chunk).role != ChunkRole::Dynamic || p.chunk(chunk).nr_alloc == 1 {
+                continue;
+            }
+            p.free(ptr).unwrap();
+            isolated |= p.chunks().any(|c| c.isolated);
+        }
+        p.verify().unwrap();
+        isolated
+    };
+    assert!(isolates(BackendKind::Vm), "the scenario reaches isolation with percpu-vm");
+    assert!(!isolates(BackendKind::Km), "percpu-km never isolates a chunk");
+}
+
+/// Every failed atomic request goes through pcpu_alloc's `fail:` label,
+/// which sets pcpu_atomic_alloc_failed and schedules the balance work: the
+/// reserved chunk's failures too.
+#[test]
+fn a_failed_atomic_reserved_request_schedules_balance_work() {
+    let mut p = small();
+    p.balance();
+    assert!(!p.balance_pending());
+    let big = AllocRequest::new(PERCPU_MODULE_RESERVE + 4, 4).reserved().atomic();
+    assert!(matches!(p.alloc(big), Err(AllocError::ReservedExhausted { .. })));
+    assert!(p.balance_pending(), "pcpu_schedule_balance_work() after the atomic failure");
+    // and the balance work then populates as after any atomic failure
+    assert!(p.atomic_alloc_failed);
+    // a non-atomic reserved failure schedules nothing
+    let mut p = small();
+    p.balance();
+    let big = AllocRequest::new(PERCPU_MODULE_RESERVE + 4, 4).reserved();
+    assert!(p.alloc(big).is_err());
+    assert!(!p.balance_pending());
+}

@@ -1,0 +1,328 @@
+//! `percpu-bed harness`: the kernel tree's own mm/percpu.c chunk allocator
+//! compiled in userspace and driven beside the model (library:
+//! `percpu_bed::harness`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use percpu_bed::bench::{self, BenchOptions, Pattern};
+use percpu_bed::harness::{self, diff, Driver};
+use percpu_bed::kbuild::{tree, Cache, Progress};
+use percpu_bed::output::emit;
+
+/// Compile a kernel tree's own mm/percpu.c chunk allocator in userspace
+/// and run it beside the model.
+///
+/// The functions (pcpu_alloc_area, pcpu_free_area, pcpu_find_block_fit,
+/// the block and chunk hint upkeep, pcpu_alloc_chunk, ...) are extracted by
+/// name from the tree's mm/percpu.c and mm/percpu-internal.h at run time,
+/// compiled with gcc inside a small stub environment and cached by a hash
+/// of the inputs: edit the tree and run the command again.  The default
+/// tree is Debian's linux-source-6.1 (the one `percpu-bed kbuild`
+/// downloads into the cache).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Args, Clone)]
+struct TreeArgs {
+    /// A kernel source tree (only mm/percpu.c, mm/percpu-internal.h and
+    /// include/linux/percpu.h are read); default Debian's linux-source-6.1.
+    #[arg(long, value_name = "DIR")]
+    tree: Option<PathBuf>,
+    /// The cache directory (default $PERCPU_BED_CACHE, else
+    /// $XDG_CACHE_HOME/percpu-bed, else ~/.cache/percpu-bed).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct OpsArgs {
+    /// Random operations to run.
+    #[arg(long, default_value_t = 200_000)]
+    ops: usize,
+    /// Seed of the operation sequence.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Pages of the chunk.
+    #[arg(long, default_value_t = 8)]
+    pages: usize,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Build (or find in the cache) the harness and print where it is.
+    Build(TreeArgs),
+    /// Run random operations on the real code and the model, compare offsets, hints and counters after
+    /// every one, and print the first divergence minimised.  Exit 1 on a divergence.
+    Diff {
+        #[command(flatten)]
+        tree: TreeArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+        /// Compare with the model's hint-free fix switched on (ChunkMap::set_free_path_chunk_hint_fix).
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Run random operations on the real code and apply the model's verify() to its state.  Exit 1 on a
+    /// violation (printed with a minimised sequence).
+    Verify {
+        #[command(flatten)]
+        tree: TreeArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
+        /// Check after every N operations.
+        #[arg(long, default_value_t = 1)]
+        every: usize,
+    },
+    /// Show 6.1's free-path chunk-hint finding on the real code (docs/hint-free.md), and measure the
+    /// one-line fix on a patched copy of the tree.
+    HintFree {
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Operations of the differentials run on the fixed and unfixed code.
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+        /// Objects of the random-churn workload.
+        #[arg(long, default_value_t = 1 << 16)]
+        objects: usize,
+    },
+    /// Seed 002's workloads on the real code beside the model and the bump allocator.
+    Bench {
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// 2^16 objects instead of 2^20.
+        #[arg(long)]
+        quick: bool,
+        /// Objects per workload (overrides --quick).
+        #[arg(long)]
+        objects: Option<usize>,
+    },
+}
+
+fn cache(t: &TreeArgs) -> Result<Cache> {
+    Ok(match &t.cache {
+        Some(d) => Cache::at(d),
+        None => Cache::from_env()?,
+    })
+}
+
+/// The tree's directory and a description of it.
+fn tree_dir(t: &TreeArgs, cache: &Cache) -> Result<(PathBuf, String)> {
+    match &t.tree {
+        Some(d) => {
+            let abs = d.canonicalize().with_context(|| format!("--tree {}", d.display()))?;
+            Ok((abs.clone(), format!("tree {}", abs.display())))
+        }
+        None => {
+            let t = tree::debian_source(cache, false, &Progress::new(false))?;
+            Ok((t.path.clone(), t.describe()))
+        }
+    }
+}
+
+fn start(dir: &Path, cache: &Cache, what: &str) -> Result<(Driver, harness::Built)> {
+    let built = harness::build(dir, cache).with_context(|| format!("building the harness from {what}"))?;
+    if built.compiled {
+        eprintln!("harness: compiled {} in {:.2} s", built.source.display(), built.compile_seconds);
+    }
+    Ok((Driver::start(&built.binary)?, built))
+}
+
+fn print_ops(ops: &[diff::Op]) -> String {
+    ops.iter().enumerate().map(|(i, op)| format!("  {:>3}. {op}\n", i + 1)).collect()
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    match args.what {
+        What::Build(t) => {
+            let cache = cache(&t)?;
+            let (dir, what) = tree_dir(&t, &cache)?;
+            let t0 = Instant::now();
+            let built = harness::build(&dir, &cache).with_context(|| format!("building the harness from {what}"))?;
+            let how = if built.compiled {
+                format!("compiled in {:.2} s", built.compile_seconds)
+            } else {
+                format!("cached ({:.2} s to extract and hash)", t0.elapsed().as_secs_f64())
+            };
+            emit(&format!("{}\n  from {what}, {how}\n  source {}\n", built.binary.display(), built.source.display()))?;
+            Ok(0)
+        }
+        What::Diff { tree, ops, fix } => {
+            let cache = cache(&tree)?;
+            let (dir, what) = tree_dir(&tree, &cache)?;
+            let (mut d, _) = start(&dir, &cache, &what)?;
+            let seq = diff::random_ops(ops.seed, ops.ops, ops.pages);
+            let t0 = Instant::now();
+            let out = diff::diff(&mut d, ops.pages, fix, &seq)?;
+            let model = if fix { "model with the hint-free fix" } else { "model" };
+            let mut s = format!("real mm/percpu.c ({what}) vs {model}: {}-page chunk, seed {}\n", ops.pages, ops.seed);
+            let code = match &out.divergence {
+                None => {
+                    s += &format!("{} ops, 0 divergences ({:.1} s)\n", out.ops_run, t0.elapsed().as_secs_f64());
+                    0
+                }
+                Some(m) => {
+                    s += &format!("DIVERGED {}\n", m.first);
+                    s += &format!(
+                        "minimised to {} ops ({} test runs), diverging {}:\n{}",
+                        m.ops.len(),
+                        m.tests,
+                        m.divergence,
+                        print_ops(&m.ops)
+                    );
+                    1
+                }
+            };
+            emit(&s)?;
+            Ok(code)
+        }
+        What::Verify { tree, ops, every } => {
+            let cache = cache(&tree)?;
+            let (dir, what) = tree_dir(&tree, &cache)?;
+            let (mut d, _) = start(&dir, &cache, &what)?;
+            let seq = diff::random_ops(ops.seed, ops.ops, ops.pages);
+            let t0 = Instant::now();
+            let out = diff::verify(&mut d, ops.pages, &seq, every)?;
+            let mut s = format!("verify() on real mm/percpu.c ({what}): {}-page chunk, seed {}\n", ops.pages, ops.seed);
+            let code = match out {
+                None => {
+                    s += &format!(
+                        "{} ops, state checked every {every}: no violation ({:.1} s)\n",
+                        seq.len(),
+                        t0.elapsed().as_secs_f64()
+                    );
+                    0
+                }
+                Some(f) => {
+                    s += &format!("VIOLATION after op {} ({}): {}\n", f.index + 1, f.op, f.error);
+                    s += &format!("minimised to {} ops:\n{}", f.ops.len(), print_ops(&f.ops));
+                    1
+                }
+            };
+            emit(&s)?;
+            Ok(code)
+        }
+        What::HintFree { tree, ops, objects } => hint_free(&tree, ops, objects),
+        What::Bench { tree, quick, objects } => bench_cmd(&tree, quick, objects),
+    }
+}
+
+fn describe_steps(s: &diff::HintFreeSteps) -> String {
+    format!(
+        "block 1 contig_hint {} at {}, chunk contig_hint {} at {}; 1 KiB request: {}",
+        s.block1_after_free.contig_hint,
+        s.block1_after_free.contig_hint_start,
+        s.chunk_after_free.contig_hint,
+        s.chunk_after_free.contig_hint_start,
+        match s.last {
+            Some(off) => format!("offset {off}"),
+            None => "REFUSED".to_string(),
+        }
+    )
+}
+
+/// Exit 0 when the real code shows the finding, the fixed copy does not,
+/// and the differentials come out as the write-up says.
+fn hint_free(t: &TreeArgs, ops: usize, objects: usize) -> Result<u8> {
+    let cache = cache(t)?;
+    let (dir, what) = tree_dir(t, &cache)?;
+    let fixed_dir = harness::fixed_copy(&dir, &cache)?;
+    let (mut real, _) = start(&dir, &cache, &what)?;
+    let (mut fixed, _) = start(&fixed_dir, &cache, "the fixed copy")?;
+    let mut s = format!("hint-free on {what}\nfixed copy: {}\n\n", fixed_dir.display());
+    s += "sequence (4-page chunk, 4-byte units):\n";
+    s += &print_ops(&diff::hint_free_ops());
+    let r = diff::hint_free_real(&mut real)?;
+    let f = diff::hint_free_real(&mut fixed)?;
+    s += &format!("\nafter the free (op 9), all offsets in 4-byte bits:\n  real:          {}\n", describe_steps(&r));
+    s += &format!("  real, fixed:   {}\n", describe_steps(&f));
+    s += &format!("  model:         {}\n", describe_steps(&diff::hint_free_model(false)));
+    s += &format!("  model, fix on: {}\n", describe_steps(&diff::hint_free_model(true)));
+
+    let seq = diff::random_ops(1, ops, 8);
+    s += &format!("\ndifferential, {ops} random ops on an 8-page chunk:\n");
+    let mut verdicts = Vec::new();
+    for (name, d, fix) in
+        [("real fixed vs model with fix", &mut fixed, true), ("real unpatched vs model with fix", &mut real, false)]
+    {
+        // the unpatched code against the fixed model is the seeded divergence
+        let out = diff::diff(d, 8, true, &seq)?;
+        let _ = fix;
+        match &out.divergence {
+            None => s += &format!("  {name}: {} ops, 0 divergences\n", out.ops_run),
+            Some(m) => {
+                s += &format!(
+                    "  {name}: diverged after op {}; minimised to {} ops, {}:\n{}",
+                    m.first.index + 1,
+                    m.ops.len(),
+                    m.divergence,
+                    print_ops(&m.ops).replace("\n  ", "\n      ").replacen("  ", "      ", 1)
+                );
+            }
+        }
+        verdicts.push(out.divergence.is_some());
+    }
+
+    s += &format!("\nrandom-churn ({objects} objects of 4..1024 B, then {objects} times one freed at random and a new one allocated):\n");
+    let mut refused = Vec::new();
+    for (name, d) in [("unpatched", &mut real), ("fixed", &mut fixed)] {
+        let b = harness::real_bench(d, 4, 4, objects, "random-churn", 44)?;
+        s += &format!(
+            "  {name:<9} second phase: {} refusals by a hint of a request the chunk could hold, {} new chunks made with room elsewhere, {} chunks at the end\n",
+            b.refused, b.missed, b.chunks
+        );
+        refused.push(b.refused);
+    }
+    let shown = r.last.is_none() && f.last.is_some() && !verdicts[0] && verdicts[1];
+    s += &format!(
+        "\n{}\n",
+        if shown {
+            "as documented: the real code refuses the request, the fixed copy serves it"
+        } else {
+            "NOT as documented in docs/hint-free.md"
+        }
+    );
+    emit(&s)?;
+    Ok(if shown { 0 } else { 1 })
+}
+
+fn bench_cmd(t: &TreeArgs, quick: bool, objects: Option<usize>) -> Result<u8> {
+    let cache = cache(t)?;
+    let (dir, what) = tree_dir(t, &cache)?;
+    let (mut d, _) = start(&dir, &cache, &what)?;
+    let mut opts = if quick { BenchOptions::quick() } else { BenchOptions::full() };
+    if let Some(n) = objects {
+        opts.objects = n;
+    }
+    opts.budget = Duration::from_secs(600);
+    let unit_pages = percpu_core::percpu::Percpu::new(bench::bench_config())?.unit_size() / 4096;
+    let mut s = format!(
+        "seed 002 workloads, {} objects, {unit_pages}-page chunks: ns per operation (alloc / free)\n",
+        opts.objects
+    );
+    s += &format!("{:<20} {:>5}  {:>22}  {:>22}  {:>22}\n", "workload", "size", "real mm/percpu.c", "model", "bump");
+    let patterns = [Pattern::InOrder, Pattern::Alternating, Pattern::Reverse, Pattern::SecondHalfFilled];
+    let mut cases: Vec<(usize, usize, Pattern)> =
+        opts.sizes.iter().flat_map(|&sz| patterns.iter().map(move |&p| (sz, 4, p))).collect();
+    cases.push((4, 8, Pattern::InOrder));
+    for (size, align, pattern) in cases {
+        let r = harness::real_bench(&mut d, size, align, opts.objects, pattern.name(), unit_pages)?;
+        let m = bench::run_one("bitmap", size, align, pattern, &opts);
+        let b = bench::run_one("bump", size, align, pattern, &opts);
+        let cell = |a: f64, f: f64, chunks: usize| format!("{a:>7.0} / {f:>5.0} ({chunks:>3}c)");
+        let name = if align == 4 { pattern.name().to_string() } else { format!("{}-align-{align}", pattern.name()) };
+        s += &format!(
+            "{name:<20} {size:>5}  {:>22}  {:>22}  {:>22}\n",
+            cell(r.alloc_ns_per_op, r.free_ns_per_op, r.chunks),
+            cell(m.alloc_ns_per_op, m.free_ns_per_op, m.chunks),
+            cell(b.alloc_ns_per_op, b.free_ns_per_op, b.chunks)
+        );
+    }
+    s += "c: chunks at the end of the allocations; real: the tree's functions under pcpu_alloc's slot search (driver.c)\n";
+    emit(&s)?;
+    Ok(0)
+}
