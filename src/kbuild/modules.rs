@@ -392,7 +392,9 @@ mod tests {
         let (f, k) = (defines(fixture), defines(kmod));
         assert!(f.len() >= 20, "{f:?}");
         for (name, value) in &f {
-            if ["PAGE_SIZE", "L1_CACHE_BYTES", "TI_CPU_OFFSET", "LOWCORE_PERCPU_OFFSET", "ABI_FLAGS"]
+            // ABI_VERSION: the real-API modules stay on contract version 1
+            // (one init for every copy) until ci/kernel.sh has run them on 2.
+            if ["PAGE_SIZE", "L1_CACHE_BYTES", "TI_CPU_OFFSET", "LOWCORE_PERCPU_OFFSET", "ABI_FLAGS", "ABI_VERSION"]
                 .contains(&name.as_str())
             {
                 continue;
