@@ -42,21 +42,6 @@ pub struct ImportError {
     pub expected: usize,
 }
 
-impl From<&BlockHints> for BlockMd {
-    fn from(h: &BlockHints) -> Self {
-        BlockMd {
-            scan_hint: h.scan_hint as u32,
-            scan_hint_start: h.scan_hint_start as u32,
-            contig_hint: h.contig_hint as u32,
-            contig_hint_start: h.contig_hint_start as u32,
-            left_free: h.left_free as u32,
-            right_free: h.right_free as u32,
-            first_free: h.first_free as u32,
-            nr_bits: h.nr_bits as u32,
-        }
-    }
-}
-
 impl ChunkMap {
     /// Import a chunk's state from the kernel's representation (see the
     /// module docs); then [`ChunkMap::verify`] checks it.
