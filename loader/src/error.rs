@@ -17,6 +17,51 @@ impl fmt::Display for Place {
     }
 }
 
+/// One relocation that does not fit, as a reader of the source sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OverflowUse {
+    pub place: Place,
+    /// `function+0x2` when the place is in a function the symbol table names.
+    pub function: Option<String>,
+    pub rtype: RelocTypeName,
+    /// The variable: the symbol, or for a section symbol the variable its
+    /// addend points into (`.data..percpu+0x2` -> `nw_counter`).
+    pub variable: String,
+    pub value: String,
+    pub rule: Option<String>,
+}
+
+impl OverflowUse {
+    /// "; every reference out of reach (2): ...", then the rules other
+    /// references break besides the headline's.
+    fn list(uses: &[OverflowUse], headline_rule: Option<&str>) -> String {
+        if uses.is_empty() {
+            return String::new();
+        }
+        let each: Vec<String> = uses
+            .iter()
+            .map(|u| {
+                let at = match &u.function {
+                    Some(f) => format!("{f} ({})", u.place),
+                    None => u.place.to_string(),
+                };
+                format!("`{}` from {at} by {}", u.variable, u.rtype)
+            })
+            .collect();
+        let mut rules: Vec<&str> = Vec::new();
+        for r in uses.iter().filter_map(|u| u.rule.as_deref()) {
+            if Some(r) != headline_rule && !rules.contains(&r) {
+                rules.push(r);
+            }
+        }
+        let mut out = format!("; every reference out of reach ({}): {}", uses.len(), each.join(", "));
+        if !rules.is_empty() {
+            out.push_str(&format!(" (also: {})", rules.join("; ")));
+        }
+        out
+    }
+}
+
 /// A relocation type as the error reports it: number, and name when known.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RelocTypeName {
@@ -136,7 +181,7 @@ pub enum LoadError {
     )]
     RelocOutOfSection { object: String, rtype: RelocTypeName, place: Place, offset: u64, size: u64 },
 
-    #[error("{object}: {place}: overflow in relocation {rtype} against `{symbol}`: value {value} does not fit {reach}{}", rule.as_ref().map(|r| format!("; {r}")).unwrap_or_default())]
+    #[error("{object}: {place}: overflow in relocation {rtype} against `{symbol}`: value {value} does not fit {reach}{}{}", rule.as_ref().map(|r| format!("; {r}")).unwrap_or_default(), OverflowUse::list(uses, rule.as_deref()))]
     Overflow {
         object: String,
         place: Place,
@@ -148,6 +193,9 @@ pub enum LoadError {
         reach: String,
         /// When the symbol is percpu: the arch rule that was broken.
         rule: Option<String>,
+        /// Every reference of the object that does not fit (this one
+        /// first), named by variable and function.
+        uses: Vec<OverflowUse>,
     },
 
     #[error("{object}: {place}: relocation {rtype} against `{symbol}`: {reason}")]

@@ -42,7 +42,7 @@ pub mod write;
 
 pub use contract::{AbiNote, Op, PercpuModel, RetKind, TestDescriptor, TestFlags};
 pub use elf::{ElfObject, Machine};
-pub use error::{LoadError, PlaceError, ReservedExhausted};
+pub use error::{LoadError, OverflowUse, PlaceError, ReservedExhausted};
 pub use file::{read_object_file, Compression, ObjectBytes, ReadError, MAX_OBJECT_BYTES};
 pub use inspect::{inspect, inspect_path, InspectReport};
 pub use load::{

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::contract::{self, AbiNote, TestDescriptor, ABI_SECTION, TESTS_SECTION};
 use crate::elf::{self, ElfObject, Machine, Section, Symbol, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE};
-use crate::error::{LoadError, Place, RelocTypeName};
+use crate::error::{LoadError, OverflowUse, Place, RelocTypeName};
 use crate::placement::{PercpuPlacer, PlaceRequest, SectionKind, SectionPlacer};
 use crate::reloc::{self, arch_for, Anchor, Arch, Cx, Fault, Input, OverflowPolicy, TableUse, Truncation};
 use crate::symbols::{ResolvedSymbol, SymbolResolver, SymbolTable};
@@ -632,6 +632,8 @@ fn load_rel(
     // apply_relocations.
     let mut truncations = Vec::new();
     let mut applied = 0usize;
+    let mut first_overflow: Option<LoadError> = None;
+    let mut overflow_uses: Vec<OverflowUse> = Vec::new();
     let mut static_data = static_percpu.as_mut().map(|s| std::mem::take(&mut s.data));
     let mut percpu_reloc_warned = false;
     for rs in &obj.relocs {
@@ -718,9 +720,39 @@ fn load_rel(
                 sym_other: sym.other,
             };
             let sym_percpu = symbols[r.sym].percpu;
+            let origin = if sym.is_undefined() {
+                reloc::SymbolOrigin::Imported
+            } else if sym.is_weak() {
+                reloc::SymbolOrigin::OwnWeak
+            } else {
+                reloc::SymbolOrigin::Own
+            };
             match arch.apply(&mut cx, &input) {
                 Ok(()) => {}
-                Err(f) => return Err(fault_to_error(name, arch, r.r_type, place(), &sym.name, sym_percpu, f, sec_len)),
+                // Go on: the error names every reference out of reach.
+                Err(f @ Fault::Overflow { .. }) => {
+                    let e = fault_to_error(name, arch, r.r_type, place(), &sym.name, sym_percpu, origin, f, sec_len);
+                    if let LoadError::Overflow { place, rtype, value, rule, .. } = &e {
+                        overflow_uses.push(OverflowUse {
+                            place: place.clone(),
+                            function: function_at(obj, target.index, r.offset),
+                            rtype: rtype.clone(),
+                            variable: variable_named(
+                                obj,
+                                sym,
+                                r.addend,
+                                arch.reach(r.r_type).is_some_and(|x| x.base == reloc::ReachBase::Pc),
+                            ),
+                            value: value.clone(),
+                            rule: rule.clone(),
+                        });
+                    }
+                    first_overflow.get_or_insert(e);
+                    continue;
+                }
+                Err(f) => {
+                    return Err(fault_to_error(name, arch, r.r_type, place(), &sym.name, sym_percpu, origin, f, sec_len))
+                }
             }
             if let Some((value, reach)) = cx.truncated.take() {
                 tracing::debug!("{name}: {}: {} against {} truncated", place(), rtype(arch, r.r_type), sym.name);
@@ -737,6 +769,12 @@ fn load_rel(
             }
             applied += 1;
         }
+    }
+    if let Some(mut e) = first_overflow {
+        if let LoadError::Overflow { uses, .. } = &mut e {
+            *uses = overflow_uses;
+        }
+        return Err(e);
     }
     if let (Some(sp), Some(d)) = (static_percpu.as_mut(), static_data) {
         sp.data = d;
@@ -876,6 +914,36 @@ fn resolve_symbol(
     })
 }
 
+/// `function+0x2`: the function symbol of section `sec` holding `offset`.
+fn function_at(obj: &ElfObject<'_>, sec: usize, offset: u64) -> Option<String> {
+    obj.symbols
+        .iter()
+        .filter(|s| s.kind == goblin::elf::sym::STT_FUNC && s.section() == Some(sec))
+        .find(|s| offset >= s.value && offset - s.value < s.size.max(1))
+        .map(|s| format!("{}+{:#x}", s.name, offset - s.value))
+}
+
+/// The variable a relocation names: the symbol itself, or for a section
+/// symbol the object its addend points at.  Pc-relative addends carry the
+/// distance from the place to the instruction (+2 for s390x larl, -4 for
+/// x86_64 disp32), so for those an object starting within 8 bytes of the
+/// addend is taken first.
+fn variable_named(obj: &ElfObject<'_>, sym: &Symbol, addend: i64, pc_relative: bool) -> String {
+    let Some(sec) = sym.section().filter(|_| sym.is_section()) else { return sym.name.clone() };
+    let objects = || obj.symbols.iter().filter(move |s| s.section() == Some(sec) && !s.is_section() && !s.name.is_empty());
+    let starting = |at: i64| objects().find(|s| at >= 0 && s.value == at as u64);
+    let biased = pc_relative
+        .then(|| (1..=8i64).flat_map(|d| [addend - d, addend + d]).find_map(starting))
+        .flatten();
+    if let Some(s) = starting(addend).or(biased) {
+        return s.name.clone();
+    }
+    match objects().find(|s| addend >= 0 && (addend as u64) >= s.value && (addend as u64) - s.value < s.size.max(1)) {
+        Some(s) => format!("{}+{:#x}", s.name, addend as u64 - s.value),
+        None => format!("{}{:+#x}", sym.name, addend),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fault_to_error(
     object: &str,
@@ -884,6 +952,7 @@ fn fault_to_error(
     place: Place,
     symbol: &str,
     percpu: bool,
+    origin: reloc::SymbolOrigin,
     f: Fault,
     sec_len: u64,
 ) -> LoadError {
@@ -913,7 +982,8 @@ fn fault_to_error(
             symbol: symbol.to_string(),
             value: fmt_value(value),
             reach: reach.to_string(),
-            rule: if percpu { arch.percpu_rule(r_type).map(str::to_string) } else { None },
+            rule: if percpu { arch.percpu_rule_for(r_type, origin) } else { None },
+            uses: Vec::new(),
         },
         Fault::Bad(reason) => LoadError::BadRelocation {
             object: object.to_string(),

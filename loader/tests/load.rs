@@ -154,6 +154,15 @@ fn s390x_strong_percpu_far_breaks_the_larl_rule() {
     let s = e.to_string();
     assert!(s.contains("R_390_PC32DBL (19)"), "{s}");
     assert!(s.contains("s390x modules must define percpu variables weak: larl reach is +-4 GiB"), "{s}");
+    // Every reference out of reach, by variable and function (issue 12 item 17).
+    let LoadError::Overflow { uses, .. } = &e else { panic!("{e:?}") };
+    assert!(!uses.is_empty(), "{s}");
+    assert!(s.contains(&format!("every reference out of reach ({})", uses.len())), "{s}");
+    for u in uses {
+        assert!(u.function.is_some(), "{u:?}");
+        assert!(!u.variable.starts_with('.'), "a section symbol named as the variable: {u:?}");
+        assert!(s.contains(&format!("`{}` from {}", u.variable, u.function.as_deref().unwrap())), "{s}");
+    }
 }
 
 #[test]

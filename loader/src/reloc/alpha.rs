@@ -6,7 +6,7 @@
 //! GPDISP and BRADDR values that do not fit.  REFLONG is not in the kernel's
 //! switch; it is applied with the psABI's signed 32-bit check.
 
-use super::{lookup, sx, Arch, Cx, Fault, Input, Reach, ReachBase, TableUse};
+use super::{lookup, sx, Arch, Cx, Fault, Input, Reach, ReachBase, SymbolOrigin, TableUse};
 use crate::elf::{Machine, Rela};
 
 pub const R_ALPHA_NONE: u32 = 0;
@@ -99,6 +99,18 @@ impl Arch for Alpha {
                 Some("alpha: a REFLONG reference to percpu data needs the percpu pointer within ±2 GiB of 0")
             }
             _ => None,
+        }
+    }
+    fn percpu_rule_for(&self, r_type: u32, symbol: SymbolOrigin) -> Option<String> {
+        let gp_relative = matches!(r_type, R_ALPHA_GPREL32 | R_ALPHA_GPRELHIGH | R_ALPHA_GPRELLOW | R_ALPHA_GPREL16);
+        match symbol {
+            SymbolOrigin::Imported if gp_relative => Some(
+                "the variable is not the module's (the kernel or another module exports it): alpha code reaches \
+                 symbols it does not define through the GOT (R_ALPHA_LITERAL); a GP-relative reference (+-2 GiB) \
+                 means it was declared hidden or placed in small data"
+                    .into(),
+            ),
+            _ => self.percpu_rule(r_type).map(str::to_string),
         }
     }
     fn table_use(&self, r: &Rela) -> TableUse {

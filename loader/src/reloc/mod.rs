@@ -332,6 +332,17 @@ pub(crate) fn sx(v: u64) -> i128 {
     v as i64 as i128
 }
 
+/// Who defines the symbol a relocation names, for the rule it breaks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SymbolOrigin {
+    /// Defined by the object, with local or global binding.
+    Own,
+    /// Defined by the object, weak (the weak-percpu scheme).
+    OwnWeak,
+    /// Undefined here: the kernel's or another module's export.
+    Imported,
+}
+
 /// The shape every machine module has.
 pub(crate) trait Arch: Sync {
     fn machine(&self) -> Machine;
@@ -341,6 +352,13 @@ pub(crate) trait Arch: Sync {
     fn reach(&self, r_type: u32) -> Option<Reach>;
     /// The percpu rule a type breaks when it cannot reach a percpu symbol.
     fn percpu_rule(&self, r_type: u32) -> Option<&'static str>;
+    /// The rule for one reference, knowing whether the module defines the
+    /// symbol (and weak) or imports it: a variable the kernel exports is
+    /// not fixed by defining anything weak.  Default: [`Arch::percpu_rule`].
+    fn percpu_rule_for(&self, r_type: u32, symbol: SymbolOrigin) -> Option<String> {
+        let _ = symbol;
+        self.percpu_rule(r_type).map(str::to_string)
+    }
     /// Whether the type uses a GOT slot or PLT entry the loader builds.
     fn table_use(&self, _r: &Rela) -> TableUse {
         TableUse::None

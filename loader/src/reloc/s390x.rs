@@ -5,7 +5,7 @@
 //! core; PLT32DBL goes directly to the target when larl/brasl reach it and
 //! through the PLT otherwise.  Big-endian.
 
-use super::{lookup, sx, Arch, Cx, Fault, Input, Reach, ReachBase, TableUse};
+use super::{lookup, sx, Arch, Cx, Fault, Input, Reach, ReachBase, SymbolOrigin, TableUse};
 use crate::elf::{Machine, Rela};
 
 pub const R_390_NONE: u32 = 0;
@@ -190,6 +190,23 @@ impl Arch for S390x {
                 Some("s390x: a short absolute reference to percpu data needs a small percpu pointer; modules must use weak percpu (GOT)")
             }
             _ => None,
+        }
+    }
+    fn percpu_rule_for(&self, r_type: u32, symbol: SymbolOrigin) -> Option<String> {
+        let pc_relative = matches!(r_type, R_390_PC32DBL | R_390_PC32 | R_390_PC16DBL | R_390_PC16);
+        match symbol {
+            SymbolOrigin::Imported if pc_relative => Some(
+                "the variable is not the module's (the kernel or another module exports it): s390x modules reach \
+                 symbols they do not define through the GOT (R_390_GOTENT), which kbuild's -fPIC gives; larl \
+                 (pc-relative, +-4 GiB) means the module was built without -fPIC"
+                    .into(),
+            ),
+            SymbolOrigin::OwnWeak if pc_relative => Some(
+                "the variable is weak, as s390x module percpu must be, yet reached with larl (+-4 GiB): the module \
+                 was built without -fPIC, which kbuild uses for s390x modules so that weak percpu goes through the GOT"
+                    .into(),
+            ),
+            _ => self.percpu_rule(r_type).map(str::to_string),
         }
     }
     fn table_use(&self, r: &Rela) -> TableUse {
