@@ -162,6 +162,16 @@ fn far_modules() {
                 }
                 match (t.expect_caught, t.status) {
                     (true, Status::Caught) | (false, Status::Pass) => {}
+                    // A planted bug whose own code the far placement broke
+                    // (a truncated reference to a kernel symbol): caught
+                    // for another reason, and saying which.
+                    (true, Status::Fail) => assert!(
+                        text.contains("caught for another reason")
+                            && (text.contains("truncated") || text.contains("overflow")),
+                        "{arch}/{variant} far {}:{}: fails without naming the relocation:\n{text}",
+                        t.object,
+                        t.test
+                    ),
                     (false, Status::Fail) => assert!(
                         text.contains("truncated") || text.contains("overflow"),
                         "{arch}/{variant} far {}:{}: fails without naming the relocation:\n{text}",
@@ -451,4 +461,221 @@ fn reads_of_another_cpus_copy_are_caught_on_every_cpu() {
         let d = diag_text(t);
         assert!(d.contains("is cpu 1's initial value"), "{arch}: {d}");
     }
+}
+
+/// One planted-bug object of a fixture directory, run alone beside kernel.o.
+fn run_bug(arch: &str, variant: &str, cpus: &str, object: &str, placement: Option<ModulePlacement>) -> ScenarioReport {
+    let mut sc = Scenario::new(arch, Some(variant), CpuSet::parse_list(cpus).unwrap()).unwrap();
+    if let Some(p) = placement {
+        sc = sc.placement(p);
+    }
+    let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+    let bug = mods.iter().find(|(n, _)| n == object).unwrap_or_else(|| panic!("{arch}: no {object}"));
+    check::run(&sc, ("kernel.o", &kernel), &[(bug.0.as_str(), bug.1.as_slice())])
+        .unwrap_or_else(|e| panic!("{arch}/{variant} {object}: {e}"))
+}
+
+/// Issue 12 item 13: an ADD whose code also reads cpu 1's copy of its
+/// target returns the right value and leaves every copy right; only the
+/// read shows the bug (every arch whose engine records reads).  On one
+/// CPU, cpu 1 is impossible and the read faults in the load image.
+#[test]
+fn this_cpu_code_reading_another_cpus_copy_is_caught() {
+    for (arch, variant) in
+        [("x86_64", "zero-based"), ("arm64", "el1"), ("sparc32", "default"), ("s390x", "default"), ("km", "default")]
+    {
+        let r = run_bug(arch, variant, "0-3", "bug_peek_other_cpu.o", None);
+        assert_eq!(test(&r, "pk_limited_inc_control").status, Status::Pass, "{arch}");
+        let t = test(&r, "pk_limited_inc");
+        assert_eq!(t.status, Status::Caught, "{arch}");
+        for run in &t.runs {
+            let want = if run.cpu == 1 { Status::Pass } else { Status::Caught };
+            assert_eq!(run.status, want, "{arch} cpu {}: {:?}", run.cpu, run.summary);
+        }
+        let d = diag_text(t);
+        assert!(d.contains("read 8 bytes of cpu 1's copy of the target"), "{arch}: {d}");
+        assert!(d.contains("while running on cpu 0"), "{arch}: {d}");
+        assert!(d.contains("bug_peek_other_cpu.o:pk_count+0x0"), "{arch}: {d}");
+        assert!(d.contains("pk_limited_inc_fn+0x"), "{arch}: {d}");
+        let r = run_bug(arch, variant, "0", "bug_peek_other_cpu.o", None);
+        let d = diag_text(test(&r, "pk_limited_inc"));
+        assert_eq!(test(&r, "pk_limited_inc").status, Status::Caught, "{arch}: {d}");
+        assert!(d.contains("read fault") && d.contains("load image"), "{arch}: {d}");
+    }
+}
+
+/// Issue 12 items 16 and 21: a pointer kept in 16 bits is named as such
+/// (only 32-bit truncations were), and the finding names the unit, chunk
+/// and allocation the access was meant for.
+#[test]
+fn truncations_of_any_width_name_the_copy_they_were_meant_for() {
+    for (arch, variant) in [
+        ("x86_64", "zero-based"),
+        ("arm64", "el1"),
+        ("sparc32", "default"),
+        ("alpha", "default"),
+        ("s390x", "default"),
+    ] {
+        let r = run_bug(arch, variant, "0-3", "bug_trunc16.o", None);
+        let t = test(&r, "t16_offset_far");
+        let d = diag_text(t);
+        assert_eq!(t.status, Status::Caught, "{arch}: {d}");
+        assert!(d.contains("16-bit truncation"), "{arch}: {d}");
+        assert!(d.contains("a multiple of 2^16"), "{arch}: {d}");
+        assert!(!d.contains("32-bit truncation"), "{arch}: {d}");
+    }
+    // The fault through a u32-truncated pointer: what it was meant to reach.
+    let r = run_bug("x86_64", "zero-based", "0-3", "bug_trunc32.o", None);
+    let d = diag_text(test(&r, "tr_ptr_u32_far"));
+    assert!(d.contains("the access was meant for this CPU's copy of the target"), "{d}");
+    assert!(d.contains("chunk 2 unit 0 (cpu 0)") && d.contains("dynamic allocation of `tr_ptr_u32_far`"), "{d}");
+    assert!(d.contains("32-bit truncation"), "{d}");
+}
+
+/// Issue 12 item 19: a 4-byte this_cpu_add on an 8-byte variable (a
+/// declaration with the wrong type) is a narrow store, not a widening.
+#[test]
+fn a_narrow_store_on_a_wide_value_is_named() {
+    for (arch, variant, half) in [
+        ("x86_64", "zero-based", "its low half on this little-endian CPU"),
+        ("arm64", "el1", "its low half on this little-endian CPU"),
+        ("alpha", "default", "its low half on this little-endian CPU"),
+        ("s390x", "default", "its high half on this big-endian CPU"),
+        ("km", "default", "its low half on this little-endian CPU"),
+    ] {
+        let r = run_bug(arch, variant, "0-3", "bug_type_mismatch.o", None);
+        let t = test(&r, "tm_add");
+        let d = diag_text(t);
+        assert_eq!(t.status, Status::Caught, "{arch}: {d}");
+        assert!(d.contains("a 4-byte store hit the 8-byte value at byte +0x0"), "{arch}: {d}");
+        assert!(d.contains(half), "{arch}: {d}");
+        assert!(!d.contains("widened wrongly"), "{arch}: {d}");
+    }
+}
+
+/// Issue 12 item 18: the offset read from the wrong lowcore word names
+/// the word and where the layout keeps percpu_offset.
+#[test]
+fn a_stale_lowcore_offset_names_the_word_read() {
+    let r = run_bug("s390x", "default", "0-3", "bug_lowcore_layout.o", None);
+    let d = diag_text(test(&r, "lc_old_inc"));
+    assert!(d.contains("the code read lowcore word 0x378 (holding 0x0) as its percpu offset"), "{d}");
+    assert!(d.contains("never lowcore's percpu_offset at 0x3b8"), "{d}");
+    assert_eq!(test(&r, "lc_inc_control").status, Status::Pass);
+    assert!(diag_text(test(&r, "lc_inc_control")).is_empty());
+}
+
+/// Issue 12 items 17 and 20: a relocation overflow names every reference
+/// out of reach by variable and function, and for a variable the kernel
+/// exports it says to go through the GOT, not to define it weak.
+#[test]
+fn relocation_overflows_name_every_use_and_the_fix() {
+    let r = run_bug("s390x", "default", "0-3", "bug_noweak_module.o", Some(ModulePlacement::Far));
+    let d = diag_text(test(&r, "nw_inc"));
+    assert!(d.contains("every reference out of reach (2)"), "{d}");
+    assert!(d.contains("`nw_counter` from nw_inc_fn+0x2 (.text+0x2)"), "{d}");
+    assert!(d.contains("`nw_word` from nw_read_fn+0x2"), "{d}");
+    assert!(d.contains("must define percpu variables weak"), "{d}");
+    let r = run_bug("alpha", "default", "0-3", "bug_noweak_module.o", Some(ModulePlacement::Far));
+    let d = diag_text(test(&r, "nw_read"));
+    assert!(d.contains("`nw_counter` from nw_inc_fn+0x") && d.contains("`nw_word` from nw_read_fn+0x"), "{d}");
+
+    let r = run_bug("s390x", "default", "0-3", "bug_nopic_module.o", Some(ModulePlacement::Far));
+    for name in ["np_export_add", "np_inc"] {
+        let t = test(&r, name);
+        assert_eq!(t.status, Status::Caught, "{name}");
+    }
+    let d = diag_text(test(&r, "np_export_add"));
+    assert!(d.contains("against `pcpubed_exported_counter`"), "{d}");
+    assert!(d.contains("the variable is not the module's") && d.contains("through the GOT (R_390_GOTENT)"), "{d}");
+    assert!(d.contains("`np_counter` from np_inc_fn+0x2"), "{d}");
+    assert!(d.contains("the variable is weak, as s390x module percpu must be, yet reached with larl"), "{d}");
+    assert!(!d.contains("must define percpu variables weak"), "{d}");
+}
+
+/// Issue 12 item 22: `--trace` logs the accesses outside every unit (the
+/// lowcore word a stale layout reads, the link address it then uses) at
+/// the same level as percpu accesses.
+#[test]
+fn trace_logs_accesses_outside_the_units() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let sc = Scenario::new("s390x", Some("default"), CpuSet::parse_list("0").unwrap()).unwrap().trace(true);
+    let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+    let bug = mods.iter().find(|(n, _)| n == "bug_lowcore_layout.o").unwrap();
+    let r = tracing::subscriber::with_default(subscriber, || {
+        check::run(&sc, ("kernel.o", &kernel), &[(bug.0.as_str(), bug.1.as_slice())]).unwrap()
+    });
+    assert_eq!(test(&r, "lc_old_inc").status, Status::Caught);
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| out.lines().find(|l| l.contains("lc_old_inc cpu 0") && l.contains(needle));
+    assert!(line("read 8 bytes at 0x378 = lowcore+0x378").is_some(), "{out}");
+    assert!(line("DEBUG").is_some(), "{out}");
+}
+
+/// Issue 12 item 7: a planted bug counts as caught only by the findings
+/// its descriptor declares.  With no instruction budget every run ends as
+/// a runaway and leaves every copy unmodified: no planted bug may count
+/// as caught (they all did), and each says why.
+#[test]
+fn planted_bugs_are_caught_only_for_their_kind_of_finding() {
+    let sc = Scenario::new("x86_64", Some("zero-based"), CpuSet::first_n(2)).unwrap().budget(0);
+    let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+    let mods: Vec<(&str, &[u8])> = mods.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let r = check::run(&sc, ("kernel.o", &kernel), &mods).unwrap();
+    let planted: Vec<&TestReport> = r.tests.iter().filter(|t| t.expect_caught).collect();
+    assert!(planted.len() >= 8);
+    for t in planted {
+        let d = diag_text(t);
+        if t.object == "bug_zero_based_imm32.o" {
+            // Rejected by the loader before anything runs: caught as declared.
+            assert_eq!(t.status, Status::Caught, "{d}");
+            continue;
+        }
+        assert_eq!(t.status, Status::Fail, "{}:{}: {d}", t.object, t.test);
+        assert!(d.contains("planted bug not judged: the run ran out of its instruction budget"), "{d}");
+    }
+
+    // A rejection where the descriptor declares a wrong value: caught for
+    // another reason.  (The shipped object, its first descriptor's flags
+    // patched: EXPECT_CAUGHT | CAUGHT_VALUE.)
+    use percpu_loader::elf::ElfObject;
+    let sc = Scenario::new("s390x", Some("default"), CpuSet::first_n(2)).unwrap().placement(ModulePlacement::Far);
+    let (kernel, mods) = fixtures(sc.variant.fixture_dir);
+    let mut bytes = mods.iter().find(|(n, _)| n == "bug_noweak_module.o").unwrap().1.clone();
+    let at = {
+        let obj = ElfObject::parse("bug_noweak_module.o", &bytes).unwrap();
+        let sec = obj.section_by_name(".percpu_bed.tests").unwrap();
+        sec.offset as usize + 64 // struct pcpubed_test.flags, 64-bit layout
+    };
+    let flags = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!(flags, 0x8 | 0x100, "EXPECT_CAUGHT | CAUGHT_REJECTED as built");
+    bytes[at..at + 4].copy_from_slice(&(0x8u32 | 0x400).to_be_bytes());
+    let r = check::run(&sc, ("kernel.o", &kernel), &[("bug_noweak_module.o", &bytes)]).unwrap();
+    let statuses: Vec<Status> = r.tests.iter().filter(|t| t.object == "bug_noweak_module.o").map(|t| t.status).collect();
+    assert!(statuses.contains(&Status::Fail) && statuses.contains(&Status::Caught), "{statuses:?}");
+    let t = r.tests.iter().find(|t| t.object == "bug_noweak_module.o" && t.status == Status::Fail).unwrap();
+    let d = diag_text(t);
+    assert!(
+        d.contains("planted bug caught for another reason: it is caught by wrong value or return; this run found rejected by the loader"),
+        "{d}"
+    );
 }

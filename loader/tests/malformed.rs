@@ -190,7 +190,8 @@ fn bad_descriptor_fields_name_object_test_and_field() {
         (56, 3, "width", "3 (want 1, 2, 4 or 8)"),
         (60, 9, "op", "9 (want 0..=4)"),
         (68, 6, "ret", "6 (want 0..=5)"),
-        (64, 0x100, "flags", "unknown bits 0x100"),
+        (64, 0x10, "flags", "unknown bits 0x10"),
+        (64, 0x100, "flags", "CAUGHT_* without EXPECT_CAUGHT"),
         (48, 2, "size", "smaller than the width"),
     ];
     for (field_off, v, field, why) in cases {

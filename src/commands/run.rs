@@ -46,7 +46,7 @@ pub struct Args {
     /// Instructions per test call before it counts as runaway.
     #[arg(long, default_value_t = check::DEFAULT_BUDGET)]
     budget: u64,
-    /// Log every percpu access, decoded, at debug level (use with -vv).
+    /// Log every data access, decoded, at debug level (use with -vv): percpu copies, link addresses, lowcore, unmapped memory; the stack at trace level (-vvv)
     #[arg(long)]
     trace: bool,
     /// table: a line per test and the diagnostics of failures; json: every

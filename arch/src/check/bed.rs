@@ -206,6 +206,9 @@ pub(crate) struct Bed<'s> {
     pub big_endian: bool,
     /// Other named areas (fixed mappings).
     pub regions: Vec<(Range<u64>, String)>,
+    /// Where the running CPU's offset sits in memory (s390x lowcore), as
+    /// the last [`Bed::enter`] left it.
+    pub offset_word: Option<crate::isa::OffsetWord>,
     pub dyn_allocs: Vec<DynAlloc>,
     /// The most recently freed dynamic allocations, oldest first.
     pub freed_allocs: std::collections::VecDeque<FreedAlloc>,
@@ -562,6 +565,7 @@ impl<'s> Bed<'s> {
             ptr_bytes,
             big_endian: isa.big_endian(),
             regions: Vec::new(),
+            offset_word: None,
             dyn_allocs: Vec::new(),
             freed_allocs: Default::default(),
             used_units,
@@ -985,6 +989,7 @@ impl<'s> Bed<'s> {
         }
         let isa = self.isa;
         let variant = self.variant;
+        self.offset_word = isa.offset_word(&ctx);
         isa.enter_cpu(self.engine.as_mut(), &variant, &ctx).map_err(engine_err(self.sc, format!("entering cpu {cpu}")))
     }
 }

@@ -161,8 +161,19 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-fn sext32(v: u64) -> u64 {
-    v as u32 as i32 as i64 as u64
+/// The low `bits` bits.
+fn low_mask(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+/// `v` truncated to `bits` bits and sign-extended back.
+fn sext(v: u64, bits: u32) -> u64 {
+    let shift = 64 - bits;
+    (((v << shift) as i64) >> shift) as u64
 }
 
 /// A relocation value, signed.
@@ -306,31 +317,39 @@ impl Bed<'_> {
             ));
         }
         let d = a.wrapping_sub(e);
-        if rel >= size && d >= size && (d & 0xffff_ffff) < size {
-            let form = if a == e & 0xffff_ffff {
-                " (the upper 32 bits were cleared)"
-            } else if a == sext32(e) {
-                " (sign-extended from bit 31)"
+        let named_cpu = h.iter().any(|x| x.starts_with("the offset applied was"));
+        // The widest truncation that explains the distance: a multiple of
+        // 2^bits (plus a byte inside the object).
+        for bits in [32u32, 16] {
+            let m = low_mask(bits);
+            if named_cpu || rel < size || d < size || (d & m) >= size || bits >= 8 * self.ptr_bytes as u32 {
+                continue;
+            }
+            let form = if a == e & m {
+                format!(" (the upper {} bits were cleared)", 8 * self.ptr_bytes as u32 - bits)
+            } else if a == sext(e, bits) {
+                format!(" (sign-extended from bit {})", bits - 1)
             } else {
-                ""
+                String::new()
             };
             h.push(format!(
-                "32-bit truncation: {a:#x} equals this CPU's copy {e:#x} in its low 32 bits but differs by {d:#x}, \
-                 a multiple of 2^32{form}: an address, percpu pointer or offset was kept in 32 bits"
+                "{bits}-bit truncation: {a:#x} equals this CPU's copy {e:#x} in its low {bits} bits but differs by \
+                 {d:#x}, a multiple of 2^{bits}{form}: an address, percpu pointer or offset was kept in {bits} bits"
             ));
-            let used = a.wrapping_sub(own).wrapping_sub(d & 0xffff_ffff);
+            let used = a.wrapping_sub(own).wrapping_sub(d & m);
             if used != t {
-                let how = if used == t & 0xffff_ffff {
-                    "truncated to u32 (zero-extended)"
-                } else if used == sext32(t) {
-                    "truncated to 32 bits and sign-extended"
+                let how = if used == t & m {
+                    format!("truncated to u{bits} (zero-extended)")
+                } else if used == sext(t, bits) {
+                    format!("truncated to {bits} bits and sign-extended")
                 } else {
-                    "rebuilt from a 32-bit offset"
+                    format!("rebuilt from a {bits}-bit offset")
                 };
                 h.push(format!(
                     "with this CPU's offset, the percpu pointer used was {used:#x} instead of {t:#x}: {how}"
                 ));
             }
+            break;
         }
         let ds = d as i64;
         if d >= width && ds.unsigned_abs() < 0x1000 && ds != 0 && !(0..width as i64).contains(&ds) {
@@ -348,6 +367,83 @@ impl Bed<'_> {
             _ => {}
         }
         h
+    }
+
+    /// What `a`, an address in no chunk's units, may be a truncation of:
+    /// the live percpu bytes (an allocation or the static area) whose
+    /// address shares its low 32 (then 16) bits, when `a` is a zero- or
+    /// sign-extended value of that width.  For faults through a pointer
+    /// whose intended target the runner does not know (real modules).
+    pub(crate) fn truncation_hint(&self, a: u64) -> Option<String> {
+        if self.percpu.classify(a).is_some() {
+            return None;
+        }
+        let geom = self.percpu.geometry();
+        let mut bases: Vec<u64> = self.percpu.chunks().map(|c| c.base_addr).collect();
+        bases.sort_unstable();
+        bases.dedup();
+        for bits in [32u32, 16] {
+            if bits >= 8 * self.ptr_bytes as u32 {
+                continue;
+            }
+            let m = low_mask(bits);
+            let form = if a <= m {
+                "zero-extended"
+            } else if a == sext(a, bits) {
+                "sign-extended"
+            } else {
+                continue;
+            };
+            let mut found: Vec<(u64, Location)> = Vec::new();
+            let mut count = 0usize;
+            for &base in &bases {
+                for &uo in &geom.unit_offsets {
+                    let start = base.wrapping_add(uo);
+                    let end = start.saturating_add(geom.unit_size);
+                    let mut x = (start & !m) | (a & m);
+                    if x < start {
+                        x = x.wrapping_add(m + 1);
+                    }
+                    while x >= start && x < end {
+                        if let Some(loc) = self.percpu.classify(x) {
+                            let live = loc.allocation.is_some() || loc.region == percpu_core::percpu::Region::Static;
+                            if live && loc.populated {
+                                count += 1;
+                                if found.len() < 3 {
+                                    found.push((x, loc));
+                                }
+                            }
+                        }
+                        x = match x.checked_add(m + 1) {
+                            Some(n) => n,
+                            None => break,
+                        };
+                    }
+                }
+            }
+            if count == 0 {
+                continue;
+            }
+            let name = |x: u64| {
+                let d = self.decode(x);
+                format!("{x:#x} = {}{}", d.text, d.symbol.map(|s| format!(" = {s}")).unwrap_or_default())
+            };
+            return Some(if count == 1 {
+                format!(
+                    "{a:#x} is {} truncated to {bits} bits ({form}): the pointer was meant to reach that copy, and \
+                     was kept in {bits} bits on the way",
+                    name(found[0].0)
+                )
+            } else {
+                let listed: Vec<String> = found.iter().map(|(x, _)| name(*x)).collect();
+                format!(
+                    "{a:#x} ({form} from {bits} bits) shares its low {bits} bits with {count} live percpu \
+                     addresses, e.g. {}: a pointer kept in {bits} bits loses which one it was",
+                    listed.join("; ")
+                )
+            });
+        }
+        None
     }
 
     /// A relocation the loader truncated inside the instruction at `pc`.

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use percpu_loader::{Op, RetKind, TestDescriptor};
+use percpu_loader::{Op, RetKind, TestDescriptor, TestFlags};
 
 use super::bed::Bed;
 use super::diag::{explain_value, Diagnostic, Finding, FindingKind};
@@ -102,6 +102,71 @@ fn diag(
     }
 }
 
+/// The `CAUGHT_*` class of a finding (0: says nothing about the test).
+fn caught_class(kind: FindingKind) -> u32 {
+    match kind {
+        FindingKind::Rejected => TestFlags::CAUGHT_REJECTED,
+        FindingKind::Fault => TestFlags::CAUGHT_FAULT,
+        FindingKind::WrongReturn | FindingKind::WrongValue => TestFlags::CAUGHT_VALUE,
+        FindingKind::StrayWrite => TestFlags::CAUGHT_STRAY_WRITE,
+        FindingKind::StrayRead => TestFlags::CAUGHT_STRAY_READ,
+        FindingKind::Trap => TestFlags::CAUGHT_TRAP,
+        FindingKind::Warn | FindingKind::Bug | FindingKind::Kernel | FindingKind::Expectation => {
+            TestFlags::CAUGHT_KERNEL
+        }
+        FindingKind::Runaway => TestFlags::CAUGHT_RUNAWAY,
+        FindingKind::NotCaught | FindingKind::Harness => 0,
+    }
+}
+
+/// The status of one run (or of a rejected object's test) from its
+/// findings.  A planted bug is caught only by findings of the classes its
+/// descriptor declares (`CAUGHT_*`; none declared: any finding but a
+/// runaway, which says the run did not finish, not what the bug did; and
+/// after a runaway only a declared runaway counts).
+/// Anything else is a failure that says so first: "caught for another
+/// reason" is how `budget = 0` or a broken engine shows up.
+fn judge(test: &TestDescriptor, findings: &mut Vec<Finding>) -> Status {
+    if findings.is_empty() {
+        return Status::Pass;
+    }
+    if !test.flags.expect_caught() {
+        return Status::Fail;
+    }
+    let want = test.flags.caught_as();
+    // A run that did not finish says nothing about the effects it did not
+    // reach: its unmodified copies are no wrong values.
+    let ran_out = findings.iter().any(|f| f.kind == FindingKind::Runaway);
+    let counts = |c: u32| {
+        let declared = if want == 0 { c != TestFlags::CAUGHT_RUNAWAY } else { want & c != 0 };
+        c != 0 && declared && (!ran_out || c == TestFlags::CAUGHT_RUNAWAY)
+    };
+    if findings.iter().any(|f| counts(caught_class(f.kind))) {
+        return Status::Caught;
+    }
+    let mut found: Vec<&str> = Vec::new();
+    for f in findings.iter() {
+        let name = TestFlags::CAUGHT_NAMES
+            .iter()
+            .find(|(bit, _)| *bit == caught_class(f.kind))
+            .map_or("harness error", |(_, n)| *n);
+        if !found.contains(&name) {
+            found.push(name);
+        }
+    }
+    let expected = if want == 0 { "any finding but a runaway".to_string() } else { test.flags.caught_as_names() };
+    let text = if ran_out && want & TestFlags::CAUGHT_RUNAWAY == 0 {
+        format!(
+            "planted bug not judged: the run ran out of its instruction budget, so what it left says nothing \
+             about the bug (it is caught by {expected})"
+        )
+    } else {
+        format!("planted bug caught for another reason: it is caught by {expected}; this run found {}", found.join("; "))
+    };
+    findings.insert(0, Finding::new(FindingKind::NotCaught, text));
+    Status::Fail
+}
+
 pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestReport, CheckError> {
     let t0 = Instant::now();
     let test = bed.objects[oi].tests[ti].clone();
@@ -142,13 +207,14 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
 
     // An object the loader rejected: its tests' result is the rejection.
     if let Some(msg) = bed.objects[oi].rejected.clone() {
-        let status = if expect { Status::Caught } else { Status::Fail };
         let f = Finding::new(
             FindingKind::Rejected,
             format!("the loader rejected {object}, as the kernel's module loader would: {msg}"),
         );
+        let mut findings = vec![f];
+        let status = judge(&test, &mut findings);
         report.status = status;
-        report.diagnostic = Some(diag(bed, &object, &test, None, status, vec![f], notes));
+        report.diagnostic = Some(diag(bed, &object, &test, None, status, findings, notes));
         report.micros = t0.elapsed().as_micros() as u64;
         return Ok(report);
     }
@@ -292,13 +358,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         } else if matches!(test.op, Op::Add | Op::Write) {
             bed.write_uint(ctx.copy(cpu), ctx.init(cpu), width, "init")?;
         }
-        let status = if findings.is_empty() {
-            Status::Pass
-        } else if expect {
-            Status::Caught
-        } else {
-            Status::Fail
-        };
+        let status = judge(&test, &mut findings);
         let printk = klog.printk.iter().map(|l| l.text.clone()).collect();
         let mut run = CpuRun { cpu, status, instructions, micros, diagnostic: None, summary: None, printk };
         if !findings.is_empty() {
@@ -324,6 +384,10 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     } else if expect {
         if any(Status::Caught) {
             Status::Caught
+        } else if any(Status::Fail) {
+            // Misbehaved, but not the way the bug does: the first such
+            // run's diagnostic (it leads with "caught for another reason").
+            Status::Fail
         } else {
             let cpus: Vec<u32> = report.runs.iter().map(|r| r.cpu).collect();
             let f = Finding::new(
@@ -399,16 +463,18 @@ fn word_window(bed: &mut Bed<'_>, ctx: &Ctx<'_>, cpu: u32) -> Result<Option<(u64
     Ok(Some((lo, bed.read(lo, (hi - lo) as usize, "words around the target")?)))
 }
 
+/// `--trace`: every access at debug level, decoded, except the call's
+/// own stack (trace level).  Accesses outside the units (link addresses,
+/// the load image, lowcore, unmapped memory) are the ones offset bugs make.
 fn log_trace(bed: &Bed<'_>, object: &str, test: &TestDescriptor, cpu: u32, trace: &[MemAccess]) {
     let arch = bed.isa.name();
     for a in trace {
-        let percpu = bed.percpu.classify(a.addr).is_some() || bed.static_link.contains(&a.addr);
         let what = match a.access {
             Access::Write => format!("write {} bytes {:#x}", a.size, a.value.unwrap_or(0)),
             _ => format!("{} {} bytes", a.access, a.size),
         };
-        if percpu {
-            tracing::debug!(
+        if bed.stack.contains(&a.addr) {
+            tracing::trace!(
                 target: "percpu_bed::trace",
                 "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
                 bed.variant.name,
@@ -417,7 +483,7 @@ fn log_trace(bed: &Bed<'_>, object: &str, test: &TestDescriptor, cpu: u32, trace
                 bed.code_loc(a.pc)
             );
         } else {
-            tracing::trace!(
+            tracing::debug!(
                 target: "percpu_bed::trace",
                 "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
                 bed.variant.name,
@@ -496,12 +562,16 @@ fn evaluate(
             let mut f = Finding::new(
                 FindingKind::Fault,
                 format!(
-                    "{access} fault ({}) at {info}; this CPU's copy of the target is {e:#x}",
-                    if unmapped { "unmapped" } else { "protected" }
+                    "{access} fault ({}) at {info}; the access was meant for this CPU's copy of the target, {}",
+                    if unmapped { "unmapped" } else { "protected" },
+                    bed.decode(e)
                 ),
             );
             if access != Access::Fetch {
                 f.hints = bed.explain_addr(cpu, t, size, width, addr);
+                if !f.hints.iter().any(|h| h.contains("truncat")) {
+                    f.hints.extend(bed.truncation_hint(addr));
+                }
             }
             f.hints.extend(bed.reloc_hint(pc));
             f.pc = Some(bed.code_loc(pc));
@@ -604,6 +674,49 @@ fn evaluate(
         out.push(Finding::new(FindingKind::StrayWrite, format!("... and {} more stray writes", stray - MAX_STRAY)));
     }
 
+    // Reads: an op on this CPU's copy has no business reading another
+    // CPU's copy of the target, even when the value it returns comes out
+    // right (a copy that happened to hold the same value).  Engines that
+    // record writes only (qemu-alpha's fast path) give no reads here.
+    if matches!(test.op, Op::Add | Op::Write | Op::Read) {
+        let mut listed = 0usize;
+        for r in trace.iter().filter(|a| a.access == Access::Read) {
+            let (a, len) = (r.addr, r.size as u64);
+            let Some(k) = bed.percpu.classify(a).and_then(|l| l.cpu) else { continue };
+            let base = ctx.copy(k);
+            if k == cpu || ctx.copies.get(k as usize).copied().flatten().is_none() {
+                continue;
+            }
+            if a.wrapping_add(len) <= base || a >= base + size {
+                continue;
+            }
+            listed += 1;
+            if listed > MAX_STRAY {
+                continue;
+            }
+            let info = bed.decode(a);
+            let mut f = Finding::new(
+                FindingKind::StrayRead,
+                format!(
+                    "read {len} bytes of cpu {k}'s copy of the target at {info} while running on cpu {cpu} ({} \
+                     names this CPU's copy {e:#x} only)",
+                    op_name(test.op)
+                ),
+            );
+            f.hints = bed.explain_addr(cpu, t, size, width, a);
+            f.hints.extend(bed.reloc_hint(r.pc));
+            f.pc = Some(bed.code_loc(r.pc));
+            f.addr = Some(info);
+            out.push(f);
+        }
+        if listed > MAX_STRAY {
+            out.push(Finding::new(
+                FindingKind::StrayRead,
+                format!("... and {} more reads of other CPUs' copies", listed - MAX_STRAY),
+            ));
+        }
+    }
+
     // The values: this CPU's copy, every copy a write touched, all of them
     // when few or for ADD_ALL.
     let check: Vec<u32> = if snap.is_some() || test.op == Op::AddAll {
@@ -638,6 +751,10 @@ fn evaluate(
                 want,
                 got,
             );
+            if let Some(hint) = narrow_store_hint(bed, trace, at, width) {
+                f.hints.retain(|h| !h.contains("widened wrongly"));
+                f.hints.insert(0, hint);
+            }
             if k != cpu && test.op != Op::AddAll {
                 f.hints.push(format!("cpu {k}'s copy changed although the test ran on cpu {cpu}"));
             }
@@ -663,5 +780,67 @@ fn evaluate(
             }
         }
     }
+    if !out.is_empty() {
+        if let Some(h) = offset_word_hint(bed, cpu, trace) {
+            let at = out.iter().position(|f| f.addr.is_some()).unwrap_or(0);
+            out[at].hints.insert(0, h);
+        }
+    }
     Ok(out)
+}
+
+/// When every write that reached the `width`-byte value at `at` was
+/// narrower than it: the op ran at the wrong width (a `this_cpu_add` on a
+/// narrower type than the variable's, through a mismatched declaration or
+/// a cast), which no widening rule explains.
+fn narrow_store_hint(bed: &Bed<'_>, trace: &[MemAccess], at: u64, width: u64) -> Option<String> {
+    let hits: Vec<&MemAccess> = trace
+        .iter()
+        .filter(|w| w.access == Access::Write && w.addr < at + width && at < w.addr + w.size as u64)
+        .collect();
+    let first = hits.first()?;
+    if hits.iter().any(|w| w.size as u64 >= width) {
+        return None;
+    }
+    let n = first.size as u64;
+    let off = first.addr.wrapping_sub(at);
+    let part = if 2 * n == width && (off == 0 || off == n) {
+        let low = (off == 0) != bed.big_endian;
+        format!(", its {} half on this {}-endian CPU", if low { "low" } else { "high" }, if bed.big_endian { "big" } else { "little" })
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "a {n}-byte store hit the {width}-byte value at byte +{off:#x}{part}: the op was done {n} bytes wide on {} \
+         {width}-byte variable (a this_cpu op on a narrower type: a DECLARE_PER_CPU whose type differs from the \
+         DEFINE_PER_CPU, or a cast)",
+        if width == 8 { "an" } else { "a" }
+    ))
+}
+
+/// On arches that keep the offset in a per-CPU structure (s390x's
+/// lowcore): the words of that structure the call read *instead of* the
+/// offset's own slot, named with what they held and where the layout keeps
+/// the field.  Code built against another `struct lowcore` layout reads the
+/// wrong word and applies whatever it holds.
+fn offset_word_hint(bed: &mut Bed<'_>, cpu: u32, trace: &[MemAccess]) -> Option<String> {
+    let w = bed.offset_word.clone()?;
+    let reads: Vec<&MemAccess> = trace.iter().filter(|a| a.access == Access::Read && w.area.contains(&a.addr)).collect();
+    if reads.iter().any(|a| a.addr < w.slot.end && w.slot.start < a.addr + a.size as u64) {
+        return None;
+    }
+    let wrong = reads.iter().find(|a| a.size as u64 == w.slot.end - w.slot.start)?;
+    let n = wrong.size as usize;
+    let held = bed.read(wrong.addr, n, "the word read").ok().map(|b| bed.uint_of(&b))?;
+    let own = bed.offsets.get(cpu as usize).copied().flatten().unwrap_or(0);
+    Some(format!(
+        "the code read {} word {:#x} (holding {held:#x}) as its percpu offset, and never {}'s {} at {:#x} (cpu {cpu}'s \
+         offset {own:#x}): it was built for another {} layout (a stale offset constant such as __LC_PERCPU_OFFSET)",
+        w.area_name,
+        wrong.addr,
+        w.area_name,
+        w.field,
+        w.slot.start,
+        w.area_name
+    ))
 }

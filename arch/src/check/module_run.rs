@@ -378,6 +378,7 @@ impl Bed<'_> {
                 let mut f = Finding::new(kind, text);
                 f.pc = Some(self.code_loc(a.pc));
                 f.addr = Some(self.decode(a.addr));
+                f.hints.extend(self.truncation_hint(a.addr));
                 f.hints.extend(self.reloc_hint(a.pc));
                 out.push(f);
             }
@@ -418,6 +419,9 @@ impl Bed<'_> {
                 );
                 f.pc = Some(self.code_loc(pc));
                 f.addr = Some(self.decode(addr));
+                if access != Access::Fetch {
+                    f.hints.extend(self.truncation_hint(addr));
+                }
                 f.hints.extend(self.reloc_hint(pc));
                 findings.push(f);
             }

@@ -140,6 +140,18 @@ pub struct FixedMapping {
     pub what: &'static str,
 }
 
+/// A CPU's percpu offset as a word of a per-CPU structure in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetWord {
+    /// The word's bytes.
+    pub slot: std::ops::Range<u64>,
+    /// The structure holding it ("lowcore") and its extent.
+    pub area: std::ops::Range<u64>,
+    pub area_name: &'static str,
+    /// The field's name ("percpu_offset").
+    pub field: &'static str,
+}
+
 /// The facts about an arch that are plain data, one `static` per adapter.
 #[derive(Debug)]
 pub struct IsaInfo {
@@ -233,6 +245,15 @@ pub trait Isa: Sync {
     /// The arch's half of the kernel runtime that runs real kernel modules
     /// (see [`crate::runtime`]).
     fn kernel_abi(&self) -> Option<&'static dyn crate::runtime::KernelAbi> {
+        None
+    }
+
+    /// Where [`Isa::enter_cpu`] put this CPU's percpu offset in memory
+    /// for `ctx`, when the arch keeps it in a structure code reads (s390x:
+    /// the lowcore's `percpu_offset` word).  Diagnostics name the word a
+    /// misbehaving call read instead.  Default: none (a register, or
+    /// `__per_cpu_offset[]`, which the runner decodes itself).
+    fn offset_word(&self, _ctx: &CpuContext) -> Option<OffsetWord> {
         None
     }
 

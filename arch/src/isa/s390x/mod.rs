@@ -28,7 +28,7 @@ use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout, GIB, MIB};
-use super::{CpuContext, FixedMapping, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, FixedMapping, Isa, IsaInfo, ModulePlacement, OffsetModel, OffsetWord, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Perms};
 
@@ -131,18 +131,22 @@ impl Isa for S390x {
     /// says 0).  The lowcore ([`Isa::fixed_mappings`]) is mapped here if the
     /// runner has not mapped it.
     fn enter_cpu(&self, engine: &mut dyn Engine, _variant: &Variant, ctx: &CpuContext) -> Result<(), EngineError> {
-        let off = match ctx.lowcore_percpu_offset {
-            0 => LC_PERCPU_OFFSET,
-            o => o,
-        };
+        let off = self.offset_word(ctx).expect("s390x keeps the offset in the lowcore").slot.start;
         let bytes = ctx.per_cpu_offset.to_be_bytes();
-        if engine.write(u64::from(off), &bytes).is_err() {
+        if engine.write(off, &bytes).is_err() {
             engine.map(0, LOWCORE_SIZE, Perms::RW)?;
-            engine.write(u64::from(off), &bytes)?;
+            engine.write(off, &bytes)?;
         }
         Ok(())
     }
     fn fixed_mappings(&self, _variant: &Variant) -> Vec<FixedMapping> {
         vec![FixedMapping { addr: 0, size: LOWCORE_SIZE, perms: Perms::RW, what: "lowcore" }]
+    }
+    fn offset_word(&self, ctx: &CpuContext) -> Option<OffsetWord> {
+        let off = u64::from(match ctx.lowcore_percpu_offset {
+            0 => LC_PERCPU_OFFSET,
+            o => o,
+        });
+        Some(OffsetWord { slot: off..off + 8, area: 0..LOWCORE_SIZE, area_name: "lowcore", field: "percpu_offset" })
     }
 }
