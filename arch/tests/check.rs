@@ -258,6 +258,22 @@ fn bad_input_is_a_specific_error() {
     let e = check::run(&rel, ("kernel.o", &kernel), &[]).unwrap_err();
     assert!(matches!(e, CheckError::WrongModel { .. }), "{e}");
 
+    // Test descriptors without an ABI note (ci/hostile.sh, abi-section-renamed):
+    // refused, for a module and for the kernel image.
+    let unnote = |b: &[u8]| {
+        let (from, to) = (b".percpu_bed.abi\0", b".percpu_bed.xyz\0");
+        let at = b.windows(from.len()).position(|w| w == from).expect("section name");
+        let mut b = b.to_vec();
+        b[at..at + to.len()].copy_from_slice(to);
+        b
+    };
+    let (_, xmods) = fixtures("x86_64");
+    let basic = unnote(&xmods.iter().find(|(n, _)| n == "mod_basic.o").unwrap().1);
+    let e = check::run(&sc, ("kernel.o", &kernel), &[("mod_basic.o", &basic)]).unwrap_err();
+    assert!(matches!(e, CheckError::MissingAbiNote { ref object, tests: 11 } if object == "mod_basic.o"), "{e}");
+    let e = check::run(&sc, ("kernel.o", &unnote(&kernel)), &[]).unwrap_err();
+    assert!(matches!(e, CheckError::MissingAbiNote { .. }), "{e}");
+
     // A module is not a kernel image.
     let (_, mods) = fixtures("x86_64");
     let dynobj = &mods.iter().find(|(n, _)| n == "dyn.o").unwrap().1;

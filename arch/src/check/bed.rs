@@ -274,8 +274,17 @@ fn model_name(id: u32) -> &'static str {
     }
 }
 
-fn check_model(sc: &Scenario, name: &str, abi: Option<&AbiNote>) -> Result<(), CheckError> {
-    let Some(abi) = abi else { return Ok(()) };
+/// The object's `.percpu_bed.abi` note names the scenario's model.  An
+/// object without one (a real module, a vmlinux) is fine as long as it has
+/// no test descriptors: descriptors without a note were not built against
+/// the contract, so nothing says which percpu model their code uses.
+fn check_model(sc: &Scenario, name: &str, abi: Option<&AbiNote>, tests: &[TestDescriptor]) -> Result<(), CheckError> {
+    let Some(abi) = abi else {
+        if !tests.is_empty() {
+            return Err(CheckError::MissingAbiNote { object: name.to_string(), tests: tests.len() });
+        }
+        return Ok(());
+    };
     let found = model_id(abi.model);
     let expected = sc.variant.model.contract_id();
     if found != expected {
@@ -518,7 +527,7 @@ impl<'s> Bed<'s> {
             object: kname.into(),
             reason: "does not define __per_cpu_offset[]: not a kernel image".into(),
         })?;
-        check_model(sc, kname, kernel_obj.abi.as_ref())?;
+        check_model(sc, kname, kernel_obj.abi.as_ref(), &kernel_obj.tests)?;
         let ptr_bytes = (isa.ptr_bits() / 8) as usize;
         let nr_cpus_array = if pco.size > 0 { pco.size / ptr_bytes as u64 } else { 4096 };
         if let Some(c) = sc.cpus.iter().find(|&c| c as u64 >= nr_cpus_array) {
@@ -668,7 +677,7 @@ impl<'s> Bed<'s> {
         *layout = LinearLayout::at(next).with_page_size(page);
         match result {
             Ok(obj) => {
-                check_model(self.sc, name, obj.abi.as_ref())?;
+                check_model(self.sc, name, obj.abi.as_ref(), &obj.tests)?;
                 self.sync_events()?;
                 for (ptr, data) in copies {
                     for cpu in self.possible.clone() {
@@ -703,7 +712,7 @@ impl<'s> Bed<'s> {
                                 source: Box::new(source),
                             }
                         })?;
-                        check_model(self.sc, name, abi.as_ref())?;
+                        check_model(self.sc, name, abi.as_ref(), &tests)?;
                         self.objects.push(BedObject {
                             name: name.to_string(),
                             kernel: false,

@@ -539,6 +539,8 @@ pub enum CheckError {
         expected_name: String,
         fixture_dir: String,
     },
+    #[error("object {object} has {tests} test descriptor(s) in .percpu_bed.tests but no .percpu_bed.abi note: the fixture contract wants exactly one (include fixtures/include/pcpubed.h)")]
+    MissingAbiNote { object: String, tests: usize },
     #[error("{object}: {reason}")]
     NotKernelImage { object: String, reason: String },
     #[error("cpu {cpu} is possible but the kernel image's __per_cpu_offset[] has only {nr_cpus} entries (NR_CPUS)")]

@@ -374,10 +374,15 @@ fn exception_name(cpu: Cpu, intno: u32) -> &'static str {
         (Cpu::X86_64, 6) => "invalid opcode (#UD)",
         (Cpu::X86_64, 13) => "general protection (#GP)",
         (Cpu::X86_64, 14) => "page fault (#PF)",
+        // the i386 system call gate (Unicorn stops before any kernel runs)
+        (Cpu::X86_64, 0x80) => "int 0x80 (a system call from test code; not executed)",
         // QEMU's EXCP_UDEF, EXCP_SWI, EXCP_BKPT
         (Cpu::Arm64, 1) => "undefined instruction",
         (Cpu::Arm64, 2) => "supervisor call (svc)",
         (Cpu::Arm64, 7) => "breakpoint (brk)",
+        // EXCP_HVC, EXCP_SMC
+        (Cpu::Arm64, 11) => "hypervisor call (hvc)",
+        (Cpu::Arm64, 13) => "secure monitor call (smc)",
         // SPARC trap types
         (Cpu::Sparc32, 0x02) => "illegal instruction",
         (Cpu::Sparc32, 0x03) => "privileged instruction",
@@ -392,9 +397,10 @@ fn exception_name(cpu: Cpu, intno: u32) -> &'static str {
         (Cpu::Riscv64, 4) => "load address misaligned",
         (Cpu::Riscv64, 6) => "store address misaligned",
         (Cpu::Riscv64, 8..=11) => "environment call (ecall)",
-        // QEMU s390x EXCP_PGM, EXCP_SVC
-        (Cpu::S390x, 1) => "program interruption (e.g. operation exception)",
+        // QEMU s390x EXCP_EXT, EXCP_SVC, EXCP_PGM (target/s390x/cpu.h)
+        (Cpu::S390x, 1) => "external interrupt",
         (Cpu::S390x, 2) => "supervisor call (svc)",
+        (Cpu::S390x, 3) => "program interruption (e.g. operation exception)",
         _ => "exception",
     }
 }
