@@ -129,7 +129,29 @@ impl TestFlags {
     pub const FAR: u32 = 1 << 1;
     pub const ONCE: u32 = 1 << 2;
     pub const EXPECT_CAUGHT: u32 = 1 << 3;
-    pub const ALL: u32 = 0xf;
+    /// Bits 8..=15: the findings that count as catching a planted bug
+    /// (`PCPUBED_F_CAUGHT_*`); none set: any finding but a runaway.
+    pub const CAUGHT_REJECTED: u32 = 1 << 8;
+    pub const CAUGHT_FAULT: u32 = 1 << 9;
+    pub const CAUGHT_VALUE: u32 = 1 << 10;
+    pub const CAUGHT_STRAY_WRITE: u32 = 1 << 11;
+    pub const CAUGHT_STRAY_READ: u32 = 1 << 12;
+    pub const CAUGHT_TRAP: u32 = 1 << 13;
+    pub const CAUGHT_KERNEL: u32 = 1 << 14;
+    pub const CAUGHT_RUNAWAY: u32 = 1 << 15;
+    pub const CAUGHT_ANY: u32 = 0xff00;
+    pub const ALL: u32 = 0xf | Self::CAUGHT_ANY;
+    /// The names of the `CAUGHT_*` bits, in bit order.
+    pub const CAUGHT_NAMES: [(u32, &'static str); 8] = [
+        (Self::CAUGHT_REJECTED, "rejected by the loader"),
+        (Self::CAUGHT_FAULT, "fault"),
+        (Self::CAUGHT_VALUE, "wrong value or return"),
+        (Self::CAUGHT_STRAY_WRITE, "stray write"),
+        (Self::CAUGHT_STRAY_READ, "stray read"),
+        (Self::CAUGHT_TRAP, "trap"),
+        (Self::CAUGHT_KERNEL, "kernel runtime finding"),
+        (Self::CAUGHT_RUNAWAY, "runaway"),
+    ];
     pub fn dynamic(self) -> bool {
         self.0 & Self::DYNAMIC != 0
     }
@@ -141,6 +163,16 @@ impl TestFlags {
     }
     pub fn expect_caught(self) -> bool {
         self.0 & Self::EXPECT_CAUGHT != 0
+    }
+    /// The `CAUGHT_*` bits a planted bug declares (0: not declared).
+    pub fn caught_as(self) -> u32 {
+        self.0 & Self::CAUGHT_ANY
+    }
+    /// "fault or stray write": the declared classes in words.
+    pub fn caught_as_names(self) -> String {
+        let names: Vec<&str> =
+            Self::CAUGHT_NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, n)| *n).collect();
+        names.join(" or ")
     }
 }
 
@@ -328,6 +360,9 @@ pub(crate) fn parse(
         }
         if flags.far() && !flags.dynamic() {
             return Err(err(nm, "flags", "FAR without DYNAMIC".into()));
+        }
+        if flags.caught_as() != 0 && !flags.expect_caught() {
+            return Err(err(nm, "flags", "CAUGHT_* without EXPECT_CAUGHT (only a planted bug is caught)".into()));
         }
         let size = u32f(l.size_f);
         if size < width {
