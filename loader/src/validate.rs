@@ -4,7 +4,7 @@
 //! headers, out-of-file sections, bad symbol indices, unsupported
 //! machines).  What is left here is what an object may parse with and still
 //! never load, whatever the placement: a relocation outside the section it
-//! patches, REL entries where the module loaders take RELA only, and a test
+//! patches or of a type the loader cannot apply, REL entries where the module loaders take RELA only, and a test
 //! contract whose sections cannot be read (two ABI notes, two test
 //! sections, a test section without initial data or not a whole number of
 //! descriptors).  `load_object` runs it before placing anything and
@@ -57,6 +57,29 @@ fn relocations(obj: &ElfObject<'_>, role: ObjectRole) -> Result<(), LoadError> {
             });
         }
         for r in &rs.entries {
+            // A type the loader cannot apply: unknown to the arch (the
+            // kernel's apply_relocate_add says "Unknown relocation"), or
+            // known and not implemented.
+            if arch.reach(r.r_type).is_none() {
+                let rtype = RelocTypeName { number: r.r_type, name: arch.type_name(r.r_type) };
+                let place = Place { section: target.name.clone(), offset: r.offset };
+                return Err(match rtype.name {
+                    None => LoadError::UnknownRelocation {
+                        object: obj.name.clone(),
+                        machine: machine.to_string(),
+                        rtype,
+                        place,
+                    },
+                    Some(_) => LoadError::UnsupportedRelocation {
+                        object: obj.name.clone(),
+                        machine: machine.to_string(),
+                        rtype,
+                        place,
+                        symbol: obj.symbols.get(r.sym).map(|s| s.name.clone()).unwrap_or_default(),
+                        reason: "percpu-bed's loader does not implement this type".into(),
+                    },
+                });
+            }
             // A relocation that patches nothing (R_*_NONE-like, no reach)
             // may sit in an empty section.
             let patches_nothing = target.size == 0 && arch.reach(r.r_type).map(|x| x.base) == Some(ReachBase::None);

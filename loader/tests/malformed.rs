@@ -186,7 +186,7 @@ fn tests_data_offset(b: &[u8]) -> usize {
 #[test]
 fn bad_descriptor_fields_name_object_test_and_field() {
     let base = x86();
-    let cases: [(usize, u64, &str, &str); 5] = [
+    let cases: [(usize, u64, &str, &str); 6] = [
         (56, 3, "width", "3 (want 1, 2, 4 or 8)"),
         (60, 9, "op", "9 (want 0..=4)"),
         (68, 6, "ret", "6 (want 0..=5)"),
@@ -278,6 +278,12 @@ fn inspect_refuses_what_the_loader_refuses() {
     let at = shdr_field(&b, i, 0, 0);
     put(&mut b, at, 4, 0xffff_0000, true);
     cases.push(("section name offset beyond .shstrtab", b));
+
+    // r_info's type (low 32 bits of the 64-bit r_info, at +8 in Elf64_Rela).
+    let mut b = base.clone();
+    let off = rela_entry(&b, ".percpu_bed.tests", 0);
+    put(&mut b, off + 8, 4, 250, true);
+    cases.push(("unknown relocation type", b));
 
     for (what, b) in &cases {
         let from_load = load(b).err().unwrap_or_else(|| panic!("{what}: the loader accepted it"));

@@ -652,7 +652,9 @@ pub fn harness_elf() -> Vec<u8> {
         }
     };
     put(HARNESS_ENTRY, &[insn::BPT, insn::BR_BACK]);
-    put(RETURN_TRAMPOLINE, &[insn::BPT, insn::BR_BACK]);
+    // Two traps: a jump past the breakpoint (to +4) must not look like a
+    // return (a branch back to it would).
+    put(RETURN_TRAMPOLINE, &[insn::BPT, insn::BPT]);
     put(SYSCALL_STUB, &[insn::CALLSYS, insn::BPT, insn::BR_BACK]);
 
     let mut f = Vec::with_capacity(CODE_OFFSET as usize + code.len());
@@ -1307,6 +1309,11 @@ impl QemuAlphaEngine {
                 pc,
                 reason: "jumped into the harness's system call stub (a system call from guest code; not executed)"
                     .into(),
+            },
+            // call_pal bpt reports the pc after it: the second trap word.
+            gdb_signal::SIGTRAP if pc == RETURN_TRAMPOLINE + 8 => Outcome::Trap {
+                pc: RETURN_TRAMPOLINE + 4,
+                reason: "jumped into the harness's return trampoline past its breakpoint (not a return)".into(),
             },
             gdb_signal::SIGTRAP if self.host_calls.contains(&pc) => Outcome::HostCall { pc, instructions },
             gdb_signal::SIGTRAP if self.breakpoints.contains(&pc) => Outcome::Breakpoint { pc, instructions },

@@ -72,7 +72,8 @@ mod abi;
 use std::collections::HashMap;
 
 use unicorn_engine::{
-    uc_error, HookType, MemType, Prot, Query, RegisterARM64CP, RegisterSPARC, TlbEntry, TlbType, UcHookId, Unicorn,
+    uc_error, HookType, MemType, Prot, Query, RegisterARM64, RegisterARM64CP, RegisterSPARC, RegisterX86, TlbEntry,
+    TlbType, UcHookId, Unicorn,
 };
 
 use self::abi::{Abi, UcReg};
@@ -472,10 +473,17 @@ impl UnicornEngine {
         // hook counts instructions (4 bytes each) and checks the budget
         // before each block; hooks read the synced PC register instead.
         let code_range = if sparc { (trampoline, trampoline + GRANULE - 1) } else { (1, 0) };
-        uc.add_code_hook(code_range.0, code_range.1, |uc, addr, _size| {
+        let x86 = cpu == Cpu::X86_64;
+        uc.add_code_hook(code_range.0, code_range.1, move |uc, addr, size| {
+            // x86_64 kernel-mode code may write control registers, which
+            // Unicorn does quietly (even to the value they hold): refuse
+            // the instructions before they run.
+            let privileged = if x86 { x86_privileged(uc, addr, size) } else { None };
             let st = uc.get_data_mut();
             if st.stop.is_none() {
-                if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
+                if let Some(what) = privileged {
+                    st.stop = Some(Stop::Forbidden { pc: addr, what });
+                } else if addr.wrapping_sub(st.trampoline) < STUB_OFFSET {
                     st.stop =
                         Some(if addr == st.trampoline { Stop::Returned } else { Stop::StrayTrampoline { pc: addr } });
                 } else if let Some(stop) = st.special_stop(addr) {
@@ -744,7 +752,59 @@ impl UnicornEngine {
     }
 }
 
-/// The address of the instruction executing now, from inside a hook.
+/// The privileged x86_64 instruction at `addr` (`size` bytes), if it is
+/// one that changes system state: mov to a control or debug register,
+/// wrmsr, lgdt/lidt/lldt/ltr, invd/wbinvd.  Legacy and REX prefixes are
+/// skipped.
+fn x86_privileged(uc: &Unicorn<'_, State>, addr: u64, size: u32) -> Option<&'static str> {
+    let st = uc.get_data();
+    let pte = st.mem.pt.get(&(addr >> PAGE_SHIFT))?;
+    let off = addr & (GRANULE - 1);
+    let n = (size as u64).min(GRANULE - off).min(15) as usize;
+    let mut b = [0u8; 15];
+    uc.mem_read(pte.ppn << PAGE_SHIFT | off, &mut b[..n]).ok()?;
+    let b = &b[..n];
+    let i = b.iter().position(|&x| !matches!(x, 0x26 | 0x2e | 0x36 | 0x3e | 0x64..=0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f))?;
+    if b.get(i) != Some(&0x0f) {
+        return None;
+    }
+    let reg = b.get(i + 2).map(|m| (m >> 3) & 7);
+    let memory = b.get(i + 2).is_some_and(|m| m >> 6 != 3);
+    Some(match (b.get(i + 1)?, reg) {
+        (0x22, _) => "mov to a control register (from test code; not executed)",
+        (0x23, _) => "mov to a debug register (from test code; not executed)",
+        (0x30, _) => "wrmsr (from test code; not executed)",
+        (0x08, _) => "invd (from test code; not executed)",
+        (0x09, _) => "wbinvd (from test code; not executed)",
+        (0x01, Some(2 | 3)) if memory => "lgdt/lidt (from test code; not executed)",
+        (0x00, Some(2 | 3)) => "lldt/ltr (from test code; not executed)",
+        _ => return None,
+    })
+}
+
+/// Offsets of sparc32 `wr` to %wim or %tbr in big-endian code at `addr`
+/// (op 2, op3 0x32/0x33, on 4-byte boundaries): the window invalid mask
+/// and the trap base, which Unicorn executes quietly in supervisor mode
+/// and cannot read back.  (`wr %psr` stays allowed: the kernel's irq
+/// save/restore writes it.)
+fn sparc_forbidden_offsets(addr: u64, code: &[u8]) -> Vec<(usize, &'static str)> {
+    let skip = ((4 - (addr & 3)) & 3) as usize;
+    let mut out = Vec::new();
+    let mut off = skip;
+    while off + 4 <= code.len() {
+        let w = u32::from_be_bytes(code[off..off + 4].try_into().expect("4 bytes"));
+        if w >> 30 == 2 {
+            match (w >> 19) & 0x3f {
+                0x32 => out.push((off, "wr %wim (the register window mask, from test code; not executed)")),
+                0x33 => out.push((off, "wr %tbr (the trap table base, from test code; not executed)")),
+                _ => {}
+            }
+        }
+        off += 4;
+    }
+    out
+}
+
 /// Offsets of the `diag` instructions (opcode 0x83, RS format) in s390x
 /// code, decoded linearly from its start: an instruction's length is in
 /// the top two bits of its first byte (00: 2 bytes, 01/10: 4, 11: 6).
@@ -857,6 +917,21 @@ impl Engine for UnicornEngine {
                 st.forbidden.insert(addr + off as u64, "diag (a hypervisor call from test code; not executed)");
             }
         }
+        // (The engine's own trampoline page sets %wim once, at creation.)
+        let own_page = addr.wrapping_sub(self.trampoline) < GRANULE;
+        if code && self.cpu == Cpu::Sparc32 && !own_page {
+            let st = self.uc.get_data_mut();
+            let before = st.forbidden.len();
+            st.forbidden.retain(|a, _| a.wrapping_sub(addr) >= data.len() as u64);
+            let mut changed = st.forbidden.len() != before;
+            for (off, what) in sparc_forbidden_offsets(addr, data) {
+                st.forbidden.insert(addr + off as u64, what);
+                changed = true;
+            }
+            if changed {
+                self.sparc_refresh_stop_hooks()?;
+            }
+        }
         if code && self.tb_dirty {
             // New code over code that may have been translated already.
             let _ = self.uc.ctl_flush_tb();
@@ -943,7 +1018,24 @@ impl Engine for UnicornEngine {
         self.set_reg(Reg::Sp, sp)?;
         let st = self.uc.get_data_mut();
         (st.skip_breakpoint, st.last_breakpoint) = (None, None);
-        self.run_from(entry, budget)
+        let before = self.system_state();
+        let outcome = self.run_from(entry, budget)?;
+        // Unicorn runs kernel-mode code at the highest privilege, so a
+        // write to a control register just happens: compare them after the
+        // call (reset_cpu puts them back for the next one).
+        let after = self.system_state();
+        if let Some(((name, was), (_, now))) = before.iter().zip(&after).find(|(b, a)| b.1 != a.1) {
+            if matches!(outcome, Outcome::Returned { .. } | Outcome::BudgetExhausted { .. }) {
+                return Ok(Outcome::Trap {
+                    pc: entry,
+                    reason: format!(
+                        "test code changed {name} ({was:#x} -> {now:#x}): a write to a system register no percpu code \
+                         makes (the call's own; undone before the next run)"
+                    ),
+                });
+            }
+        }
+        Ok(outcome)
     }
 
     fn snapshot_cpu(&mut self) -> Result<(), EngineError> {
@@ -1143,6 +1235,23 @@ impl UnicornEngine {
     /// sparc32's general code hook covers only the trampoline page (see
     /// the module docs): host-call slots and breakpoints get hooks of
     /// their own, rebuilt whenever either set changes.
+    /// The system registers test code has no business writing, as far as
+    /// Unicorn lets them be read: x86_64 CR0/CR3/CR4, arm64 TTBR0/1_EL1.
+    /// (sparc32 %wim and %tbr cannot be read; their writes are refused as
+    /// code is written, see `sparc_forbidden_offsets`.)
+    fn system_state(&mut self) -> Vec<(&'static str, u64)> {
+        let regs: &[(&'static str, i32)] = match self.cpu {
+            Cpu::X86_64 => &[
+                ("cr0", RegisterX86::CR0 as i32),
+                ("cr3", RegisterX86::CR3 as i32),
+                ("cr4", RegisterX86::CR4 as i32),
+            ],
+            Cpu::Arm64 => &[("ttbr0_el1", RegisterARM64::TTBR0_EL1 as i32), ("ttbr1_el1", RegisterARM64::TTBR1_EL1 as i32)],
+            _ => &[],
+        };
+        regs.iter().filter_map(|&(n, id)| self.uc.reg_read(id).ok().map(|v| (n, v))).collect()
+    }
+
     fn sparc_refresh_stop_hooks(&mut self) -> Result<(), EngineError> {
         if self.cpu != Cpu::Sparc32 {
             return Ok(());
@@ -1151,7 +1260,7 @@ impl UnicornEngine {
             let _ = self.uc.remove_hook(id);
         }
         let st = self.uc.get_data();
-        let mut ranges: Vec<(u64, u64)> = st.breakpoints.iter().map(|&a| (a, a)).collect();
+        let mut ranges: Vec<(u64, u64)> = st.breakpoints.iter().chain(st.forbidden.keys()).map(|&a| (a, a)).collect();
         if st.host_range.1 > st.host_range.0 {
             ranges.push((st.host_range.0, st.host_range.1 - 1));
         }
