@@ -216,6 +216,18 @@ impl AreaMapConfig {
         Ok(())
     }
 
+    /// `__addr_to_pcpu_ptr`.
+    pub(crate) fn addr_to_ptr(&self, addr: u64) -> PcpuPtr {
+        let s = &self.space;
+        PcpuPtr(s.wrapping_add(s.wrapping_sub(addr, self.first_chunk_base), self.per_cpu_start))
+    }
+
+    /// `__pcpu_ptr_to_addr`.
+    pub(crate) fn ptr_to_addr(&self, ptr: PcpuPtr) -> u64 {
+        let s = &self.space;
+        s.wrapping_add(s.wrapping_sub(ptr.0, self.per_cpu_start), self.first_chunk_base)
+    }
+
     /// The vmalloc range new chunks come from, with the first chunk's
     /// range kept out of it when it lives there (page first chunk).
     pub(crate) fn vm_space(&self) -> RangeAllocator {
@@ -251,6 +263,8 @@ pub enum AreaMapConfigError {
     AreasExceedUnit { static_size: usize, reserved_size: usize, sum: usize, unit_size: usize },
     #[error("{what} {addr:#x} is not aligned to the {page_size:#x} page")]
     Unaligned { what: &'static str, addr: u64, page_size: u64 },
+    #[error("{what} {size:#x} is odd: bit 0 of the 2014 map's offsets is the in-use flag")]
+    OddArea { what: &'static str, size: usize },
     #[error(
         "first chunk {base:#x} + {nr_units} units of {unit_size:#x} bytes does not fit the {bits}-bit address space"
     )]
@@ -758,14 +772,12 @@ impl AreaMapAllocator {
 
     /// `__addr_to_pcpu_ptr`.
     fn addr_to_ptr(&self, addr: u64) -> PcpuPtr {
-        let s = &self.cfg.space;
-        PcpuPtr(s.wrapping_add(s.wrapping_sub(addr, self.cfg.first_chunk_base), self.cfg.per_cpu_start))
+        self.cfg.addr_to_ptr(addr)
     }
 
     /// `__pcpu_ptr_to_addr`.
     fn ptr_to_addr(&self, ptr: PcpuPtr) -> u64 {
-        let s = &self.cfg.space;
-        s.wrapping_add(s.wrapping_sub(ptr.0, self.cfg.per_cpu_start), self.cfg.first_chunk_base)
+        self.cfg.ptr_to_addr(ptr)
     }
 
     /// `pcpu_chunk_addr_search`, by unit-0 address.

@@ -38,10 +38,6 @@ impl SlotLists {
         SlotLists { nr_slots, prev: (0..nr_slots).collect(), next: (0..nr_slots).collect() }
     }
 
-    pub(crate) fn nr_slots(&self) -> usize {
-        self.nr_slots
-    }
-
     /// Make sure chunk `id` has a node (unlinked, `INIT_LIST_HEAD`).
     pub(crate) fn ensure_chunk(&mut self, id: usize) {
         while self.prev.len() <= self.nr_slots + id {
