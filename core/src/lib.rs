@@ -34,7 +34,7 @@
 //!   memmove on split and merge), [`areamap2014`] its 2014-2017 form
 //!   (offsets with an in-use bit, `first_free`, binary-search free), the
 //!   benchmark's baseline for seed 002, and
-//!   [`bump`] the lower bound.  All three implement [`alloc::PercpuAllocator`].
+//!   [`bump`] the lower bound.  All four implement [`alloc::PercpuAllocator`].
 
 pub mod addr;
 pub mod alloc;
