@@ -83,7 +83,7 @@ fn bench_json_rows_carry_the_required_fields() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
     let rows = v["rows"].as_array().unwrap();
-    for alloc in ["bitmap", "areamap", "bump"] {
+    for alloc in ["bitmap", "areamap2014", "areamap", "bump"] {
         assert!(rows.iter().any(|r| r["allocator"] == alloc), "no {alloc} row");
     }
     for r in rows {

@@ -1,5 +1,5 @@
 //! `cargo bench -p percpu-core`: the seed-002 workloads at 2^14 objects per
-//! iteration, bitmap vs area map vs bump in one criterion group each, so
+//! iteration, bitmap vs the 2014 and 2009 area maps vs bump in one criterion group each, so
 //! the ratios come from one run.  `percpu-bed bench` runs the full-size
 //! version and prints the seed's tables.
 
@@ -7,6 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
+use percpu_core::areamap2014::AreaMap2014Allocator;
 use percpu_core::bump::BumpAllocator;
 use percpu_core::percpu::{Percpu, PercpuConfig};
 use percpu_core::{AddressSpace, AllocRequest, CpuSet, PercpuAllocator, Topology};
@@ -19,6 +20,7 @@ fn make(name: &str) -> Box<dyn PercpuAllocator> {
     let bitmap = Percpu::new(cfg).unwrap();
     match name {
         "bitmap" => Box::new(bitmap),
+        "areamap2014" => Box::new(AreaMap2014Allocator::new(AreaMapConfig::matching(&bitmap)).unwrap()),
         "areamap" => Box::new(AreaMapAllocator::new(AreaMapConfig::matching(&bitmap)).unwrap()),
         _ => Box::new(BumpAllocator::new(0x10_0000, 4096)),
     }
@@ -28,7 +30,7 @@ fn alloc_then_free(c: &mut Criterion) {
     for (size, align) in [(4, 4), (64, 4), (1024, 4), (4, 8)] {
         let mut g = c.benchmark_group(format!("alloc+free {size}B align {align}"));
         g.sample_size(10);
-        for name in ["bitmap", "areamap", "bump"] {
+        for name in ["bitmap", "areamap2014", "areamap", "bump"] {
             g.bench_function(name, |b| {
                 b.iter_batched(
                     || make(name),

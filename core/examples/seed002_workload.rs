@@ -3,7 +3,7 @@
 //! 65536 reverse` counts instructions, which the machine's load does not
 //! change (unlike `percpu-bed bench`'s wall-clock times).
 //!
-//! Arguments: allocator (bitmap, areamap, bump), size, align, objects, free
+//! Arguments: allocator (bitmap, areamap2014, areamap, bump), size, align, objects, free
 //! order (in-order, alternating, reverse).  Prints the chunks used and the
 //! wall-clock time of each phase (take the minimum over repeated runs on a
 //! loaded machine).
@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use percpu_core::areamap::{AreaMapAllocator, AreaMapConfig};
+use percpu_core::areamap2014::AreaMap2014Allocator;
 use percpu_core::bump::BumpAllocator;
 use percpu_core::percpu::{Percpu, PercpuConfig};
 use percpu_core::{AddressSpace, AllocRequest, CpuSet, PercpuAllocator, Topology};
@@ -31,6 +32,9 @@ fn main() {
     let bitmap = Percpu::new(cfg).expect("bench geometry");
     let mut a: Box<dyn PercpuAllocator> = match name.as_str() {
         "bitmap" => Box::new(bitmap),
+        "areamap2014" => {
+            Box::new(AreaMap2014Allocator::new(AreaMapConfig::matching(&bitmap)).expect("2014 area map geometry"))
+        }
         "areamap" => Box::new(AreaMapAllocator::new(AreaMapConfig::matching(&bitmap)).expect("area map geometry")),
         "bump" => Box::new(BumpAllocator::new(0x10_0000, 4096)),
         other => panic!("unknown allocator {other}"),

@@ -103,7 +103,10 @@ use serde::Serialize;
 
 use crate::addr::{AddressSpace, RangeAllocator};
 use crate::alloc::{AllocError, AllocRequest, Footprint, FreeError, PcpuPtr, PercpuAllocator};
-use crate::consts::{PCPU_MIN_UNIT_SIZE, PCPU_SLOT_BASE_SHIFT};
+use crate::consts::PCPU_MIN_UNIT_SIZE;
+
+pub(crate) mod lists;
+use lists::{align_int, size_to_slot_raw, SlotLists};
 
 /// `PCPU_DFL_MAP_ALLOC`: a new chunk's map starts with 16 entries.
 pub const PCPU_DFL_MAP_ALLOC: usize = 16;
@@ -159,6 +162,87 @@ impl AreaMapConfig {
     }
 }
 
+impl AreaMapConfig {
+    /// The checks `pcpu_setup_first_chunk` makes (and the model needs),
+    /// shared by the 2009 and the 2014 area map.
+    pub(crate) fn check(&self) -> Result<(), AreaMapConfigError> {
+        let page = self.space.page_size();
+        if self.nr_units == 0 {
+            return Err(AreaMapConfigError::NoUnits { nr_units: 0 });
+        }
+        if self.static_size == 0 {
+            return Err(AreaMapConfigError::NoStaticArea);
+        }
+        if self.unit_size as u64 % page != 0 {
+            return Err(AreaMapConfigError::UnitSizeUnaligned { unit_size: self.unit_size, page_size: page });
+        }
+        if self.unit_size < PCPU_MIN_UNIT_SIZE {
+            return Err(AreaMapConfigError::UnitSizeTooSmall { unit_size: self.unit_size, min: PCPU_MIN_UNIT_SIZE });
+        }
+        // Largest page-aligned int: map entries, free_size and contig_hint
+        // are ints.
+        let max_unit = (i32::MAX as usize) & !(page as usize - 1);
+        if self.unit_size > max_unit {
+            return Err(AreaMapConfigError::UnitSizeTooLarge { unit_size: self.unit_size, max: max_unit });
+        }
+        let sum = self.static_size.saturating_add(self.reserved_size);
+        if sum > self.unit_size {
+            return Err(AreaMapConfigError::AreasExceedUnit {
+                static_size: self.static_size,
+                reserved_size: self.reserved_size,
+                sum,
+                unit_size: self.unit_size,
+            });
+        }
+        // 3.0 checks both on SMP; the model needs them so that aligned
+        // offsets give aligned percpu pointers.
+        for (what, addr) in [("first chunk base", self.first_chunk_base), ("__per_cpu_start", self.per_cpu_start)] {
+            if addr % page != 0 || addr > self.space.mask() {
+                return Err(AreaMapConfigError::Unaligned { what, addr, page_size: page });
+            }
+        }
+        let chunk_bytes = (self.nr_units as u64).checked_mul(self.unit_size as u64);
+        let fits = chunk_bytes
+            .and_then(|b| self.first_chunk_base.checked_add(b))
+            .is_some_and(|end| end - 1 <= self.space.mask());
+        if !fits {
+            return Err(AreaMapConfigError::FirstChunkOutOfRange {
+                base: self.first_chunk_base,
+                nr_units: self.nr_units,
+                unit_size: self.unit_size,
+                bits: self.space.ptr_bits(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `__addr_to_pcpu_ptr`.
+    pub(crate) fn addr_to_ptr(&self, addr: u64) -> PcpuPtr {
+        let s = &self.space;
+        PcpuPtr(s.wrapping_add(s.wrapping_sub(addr, self.first_chunk_base), self.per_cpu_start))
+    }
+
+    /// `__pcpu_ptr_to_addr`.
+    pub(crate) fn ptr_to_addr(&self, ptr: PcpuPtr) -> u64 {
+        let s = &self.space;
+        s.wrapping_add(s.wrapping_sub(ptr.0, self.per_cpu_start), self.first_chunk_base)
+    }
+
+    /// The vmalloc range new chunks come from, with the first chunk's
+    /// range kept out of it when it lives there (page first chunk).
+    pub(crate) fn vm_space(&self) -> RangeAllocator {
+        let chunk_bytes = self.nr_units as u64 * self.unit_size as u64;
+        let mut vm_space = RangeAllocator::new(self.space.vmalloc());
+        let vm = self.space.vmalloc();
+        let lo = self.first_chunk_base.max(vm.start);
+        let hi = (self.first_chunk_base + chunk_bytes).min(vm.end);
+        if lo < hi && vm_space.is_free(lo..hi) {
+            vm_space.reserve(lo..hi);
+        }
+        vm_space
+    }
+}
+
 /// A geometry `AreaMapAllocator::new` refuses (the kernel's
 /// `pcpu_setup_first_chunk` BUGs on these).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +263,8 @@ pub enum AreaMapConfigError {
     AreasExceedUnit { static_size: usize, reserved_size: usize, sum: usize, unit_size: usize },
     #[error("{what} {addr:#x} is not aligned to the {page_size:#x} page")]
     Unaligned { what: &'static str, addr: u64, page_size: u64 },
+    #[error("{what} {size:#x} is odd: bit 0 of the 2014 map's offsets is the in-use flag")]
+    OddArea { what: &'static str, size: usize },
     #[error(
         "first chunk {base:#x} + {nr_units} units of {unit_size:#x} bytes does not fit the {bits}-bit address space"
     )]
@@ -253,21 +339,6 @@ impl Chunk {
     }
 }
 
-/// `fls()`: 1-based index of the highest set bit, 0 for 0.
-fn fls(x: i32) -> i32 {
-    32 - (x as u32).leading_zeros() as i32
-}
-
-/// `__pcpu_size_to_slot`.
-fn size_to_slot_raw(size: i32) -> usize {
-    (fls(size) - PCPU_SLOT_BASE_SHIFT as i32 + 2).max(1) as usize
-}
-
-/// `ALIGN(off, align)` for a power-of-two `align`.
-fn align_int(off: i32, align: i32) -> i32 {
-    (off + align - 1) & !(align - 1)
-}
-
 /// The 2009-2014 percpu allocator.  Chunk 0 holds the static area; when a
 /// reserved area exists it is the reserved chunk and chunk 1 the dynamic
 /// part of the first chunk (both sharing its pages), as
@@ -282,11 +353,8 @@ pub struct AreaMapAllocator {
     /// Chunks by id; destroyed chunks leave `None` until the id is reused.
     chunks: Vec<Option<Chunk>>,
     free_ids: Vec<usize>,
-    /// Doubly linked slot lists as in `<linux/list.h>`: node `s <
-    /// nr_slots` is the head of slot `s`, node `nr_slots + id` is chunk
-    /// `id`'s `list` member.
-    prev: Vec<usize>,
-    next: Vec<usize>,
+    /// The slot lists (`pcpu_slot[]`).
+    lists: SlotLists,
     first_chunk: usize,
     reserved_chunk: Option<usize>,
     /// `pcpu_reserved_chunk_limit`: static + reserved, 0 without reserve.
@@ -301,54 +369,8 @@ impl AreaMapAllocator {
     /// `pcpu_setup_first_chunk`: validate the geometry and build the first
     /// chunk with the static area hidden at its start.
     pub fn new(cfg: AreaMapConfig) -> Result<Self, AreaMapConfigError> {
-        let page = cfg.space.page_size();
-        if cfg.nr_units == 0 {
-            return Err(AreaMapConfigError::NoUnits { nr_units: 0 });
-        }
-        if cfg.static_size == 0 {
-            return Err(AreaMapConfigError::NoStaticArea);
-        }
-        if cfg.unit_size as u64 % page != 0 {
-            return Err(AreaMapConfigError::UnitSizeUnaligned { unit_size: cfg.unit_size, page_size: page });
-        }
-        if cfg.unit_size < PCPU_MIN_UNIT_SIZE {
-            return Err(AreaMapConfigError::UnitSizeTooSmall { unit_size: cfg.unit_size, min: PCPU_MIN_UNIT_SIZE });
-        }
-        // Largest page-aligned int: map entries, free_size and contig_hint
-        // are ints.
-        let max_unit = (i32::MAX as usize) & !(page as usize - 1);
-        if cfg.unit_size > max_unit {
-            return Err(AreaMapConfigError::UnitSizeTooLarge { unit_size: cfg.unit_size, max: max_unit });
-        }
-        let sum = cfg.static_size.saturating_add(cfg.reserved_size);
-        if sum > cfg.unit_size {
-            return Err(AreaMapConfigError::AreasExceedUnit {
-                static_size: cfg.static_size,
-                reserved_size: cfg.reserved_size,
-                sum,
-                unit_size: cfg.unit_size,
-            });
-        }
-        // 3.0 checks both on SMP; the model needs them so that aligned
-        // offsets give aligned percpu pointers.
-        for (what, addr) in [("first chunk base", cfg.first_chunk_base), ("__per_cpu_start", cfg.per_cpu_start)] {
-            if addr % page != 0 || addr > cfg.space.mask() {
-                return Err(AreaMapConfigError::Unaligned { what, addr, page_size: page });
-            }
-        }
-        let chunk_bytes = (cfg.nr_units as u64).checked_mul(cfg.unit_size as u64);
-        let fits = chunk_bytes
-            .and_then(|b| cfg.first_chunk_base.checked_add(b))
-            .is_some_and(|end| end - 1 <= cfg.space.mask());
-        if !fits {
-            return Err(AreaMapConfigError::FirstChunkOutOfRange {
-                base: cfg.first_chunk_base,
-                nr_units: cfg.nr_units,
-                unit_size: cfg.unit_size,
-                bits: cfg.space.ptr_bits(),
-            });
-        }
-        let chunk_bytes = chunk_bytes.unwrap();
+        cfg.check()?;
+        let chunk_bytes = cfg.nr_units as u64 * cfg.unit_size as u64;
 
         let unit_size = cfg.unit_size as i32;
         let page_shift = cfg.space.page_shift();
@@ -356,15 +378,8 @@ impl AreaMapAllocator {
         // One more slot than the unit size's own for fully free chunks.
         let nr_slots = size_to_slot_raw(unit_size) + 2;
 
-        // New chunks come from the vmalloc range; keep the first chunk's
-        // range out of it when it lives there (page first chunk).
-        let mut vm_space = RangeAllocator::new(cfg.space.vmalloc());
-        let vm = cfg.space.vmalloc();
-        let lo = cfg.first_chunk_base.max(vm.start);
-        let hi = (cfg.first_chunk_base + chunk_bytes).min(vm.end);
-        if lo < hi && vm_space.is_free(lo..hi) {
-            vm_space.reserve(lo..hi);
-        }
+        let _ = chunk_bytes;
+        let vm_space = cfg.vm_space();
 
         let mut a = AreaMapAllocator {
             unit_size,
@@ -373,8 +388,7 @@ impl AreaMapAllocator {
             nr_slots,
             chunks: Vec::new(),
             free_ids: Vec::new(),
-            prev: (0..nr_slots).collect(),
-            next: (0..nr_slots).collect(),
+            lists: SlotLists::new(nr_slots),
             first_chunk: 0,
             reserved_chunk: None,
             reserved_limit: 0,
@@ -471,46 +485,12 @@ impl AreaMapAllocator {
             None => {
                 let id = self.chunks.len();
                 self.chunks.push(None);
-                let node = self.nr_slots + id;
-                self.prev.push(node);
-                self.next.push(node);
+                self.lists.ensure_chunk(id);
                 id
             }
         };
         self.chunks[id] = Some(c);
         id
-    }
-
-    fn node(&self, id: usize) -> usize {
-        self.nr_slots + id
-    }
-
-    fn list_del_init(&mut self, n: usize) {
-        let (p, x) = (self.prev[n], self.next[n]);
-        self.next[p] = x;
-        self.prev[x] = p;
-        self.prev[n] = n;
-        self.next[n] = n;
-    }
-
-    /// `list_move`: to the head of `head`'s list.
-    fn list_move(&mut self, n: usize, head: usize) {
-        self.list_del_init(n);
-        let x = self.next[head];
-        self.next[n] = x;
-        self.prev[n] = head;
-        self.prev[x] = n;
-        self.next[head] = n;
-    }
-
-    /// `list_move_tail`: to the tail of `head`'s list.
-    fn list_move_tail(&mut self, n: usize, head: usize) {
-        self.list_del_init(n);
-        let p = self.prev[head];
-        self.prev[n] = p;
-        self.next[n] = head;
-        self.next[p] = n;
-        self.prev[head] = n;
     }
 
     /// `pcpu_size_to_slot`.
@@ -536,26 +516,15 @@ impl AreaMapAllocator {
     /// chunk, which therefore goes to the head of its list).
     fn relocate(&mut self, id: usize, oslot: Option<usize>) {
         let nslot = self.chunk_slot(id);
-        if Some(id) == self.reserved_chunk || oslot == Some(nslot) {
+        if Some(id) == self.reserved_chunk {
             return;
         }
-        let n = self.node(id);
-        if oslot.is_none_or(|o| o < nslot) {
-            self.list_move(n, nslot);
-        } else {
-            self.list_move_tail(n, nslot);
-        }
+        self.lists.relocate(id, oslot, nslot);
     }
 
     /// Chunk ids on slot `slot`, head first.
     fn slot_list(&self, slot: usize) -> Vec<usize> {
-        let mut out = Vec::new();
-        let mut n = self.next[slot];
-        while n != slot {
-            out.push(n - self.nr_slots);
-            n = self.next[n];
-        }
-        out
+        self.lists.list(slot)
     }
 
     // ---- the area map -------------------------------------------------
@@ -789,8 +758,7 @@ impl AreaMapAllocator {
 
     /// `pcpu_depopulate_chunk(chunk, 0, unit_size)` + `pcpu_destroy_chunk`.
     fn destroy_chunk(&mut self, id: usize) {
-        let n = self.node(id);
-        self.list_del_init(n);
+        self.lists.del_init(id);
         let c = self.chunks[id].take().expect("live chunk id");
         self.stats.pages_depopulated += c.nr_populated as u64;
         self.stats.chunks_destroyed += 1;
@@ -804,14 +772,12 @@ impl AreaMapAllocator {
 
     /// `__addr_to_pcpu_ptr`.
     fn addr_to_ptr(&self, addr: u64) -> PcpuPtr {
-        let s = &self.cfg.space;
-        PcpuPtr(s.wrapping_add(s.wrapping_sub(addr, self.cfg.first_chunk_base), self.cfg.per_cpu_start))
+        self.cfg.addr_to_ptr(addr)
     }
 
     /// `__pcpu_ptr_to_addr`.
     fn ptr_to_addr(&self, ptr: PcpuPtr) -> u64 {
-        let s = &self.cfg.space;
-        s.wrapping_add(s.wrapping_sub(ptr.0, self.cfg.per_cpu_start), self.cfg.first_chunk_base)
+        self.cfg.ptr_to_addr(ptr)
     }
 
     /// `pcpu_chunk_addr_search`, by unit-0 address.
@@ -835,42 +801,10 @@ impl AreaMapAllocator {
     pub fn verify(&self) -> Result<(), String> {
         let page = 1usize << self.page_shift;
         // Slot lists: integrity, and where each chunk sits.
-        let mut on_slot = vec![None; self.chunks.len()];
-        for slot in 0..self.nr_slots {
-            let mut n = slot;
-            let mut steps = 0;
-            loop {
-                let x = self.next[n];
-                if self.prev[x] != n {
-                    return Err(format!("slot {slot}: broken list link at node {n}"));
-                }
-                if x == slot {
-                    break;
-                }
-                if x < self.nr_slots {
-                    return Err(format!("slot {slot}: list runs into the head of slot {x}"));
-                }
-                let id = x - self.nr_slots;
-                if self.chunks.get(id).is_none_or(|c| c.is_none()) {
-                    return Err(format!("slot {slot}: dead chunk {id} on the list"));
-                }
-                if let Some(s) = on_slot[id] {
-                    return Err(format!("chunk {id} is on slot {s} and slot {slot}"));
-                }
-                on_slot[id] = Some(slot);
-                n = x;
-                steps += 1;
-                if steps > self.chunks.len() {
-                    return Err(format!("slot {slot}: list cycle"));
-                }
-            }
-        }
+        let on_slot = self.lists.check(self.chunks.len(), |id| self.chunks[id].is_some())?;
         let mut vm_chunks = 0;
         for (id, c) in self.chunks.iter().enumerate() {
             let Some(c) = c else {
-                if self.next[self.nr_slots + id] != self.nr_slots + id {
-                    return Err(format!("dead chunk {id} is still linked"));
-                }
                 continue;
             };
             let areas = c.areas();
@@ -1063,10 +997,10 @@ impl AreaMapAllocator {
         let (isize, ialign) = (size as i32, align as i32);
         'restart: loop {
             for slot in self.size_to_slot(isize)..self.nr_slots {
-                let mut n = self.next[slot];
+                let mut n = self.lists.next(slot);
                 while n != slot {
-                    let id = n - self.nr_slots;
-                    let after = self.next[n];
+                    let id = self.lists.chunk_of(n).expect("chunk node");
+                    let after = self.lists.next(n);
                     self.stats.chunks_walked += 1;
                     if isize > self.chunk(id).contig_hint {
                         n = after;

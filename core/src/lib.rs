@@ -30,14 +30,17 @@
 //! * [`percpu`] ties it together like mm/percpu.c: chunk slots by contig
 //!   hint, reserved chunk, atomic vs normal requests, explicit balance work,
 //!   lookups ([`classify`]) and [`stats`].
-//! * [`areamap`] is the 2009-2017 allocator (sorted signed area sizes,
-//!   memmove on split and merge), kept as the benchmark baseline, and
-//!   [`bump`] the lower bound.  All three implement [`alloc::PercpuAllocator`].
+//! * [`areamap`] is the 2009-2014 allocator (sorted signed area sizes,
+//!   memmove on split and merge), [`areamap2014`] its 2014-2017 form
+//!   (offsets with an in-use bit, `first_free`, binary-search free), the
+//!   benchmark's baseline for seed 002, and
+//!   [`bump`] the lower bound.  All four implement [`alloc::PercpuAllocator`].
 
 pub mod addr;
 pub mod alloc;
 pub mod alloc_info;
 pub mod areamap;
+pub mod areamap2014;
 pub mod backend;
 pub mod bitmap;
 pub mod bump;

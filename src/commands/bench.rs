@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use percpu_bed::bench::{self, BenchOptions};
 use percpu_bed::output::{emit, Format, Progress};
 
-/// Reproduce seed 002's allocator evaluation (bitmap vs area map vs bump).
+/// Reproduce seed 002's allocator evaluation (bitmap vs the 2014 and 2009 area maps vs bump).
 #[derive(clap::Args)]
 pub struct Args {
     /// Scaled-down run: 2^16 objects, 2 s budget per run (under 30 s in all).
