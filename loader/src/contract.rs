@@ -129,6 +129,13 @@ impl TestFlags {
     pub const FAR: u32 = 1 << 1;
     pub const ONCE: u32 = 1 << 2;
     pub const EXPECT_CAUGHT: u32 = 1 << 3;
+    /// A stateful test: one call per step on a sequence of CPUs, `fn`
+    /// gets `index | step << STEP_SHIFT`, and a DYNAMIC target is replaced
+    /// (a new allocation, then `free_percpu` of the old one) between steps.
+    pub const STEPS: u32 = 1 << 4;
+    /// With EXPECT_CAUGHT: the bug needs two or more possible CPUs to
+    /// show (another CPU's copy to get wrong); on one it is latent.
+    pub const NEEDS_SMP: u32 = 1 << 5;
     /// Bits 8..=15: the findings that count as catching a planted bug
     /// (`PCPUBED_F_CAUGHT_*`); none set: any finding but a runaway.
     pub const CAUGHT_REJECTED: u32 = 1 << 8;
@@ -140,7 +147,9 @@ impl TestFlags {
     pub const CAUGHT_KERNEL: u32 = 1 << 14;
     pub const CAUGHT_RUNAWAY: u32 = 1 << 15;
     pub const CAUGHT_ANY: u32 = 0xff00;
-    pub const ALL: u32 = 0xf | Self::CAUGHT_ANY;
+    pub const ALL: u32 = 0x3f | Self::CAUGHT_ANY;
+    /// Where a STEPS test's step number sits in its argument.
+    pub const STEP_SHIFT: u32 = 16;
     /// The names of the `CAUGHT_*` bits, in bit order.
     pub const CAUGHT_NAMES: [(u32, &'static str); 8] = [
         (Self::CAUGHT_REJECTED, "rejected by the loader"),
@@ -160,6 +169,12 @@ impl TestFlags {
     }
     pub fn once(self) -> bool {
         self.0 & Self::ONCE != 0
+    }
+    pub fn steps(self) -> bool {
+        self.0 & Self::STEPS != 0
+    }
+    pub fn needs_smp(self) -> bool {
+        self.0 & Self::NEEDS_SMP != 0
     }
     pub fn expect_caught(self) -> bool {
         self.0 & Self::EXPECT_CAUGHT != 0
@@ -194,6 +209,13 @@ pub struct TestDescriptor {
     pub init: u64,
     pub expect_ret: u64,
     pub bug: Option<String>,
+}
+
+impl TestDescriptor {
+    /// The argument `fn` gets: its index, and on a STEPS test the step.
+    pub fn arg(&self, step: Option<u32>) -> u64 {
+        self.index as u64 | step.map_or(0, |s| u64::from(s) << TestFlags::STEP_SHIFT)
+    }
 }
 
 /// Field offsets of `struct pcpubed_test` for one pointer width.
@@ -360,6 +382,19 @@ pub(crate) fn parse(
         }
         if flags.far() && !flags.dynamic() {
             return Err(err(nm, "flags", "FAR without DYNAMIC".into()));
+        }
+        if flags.steps() && flags.once() {
+            return Err(err(nm, "flags", "STEPS with ONCE (steps run on a sequence of CPUs)".into()));
+        }
+        if flags.steps() && index >> TestFlags::STEP_SHIFT != 0 {
+            return Err(err(
+                nm,
+                "flags",
+                format!("STEPS on test {index}: the step number shares the argument, so only tests 0..=65535 take steps"),
+            ));
+        }
+        if flags.needs_smp() && !flags.expect_caught() {
+            return Err(err(nm, "flags", "NEEDS_SMP without EXPECT_CAUGHT (only a planted bug is latent)".into()));
         }
         if flags.caught_as() != 0 && !flags.expect_caught() {
             return Err(err(nm, "flags", "CAUGHT_* without EXPECT_CAUGHT (only a planted bug is caught)".into()));

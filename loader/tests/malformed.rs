@@ -186,11 +186,13 @@ fn tests_data_offset(b: &[u8]) -> usize {
 #[test]
 fn bad_descriptor_fields_name_object_test_and_field() {
     let base = x86();
-    let cases: [(usize, u64, &str, &str); 6] = [
+    let cases: [(usize, u64, &str, &str); 8] = [
         (56, 3, "width", "3 (want 1, 2, 4 or 8)"),
         (60, 9, "op", "9 (want 0..=4)"),
         (68, 6, "ret", "6 (want 0..=5)"),
-        (64, 0x10, "flags", "unknown bits 0x10"),
+        (64, 0x40, "flags", "unknown bits 0x40"),
+        (64, 0x20, "flags", "NEEDS_SMP without EXPECT_CAUGHT"),
+        (64, 0x14, "flags", "STEPS with ONCE"),
         (64, 0x100, "flags", "CAUGHT_* without EXPECT_CAUGHT"),
         (48, 2, "size", "smaller than the width"),
     ];
