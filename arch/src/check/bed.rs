@@ -177,7 +177,8 @@ pub(crate) struct FreedAlloc {
     pub size: u64,
     /// Who allocated it (as [`DynAlloc::test`]).
     pub allocated_by: String,
-    /// Where `free_percpu` was called.
+    /// Who freed it: "free_percpu in <caller>", or the harness between
+    /// the steps of a STEPS test.
     pub freed_at: String,
 }
 
@@ -958,6 +959,27 @@ impl<'s> Bed<'s> {
     /// to a live allocation and this is not asked).
     pub fn freed_allocation_at(&self, ptr: u64) -> Option<&FreedAlloc> {
         self.freed_allocs.iter().rev().find(|f| ptr >= f.ptr && ptr - f.ptr < f.size.max(1))
+    }
+
+    /// An address in freed percpu memory, named: "byte 0x8 of the 16-byte
+    /// allocation made by A and freed by B".  None when the memory is in
+    /// a live allocation again, static, or was never allocated.
+    pub fn freed_memory(&self, addr: u64) -> Option<String> {
+        if self.freed_allocs.is_empty() {
+            return None;
+        }
+        let loc = self.percpu.classify(addr)?;
+        if loc.allocation.is_some() || loc.region == percpu_core::percpu::Region::Static {
+            return None;
+        }
+        let f = self.freed_allocation_at(loc.pcpu_ptr.0)?;
+        Some(format!(
+            "byte {:#x} of the {}-byte allocation made by {} and freed by {}",
+            loc.pcpu_ptr.0 - f.ptr,
+            f.size,
+            f.allocated_by,
+            f.freed_at
+        ))
     }
 
     /// `free_percpu` schedules `pcpu_balance_workfn` when a free leaves a

@@ -123,6 +123,9 @@ pub struct Diagnostic {
     /// The CPU the run was on (None for object-level findings).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<u32>,
+    /// The step of a STEPS test the run was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
     pub status: Status,
     /// The descriptor's `bug` string.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +143,9 @@ impl fmt::Display for Diagnostic {
         write!(f, "{}/{} test `{}` ({})", self.arch, self.variant, self.test, self.object)?;
         if let Some(c) = self.cpu {
             write!(f, " on cpu {c}")?;
+        }
+        if let Some(s) = self.step {
+            write!(f, ", step {s}")?;
         }
         writeln!(f, ": {}: {}", self.status, self.summary)?;
         for fi in &self.findings {

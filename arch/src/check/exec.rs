@@ -13,6 +13,10 @@ use crate::engine::{Access, MemAccess, Outcome};
 /// Stray writes listed per run (the rest are counted).
 const MAX_STRAY: usize = 8;
 
+/// The cause of an access to freed percpu memory.
+const KEPT_POINTER: &str = "the code used a percpu pointer it kept (in module data, or from an earlier call) after \
+                            the allocation was freed, instead of the current one";
+
 fn wmask(width: u32) -> u64 {
     if width >= 8 {
         u64::MAX
@@ -43,6 +47,8 @@ struct Ctx<'t> {
     /// that reads another CPU's copy sees another value); version 1: every
     /// copy starts at `init`.
     per_cpu_init: bool,
+    /// STEPS: the (step, cpu) of the steps run before this one.
+    earlier_steps: Vec<(u32, u32)>,
 }
 
 impl Ctx<'_> {
@@ -83,7 +89,7 @@ fn diag(
     bed: &Bed<'_>,
     object: &str,
     test: &TestDescriptor,
-    cpu: Option<u32>,
+    at: Option<(u32, Option<u32>)>,
     status: Status,
     findings: Vec<Finding>,
     notes: Vec<String>,
@@ -93,7 +99,8 @@ fn diag(
         variant: bed.variant.name.to_string(),
         object: object.to_string(),
         test: test.name.clone(),
-        cpu,
+        cpu: at.map(|(c, _)| c),
+        step: at.and_then(|(_, s)| s),
         status,
         bug: test.bug.clone(),
         summary: findings.first().map(|f| f.text.clone()).unwrap_or_default(),
@@ -165,6 +172,19 @@ fn judge(test: &TestDescriptor, findings: &mut Vec<Finding>) -> Status {
     };
     findings.insert(0, Finding::new(FindingKind::NotCaught, text));
     Status::Fail
+}
+
+/// The (cpu, step) of each call.  A test runs once on each CPU of
+/// `run_cpus`; a STEPS test runs as one sequence of steps over them, at
+/// least two (on a uniprocessor both on its one CPU), so that state kept
+/// from one call to the next, and a DYNAMIC target replaced between calls,
+/// are exercised everywhere.
+fn run_plan(test: &TestDescriptor, run_cpus: &[u32]) -> Vec<(u32, Option<u32>)> {
+    if !test.flags.steps() {
+        return run_cpus.iter().map(|&c| (c, None)).collect();
+    }
+    let n = run_cpus.len().max(2);
+    (0..n).map(|k| (run_cpus[k % run_cpus.len()], Some(k as u32))).collect()
 }
 
 pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestReport, CheckError> {
@@ -255,12 +275,22 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     };
 
     let nr_ids = bed.offsets.len();
-    let mut copies = vec![None; nr_ids];
-    for &c in &bed.possible {
-        copies[c as usize] = bed.cpu_ptr(t, c);
-    }
+    let copies_of = |bed: &Bed<'_>, t: u64| {
+        let mut copies = vec![None; nr_ids];
+        for &c in &bed.possible {
+            copies[c as usize] = bed.cpu_ptr(t, c);
+        }
+        copies
+    };
     let per_cpu_init = abi.as_ref().is_some_and(|a| a.version >= 2);
-    let ctx = Ctx { test: &test, t, copies, nr_possible: bed.possible.len(), per_cpu_init };
+    let mut ctx = Ctx {
+        test: &test,
+        t,
+        copies: copies_of(bed, t),
+        nr_possible: bed.possible.len(),
+        per_cpu_init,
+        earlier_steps: Vec::new(),
+    };
     let first_cpu = bed.possible[0];
     let a0 = ctx.copy(first_cpu);
     if bed.percpu.classify(a0).is_none() || !bed.is_mapped(a0) {
@@ -287,8 +317,42 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     } else {
         super::sample_cpus(&bed.possible, bed.sc.nodes, bed.sc.run_on)
     };
+    let plan = run_plan(&test, &run_cpus);
     let mut diagnosed = 0usize;
-    for cpu in run_cpus {
+    for (cpu, step) in plan {
+        if let (Some(s), true) = (step, dynamic && step != Some(0)) {
+            // Between steps the target moves, as a module that frees an
+            // object and allocates a new one: the new allocation first, so
+            // that the freed memory is not handed straight back and a kept
+            // pointer reaches freed percpu memory.
+            let (prev_step, prev_cpu) = *ctx.earlier_steps.last().expect("a step before");
+            let old = ctx.t;
+            let new = match bed.alloc_dynamic(test.size as usize, test.align.max(1) as usize, test.flags.far(), &test.name)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    error(bed, &mut report, format!("cannot allocate the DYNAMIC target for step {s}: {e}"));
+                    bed.free_dynamic(old)?;
+                    report.micros = t0.elapsed().as_micros() as u64;
+                    return Ok(report);
+                }
+            };
+            let pb = bed.ptr_bytes;
+            bed.write_uint(test.target, new, pb, "the DYNAMIC slot")?;
+            bed.free_dynamic_at(
+                old,
+                Some(format!("the harness after step {prev_step} (cpu {prev_cpu}), before step {s} (STEPS)")),
+            )?;
+            ctx.t = new;
+            ctx.copies = copies_of(bed, new);
+            for &c in &bed.possible.clone() {
+                bed.write_uint(ctx.copy(c), ctx.init(c), width, "init")?;
+            }
+            notes.push(format!(
+                "step {s}: the target was reallocated at percpu pointer {new:#x} and the step {prev_step} allocation \
+                 {old:#x} freed"
+            ));
+        }
         let snapshot = if full { Some(snapshot(bed, &ctx)?) } else { None };
         let words = word_window(bed, &ctx, cpu)?;
         let tr = Instant::now();
@@ -296,16 +360,17 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         let outcome = bed.enter(cpu, abi.as_ref()).and_then(|_| {
             let _ = bed.engine.take_trace();
             state_before = bed.kernel_state(cpu);
-            bed.kernel_call(test.fn_addr, &[test.index as u64], cpu, &test.name)
+            bed.kernel_call(test.fn_addr, &[test.arg(step)], cpu, &test.name)
         });
         let micros = tr.elapsed().as_micros() as u64;
         let (outcome, mut klog) = match outcome {
             Ok(o) => o,
             Err(e) => {
                 let f = Finding::new(FindingKind::Harness, e.to_string());
-                let d = diag(bed, &object, &test, Some(cpu), Status::Error, vec![f], Vec::new());
+                let d = diag(bed, &object, &test, Some((cpu, step)), Status::Error, vec![f], Vec::new());
                 report.runs.push(CpuRun {
                     cpu,
+                    step,
                     status: Status::Error,
                     instructions: None,
                     micros,
@@ -360,9 +425,9 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         }
         let status = judge(&test, &mut findings);
         let printk = klog.printk.iter().map(|l| l.text.clone()).collect();
-        let mut run = CpuRun { cpu, status, instructions, micros, diagnostic: None, summary: None, printk };
+        let mut run = CpuRun { cpu, step, status, instructions, micros, diagnostic: None, summary: None, printk };
         if !findings.is_empty() {
-            let d = diag(bed, &object, &test, Some(cpu), status, findings, notes.clone());
+            let d = diag(bed, &object, &test, Some((cpu, step)), status, findings, notes.clone());
             run.summary = Some(d.summary.clone());
             if report.diagnostic.is_none() {
                 report.diagnostic = Some(d.clone());
@@ -373,11 +438,13 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
             diagnosed += 1;
         }
         report.runs.push(run);
+        if let Some(s) = step {
+            ctx.earlier_steps.push((s, cpu));
+        }
     }
     if dynamic {
-        bed.free_dynamic(t)?;
+        bed.free_dynamic(ctx.t)?;
     }
-
     let any = |s: Status| report.runs.iter().any(|r| r.status == s);
     report.status = if any(Status::Error) {
         Status::Error
@@ -389,15 +456,18 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
             // run's diagnostic (it leads with "caught for another reason").
             Status::Fail
         } else {
-            let cpus: Vec<u32> = report.runs.iter().map(|r| r.cpu).collect();
-            let f = Finding::new(
-                FindingKind::NotCaught,
-                format!(
-                    "planted bug not caught: the test behaved on all {} CPU(s) it ran on ({})",
-                    cpus.len(),
-                    percpu_core::CpuSet::from_cpus(cpus.iter().copied())
-                ),
-            );
+            let cpus = percpu_core::CpuSet::from_cpus(report.runs.iter().map(|r| r.cpu));
+            let text = if test.flags.steps() {
+                format!("planted bug not caught: the test behaved in all {} steps (on CPU(s) {cpus})", report.runs.len())
+            } else {
+                format!("planted bug not caught: the test behaved on all {} CPU(s) it ran on ({cpus})", report.runs.len())
+            };
+            let mut f = Finding::new(FindingKind::NotCaught, text);
+            if test.flags.needs_smp() && bed.possible.len() < 2 {
+                let why = "latent in this configuration: the bug needs two or more possible CPUs".to_string();
+                f.hints.push(why.clone());
+                report.latent = Some(why);
+            }
             report.diagnostic = Some(diag(bed, &object, &test, None, Status::Fail, vec![f], notes));
             Status::Fail
         }
@@ -572,6 +642,9 @@ fn evaluate(
                 if !f.hints.iter().any(|h| h.contains("truncat")) {
                     f.hints.extend(bed.truncation_hint(addr));
                 }
+                if let Some(freed) = bed.freed_memory(addr) {
+                    f.hints.insert(0, format!("{freed}: {KEPT_POINTER}"));
+                }
             }
             f.hints.extend(bed.reloc_hint(pc));
             f.pc = Some(bed.code_loc(pc));
@@ -660,11 +733,25 @@ fn evaluate(
             Op::AddAll => format!("only the {width}-byte value in each CPU's copy"),
             _ => format!("no write at all ({})", op_name(test.op)),
         };
-        let mut f = Finding::new(
-            FindingKind::StrayWrite,
-            format!("wrote {len} bytes ({:#x}) at {info} (expected {expected})", w.value.unwrap_or(0)),
-        );
-        f.hints = bed.explain_addr(cpu, t, size, width, a);
+        let freed = bed.freed_memory(a);
+        let text = match &freed {
+            Some(fr) => format!(
+                "wrote {len} bytes ({:#x}) into freed percpu memory at {info}: {fr} (a use after free_percpu; \
+                 expected {expected})",
+                w.value.unwrap_or(0)
+            ),
+            None => format!("wrote {len} bytes ({:#x}) at {info} (expected {expected})", w.value.unwrap_or(0)),
+        };
+        let mut f = Finding::new(FindingKind::StrayWrite, text);
+        // A kept pointer is the whole explanation: no offset arithmetic
+        // went wrong in this call.
+        let in_copy_of = |k: u32| ctx.copies.get(k as usize).copied().flatten().is_some_and(|c| a.wrapping_sub(c) < size);
+        let stale = loc.as_ref().and_then(|l| l.cpu).filter(|&k| in_copy_of(k)).and_then(|k| stale_cpu_hint(ctx, k, cpu));
+        match (freed.is_some(), stale) {
+            (true, _) => f.hints.push(KEPT_POINTER.to_string()),
+            (false, Some(h)) => f.hints.push(h),
+            (false, None) => f.hints = bed.explain_addr(cpu, t, size, width, a),
+        }
         f.hints.extend(bed.reloc_hint(w.pc));
         f.pc = Some(bed.code_loc(w.pc));
         f.addr = Some(info);
@@ -703,7 +790,10 @@ fn evaluate(
                     op_name(test.op)
                 ),
             );
-            f.hints = bed.explain_addr(cpu, t, size, width, a);
+            f.hints = match stale_cpu_hint(ctx, k, cpu) {
+                Some(h) => vec![h],
+                None => bed.explain_addr(cpu, t, size, width, a),
+            };
             f.hints.extend(bed.reloc_hint(r.pc));
             f.pc = Some(bed.code_loc(r.pc));
             f.addr = Some(info);
@@ -713,6 +803,35 @@ fn evaluate(
             out.push(Finding::new(
                 FindingKind::StrayRead,
                 format!("... and {} more reads of other CPUs' copies", listed - MAX_STRAY),
+            ));
+        }
+    }
+
+    // Reads of freed percpu memory: a pointer kept past free_percpu (STEPS
+    // tests replace their DYNAMIC target between steps).
+    if !bed.freed_allocs.is_empty() {
+        let mut listed = 0usize;
+        for r in trace.iter().filter(|a| a.access == Access::Read) {
+            let Some(freed) = bed.freed_memory(r.addr) else { continue };
+            listed += 1;
+            if listed > MAX_STRAY {
+                continue;
+            }
+            let info = bed.decode(r.addr);
+            let mut f = Finding::new(
+                FindingKind::StrayRead,
+                format!("read {} bytes of freed percpu memory at {info}: {freed} (a use after free_percpu)", r.size),
+            );
+            f.hints.push(KEPT_POINTER.to_string());
+            f.hints.extend(bed.reloc_hint(r.pc));
+            f.pc = Some(bed.code_loc(r.pc));
+            f.addr = Some(info);
+            out.push(f);
+        }
+        if listed > MAX_STRAY {
+            out.push(Finding::new(
+                FindingKind::StrayRead,
+                format!("... and {} more reads of freed percpu memory", listed - MAX_STRAY),
             ));
         }
     }
@@ -757,6 +876,7 @@ fn evaluate(
             }
             if k != cpu && test.op != Op::AddAll {
                 f.hints.push(format!("cpu {k}'s copy changed although the test ran on cpu {cpu}"));
+                f.hints.extend(stale_cpu_hint(ctx, k, cpu));
             }
             f.addr = Some(info);
             out.push(f);
@@ -787,6 +907,18 @@ fn evaluate(
         }
     }
     Ok(out)
+}
+
+/// A STEPS test that reached cpu `k`'s copy while on `cpu`, where an
+/// earlier step ran on `k`: a pointer computed on `k` (this_cpu_ptr() kept
+/// in module data across calls) used after the task moved.
+fn stale_cpu_hint(ctx: &Ctx<'_>, k: u32, cpu: u32) -> Option<String> {
+    let &(step, _) = ctx.earlier_steps.iter().rev().find(|&&(_, c)| c == k && k != cpu)?;
+    Some(format!(
+        "step {step} of this test ran on cpu {k}: a this_cpu_ptr() taken there and kept across calls (in module \
+         data) still points at cpu {k}'s copy now that the code runs on cpu {cpu}; take this_cpu_ptr() again each \
+         time, with preemption disabled"
+    ))
 }
 
 /// When every write that reached the `width`-byte value at `at` was

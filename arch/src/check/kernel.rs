@@ -523,7 +523,7 @@ impl Bed<'_> {
         let size = self.dyn_allocs.iter().find(|d| d.ptr == ptr).map_or(0, |d| d.size);
         let at = self.caller();
         let at = at.symbol.clone().unwrap_or_else(|| format!("{:#x}", at.pc));
-        self.free_dynamic_at(ptr, Some(at))?;
+        self.free_dynamic_at(ptr, Some(format!("free_percpu in {at}")))?;
         self.alloc_event(ptr, size, false);
         self.rt().log.frees += 1;
         Ok(None)

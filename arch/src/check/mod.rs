@@ -295,6 +295,9 @@ impl fmt::Display for Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct CpuRun {
     pub cpu: u32,
+    /// The step, for a STEPS test (its runs are steps, in order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
     /// `Pass` if the run behaved, `Caught`/`Fail` if it misbehaved (as
     /// expected / not), `Error` if it could not run.
     pub status: Status,
@@ -364,13 +367,17 @@ pub struct ObjectReport {
 pub struct Counts {
     pub pass: usize,
     pub caught: usize,
+    /// Planted bugs not caught where their own declaration says this
+    /// configuration cannot show them ([`TestReport::latent`]).
+    pub latent: usize,
     pub fail: usize,
     pub error: usize,
 }
 
 impl Counts {
-    fn add(&mut self, s: Status) {
-        match s {
+    fn add(&mut self, t: &TestReport) {
+        match t.status {
+            _ if t.declared_latent() => self.latent += 1,
             Status::Pass => self.pass += 1,
             Status::Caught => self.caught += 1,
             Status::Fail => self.fail += 1,
@@ -378,7 +385,16 @@ impl Counts {
         }
     }
     pub fn total(&self) -> usize {
-        self.pass + self.caught + self.fail + self.error
+        self.pass + self.caught + self.latent + self.fail + self.error
+    }
+}
+
+impl TestReport {
+    /// A planted bug not caught because its own declaration (a real
+    /// module's `needs`, a descriptor's `NEEDS_SMP`) says this
+    /// configuration cannot show it: expected, reported, not a pass.
+    pub fn declared_latent(&self) -> bool {
+        self.expect_caught && self.status == Status::Fail && self.latent.is_some()
     }
 }
 
@@ -442,6 +458,7 @@ impl ScenarioReport {
         self.tests
             .iter()
             .filter(|t| !matches!((t.expect_caught, t.status), (false, Status::Pass) | (true, Status::Caught)))
+            .filter(|t| !t.declared_latent())
             .collect()
     }
 }
@@ -471,7 +488,11 @@ impl fmt::Display for ScenarioReport {
         }
         for t in &self.tests {
             let bug = if t.expect_caught { " (planted bug)" } else { "" };
-            writeln!(f, "  {:<7} {}:{}{bug}", t.status.to_string(), t.object, t.test)?;
+            let status = if t.declared_latent() { "LATENT".to_string() } else { t.status.to_string() };
+            writeln!(f, "  {status:<7} {}:{}{bug}", t.object, t.test)?;
+            if let (true, Some(why)) = (t.declared_latent(), &t.latent) {
+                writeln!(f, "          {why}")?;
+            }
             for line in t.printk.iter().take(MAX_PRINTK_SHOWN) {
                 writeln!(f, "          | {line}")?;
             }
@@ -486,7 +507,7 @@ impl fmt::Display for ScenarioReport {
                 let what: Vec<String> = t.emulated.iter().map(|(k, n)| format!("{k} x{n}")).collect();
                 writeln!(f, "          ~ emulated on the host (privileged in the emulator): {}", what.join(", "))?;
             }
-            if let (Some(d), Status::Fail | Status::Error) = (&t.diagnostic, t.status) {
+            if let (Some(d), Status::Fail | Status::Error, false) = (&t.diagnostic, t.status, t.declared_latent()) {
                 for line in d.to_string().lines() {
                     writeln!(f, "          {line}")?;
                 }
@@ -494,9 +515,10 @@ impl fmt::Display for ScenarioReport {
         }
         writeln!(
             f,
-            "{} pass, {} caught, {} fail, {} error; {} runs, {}; setup {:.1} ms, runs {:.1} ms",
+            "{} pass, {} caught, {}{} fail, {} error; {} runs, {}; setup {:.1} ms, runs {:.1} ms",
             self.counts.pass,
             self.counts.caught,
+            if self.counts.latent > 0 { format!("{} latent, ", self.counts.latent) } else { String::new() },
             self.counts.fail,
             self.counts.error,
             self.runs,
@@ -714,7 +736,7 @@ fn run_bed<T>(
                 }
                 n => exec::run_test(&mut bed, oi, n - 1)?,
             };
-            counts.add(report.status);
+            counts.add(&report);
             instructions += report.runs.iter().filter_map(|r| r.instructions).sum::<u64>();
             uncounted_runs += report.runs.iter().filter(|r| r.instructions.is_none()).count();
             runs += report.runs.len();

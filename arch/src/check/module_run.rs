@@ -117,6 +117,7 @@ fn diag(
         object: object.to_string(),
         test: MODULE_TEST.to_string(),
         cpu,
+        step: None,
         status,
         bug,
         summary: findings.first().map(|f| f.text.clone()).unwrap_or_default(),
@@ -324,16 +325,11 @@ impl Bed<'_> {
                         if a.access == Access::Write { "wrote" } else { "read" },
                         self.decode(a.addr)
                     )),
-                    _ if !allocated => Some(match self.freed_allocation_at(loc.pcpu_ptr.0) {
-                        Some(f) => format!(
-                            "{} {len} bytes of freed percpu memory at {}: byte {:#x} of the {}-byte allocation made \
-                             by {} and freed by free_percpu in {} (a use after free_percpu)",
+                    _ if !allocated => Some(match self.freed_memory(a.addr) {
+                        Some(freed) => format!(
+                            "{} {len} bytes of freed percpu memory at {}: {freed} (a use after free_percpu)",
                             if a.access == Access::Write { "wrote" } else { "read" },
                             self.decode(a.addr),
-                            loc.pcpu_ptr.0 - f.ptr,
-                            f.size,
-                            f.allocated_by,
-                            f.freed_at
                         ),
                         None => format!(
                             "{} {len} bytes of unallocated percpu memory at {} (never allocated, or freed before \
@@ -566,6 +562,7 @@ pub(crate) fn run_module(bed: &mut Bed<'_>, oi: usize, expect: &ModuleExpect) ->
             report.printk = printk.iter().map(|l| format!("[cpu {}] {}", l.cpu, l.text)).collect();
         }
         let mut run = CpuRun {
+            step: None,
             cpu,
             status,
             instructions,
