@@ -303,9 +303,8 @@ fn layout_renders() {
     assert!(s.contains("atom 0x200000"), "{s}");
 }
 
-/// `--trace`: every percpu access of every run, decoded, at debug level.
-#[test]
-fn trace_decodes_percpu_accesses() {
+/// Run `f` with tracing captured at debug level: its result and the text.
+fn traced<T>(f: impl FnOnce() -> T) -> (T, String) {
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
@@ -326,11 +325,18 @@ fn trace_decodes_percpu_accesses() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (r, out)
+}
+
+/// `--trace`: every percpu access of every run, decoded, at debug level.
+#[test]
+fn trace_decodes_percpu_accesses() {
     let (kernel, _) = fixtures("arm64");
     let sc = Scenario::new("arm64", Some("el1"), CpuSet::parse_list("0,2").unwrap()).unwrap().trace(true);
-    let r = tracing::subscriber::with_default(subscriber, || check::run(&sc, ("kernel.o", &kernel), &[]).unwrap());
+    let (r, out) = traced(|| check::run(&sc, ("kernel.o", &kernel), &[]).unwrap());
     assert_expected(&r);
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(out.contains("percpu_bed::trace"), "{out}");
     assert!(out.contains("k_inc_u16 cpu 2: write 2 bytes"), "{out}");
     assert!(out.contains("(cpu 2) offset"), "{out}");
@@ -614,34 +620,11 @@ fn relocation_overflows_name_every_use_and_the_fix() {
 /// the same level as percpu accesses.
 #[test]
 fn trace_logs_accesses_outside_the_units() {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     let sc = Scenario::new("s390x", Some("default"), CpuSet::parse_list("0").unwrap()).unwrap().trace(true);
     let (kernel, mods) = fixtures(sc.variant.fixture_dir);
     let bug = mods.iter().find(|(n, _)| n == "bug_lowcore_layout.o").unwrap();
-    let r = tracing::subscriber::with_default(subscriber, || {
-        check::run(&sc, ("kernel.o", &kernel), &[(bug.0.as_str(), bug.1.as_slice())]).unwrap()
-    });
+    let (r, out) = traced(|| check::run(&sc, ("kernel.o", &kernel), &[(bug.0.as_str(), bug.1.as_slice())]).unwrap());
     assert_eq!(test(&r, "lc_old_inc").status, Status::Caught);
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let line = |needle: &str| out.lines().find(|l| l.contains("lc_old_inc cpu 0") && l.contains(needle));
     assert!(line("read 8 bytes at 0x378 = lowcore+0x378").is_some(), "{out}");
     assert!(line("DEBUG").is_some(), "{out}");
