@@ -326,6 +326,7 @@ impl Bed<'_> {
         let named_cpu = h.iter().any(|x| x.starts_with("the offset applied was"));
         // The widest truncation that explains the distance: a multiple of
         // 2^bits (plus a byte inside the object).
+        let mut truncation_named = false;
         for bits in [32u32, 16] {
             let m = low_mask(bits);
             if named_cpu || rel < size || d < size || (d & m) >= size || bits >= 8 * self.ptr_bytes as u32 {
@@ -355,7 +356,13 @@ impl Bed<'_> {
                     "with this CPU's offset, the percpu pointer used was {used:#x} instead of {t:#x}: {how}"
                 ));
             }
+            truncation_named = true;
             break;
+        }
+        // Not a truncation of the copy it was meant for: maybe of another
+        // live percpu address (outside every chunk only).
+        if !truncation_named {
+            h.extend(self.truncation_hint(a));
         }
         let ds = d as i64;
         if d >= width && ds.unsigned_abs() < 0x1000 && ds != 0 && !(0..width as i64).contains(&ds) {

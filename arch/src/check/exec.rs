@@ -543,24 +543,18 @@ fn log_trace(bed: &Bed<'_>, object: &str, test: &TestDescriptor, cpu: u32, trace
             Access::Write => format!("write {} bytes {:#x}", a.size, a.value.unwrap_or(0)),
             _ => format!("{} {} bytes", a.access, a.size),
         };
+        let line = format!(
+            "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
+            bed.variant.name,
+            test.name,
+            bed.decode(a.addr),
+            bed.code_loc(a.pc)
+        );
+        // tracing's levels are constants: one message, two call sites.
         if bed.stack.contains(&a.addr) {
-            tracing::trace!(
-                target: "percpu_bed::trace",
-                "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
-                bed.variant.name,
-                test.name,
-                bed.decode(a.addr),
-                bed.code_loc(a.pc)
-            );
+            tracing::trace!(target: "percpu_bed::trace", "{line}");
         } else {
-            tracing::debug!(
-                target: "percpu_bed::trace",
-                "{arch}/{} {object}:{} cpu {cpu}: {what} at {} ({})",
-                bed.variant.name,
-                test.name,
-                bed.decode(a.addr),
-                bed.code_loc(a.pc)
-            );
+            tracing::debug!(target: "percpu_bed::trace", "{line}");
         }
     }
 }
@@ -639,9 +633,6 @@ fn evaluate(
             );
             if access != Access::Fetch {
                 f.hints = bed.explain_addr(cpu, t, size, width, addr);
-                if !f.hints.iter().any(|h| h.contains("truncat")) {
-                    f.hints.extend(bed.truncation_hint(addr));
-                }
                 if let Some(freed) = bed.freed_memory(addr) {
                     f.hints.insert(0, format!("{freed}: {KEPT_POINTER}"));
                 }
