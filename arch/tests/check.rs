@@ -48,6 +48,16 @@ fn run(arch: &str, variant: &str, cpus: &str, nodes: u32, placement: ModulePlace
     r
 }
 
+/// One variant of each of the six arches.
+const EVERY_ARCH: [(&str, &str); 6] = [
+    ("x86_64", "zero-based"),
+    ("arm64", "el1"),
+    ("sparc32", "default"),
+    ("alpha", "default"),
+    ("s390x", "default"),
+    ("km", "default"),
+];
+
 /// Good tests pass and planted bugs are caught (or declared latent here).
 fn assert_expected(r: &ScenarioReport) {
     let bad = r.unexpected();
@@ -392,14 +402,7 @@ fn writes_of_a_misbehaving_run_are_undone() {
 /// faults and names the load image on every arch.
 #[test]
 fn reads_through_impossible_cpus_are_caught() {
-    for (arch, variant) in [
-        ("x86_64", "zero-based"),
-        ("arm64", "el1"),
-        ("sparc32", "default"),
-        ("alpha", "default"),
-        ("s390x", "default"),
-        ("km", "default"),
-    ] {
+    for (arch, variant) in EVERY_ARCH {
         for cpus in ["0-3", "0-3,8-11"] {
             let sc = Scenario::new(arch, Some(variant), CpuSet::parse_list(cpus).unwrap()).unwrap();
             let (kernel, mods) = fixtures(sc.variant.fixture_dir);
@@ -531,13 +534,9 @@ fn this_cpu_code_reading_another_cpus_copy_is_caught() {
 /// and allocation the access was meant for.
 #[test]
 fn truncations_of_any_width_name_the_copy_they_were_meant_for() {
-    for (arch, variant) in [
-        ("x86_64", "zero-based"),
-        ("arm64", "el1"),
-        ("sparc32", "default"),
-        ("alpha", "default"),
-        ("s390x", "default"),
-    ] {
+    for (arch, variant) in
+        [("x86_64", "zero-based"), ("arm64", "el1"), ("sparc32", "default"), ("alpha", "default"), ("s390x", "default")]
+    {
         let r = run_bug(arch, variant, "0-3", "bug_trunc16.o", None);
         let t = test(&r, "t16_offset_far");
         let d = diag_text(t);
@@ -669,7 +668,8 @@ fn planted_bugs_are_caught_only_for_their_kind_of_finding() {
     assert_eq!(flags, 0x8 | 0x100, "EXPECT_CAUGHT | CAUGHT_REJECTED as built");
     bytes[at..at + 4].copy_from_slice(&(0x8u32 | 0x400).to_be_bytes());
     let r = check::run(&sc, ("kernel.o", &kernel), &[("bug_noweak_module.o", &bytes)]).unwrap();
-    let statuses: Vec<Status> = r.tests.iter().filter(|t| t.object == "bug_noweak_module.o").map(|t| t.status).collect();
+    let statuses: Vec<Status> =
+        r.tests.iter().filter(|t| t.object == "bug_noweak_module.o").map(|t| t.status).collect();
     assert!(statuses.contains(&Status::Fail) && statuses.contains(&Status::Caught), "{statuses:?}");
     let t = r.tests.iter().find(|t| t.object == "bug_noweak_module.o" && t.status == Status::Fail).unwrap();
     let d = diag_text(t);
@@ -688,14 +688,7 @@ fn planted_bugs_are_caught_only_for_their_kind_of_finding() {
 /// fixture headers (not x86).  On one CPU the steps still run twice.
 #[test]
 fn stateful_tests_run_in_steps_and_catch_kept_pointers() {
-    for (arch, variant) in [
-        ("x86_64", "zero-based"),
-        ("arm64", "el1"),
-        ("sparc32", "default"),
-        ("alpha", "default"),
-        ("s390x", "default"),
-        ("km", "default"),
-    ] {
+    for (arch, variant) in EVERY_ARCH {
         let r = run_bug(arch, variant, "0-3", "steps.o", None);
         assert_expected(&r);
         let t = test(&r, "st_in_order");
@@ -735,7 +728,10 @@ fn stateful_tests_run_in_steps_and_catch_kept_pointers() {
         if arch != "x86_64" {
             let t = test(&r, "sp_kept_this_cpu_ptr");
             assert!(t.declared_latent(), "{arch} UP: NEEDS_SMP");
-            assert_eq!(t.latent.as_deref(), Some("latent in this configuration: the bug needs two or more possible CPUs"));
+            assert_eq!(
+                t.latent.as_deref(),
+                Some("latent in this configuration: the bug needs two or more possible CPUs")
+            );
             assert!(diag_text(t).contains("the test behaved in all 2 steps (on CPU(s) 0)"), "{arch}: {}", diag_text(t));
             assert_eq!((r.counts.latent, r.counts.fail), (1, 0), "{arch} UP");
             assert!(r.unexpected().is_empty(), "{arch} UP");

@@ -390,7 +390,9 @@ pub(crate) fn parse(
             return Err(err(
                 nm,
                 "flags",
-                format!("STEPS on test {index}: the step number shares the argument, so only tests 0..=65535 take steps"),
+                format!(
+                    "STEPS on test {index}: the step number shares the argument, so only tests 0..=65535 take steps"
+                ),
             ));
         }
         if flags.needs_smp() && !flags.expect_caught() {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use percpu_loader::{Op, RetKind, TestDescriptor, TestFlags};
 
 use super::bed::Bed;
-use super::diag::{explain_value, Diagnostic, Finding, FindingKind};
+use super::diag::{explain_value, AddrInfo, Diagnostic, Finding, FindingKind};
 use super::{CheckError, CpuRun, Status, TestReport, FULL_CHECK_CPUS, MAX_DIAGNOSED_RUNS};
 use crate::engine::{Access, MemAccess, Outcome};
 
@@ -168,7 +168,10 @@ fn judge(test: &TestDescriptor, findings: &mut Vec<Finding>) -> Status {
              about the bug (it is caught by {expected})"
         )
     } else {
-        format!("planted bug caught for another reason: it is caught by {expected}; this run found {}", found.join("; "))
+        format!(
+            "planted bug caught for another reason: it is caught by {expected}; this run found {}",
+            found.join("; ")
+        )
     };
     findings.insert(0, Finding::new(FindingKind::NotCaught, text));
     Status::Fail
@@ -327,16 +330,16 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
             // pointer reaches freed percpu memory.
             let (prev_step, prev_cpu) = *ctx.earlier_steps.last().expect("a step before");
             let old = ctx.t;
-            let new = match bed.alloc_dynamic(test.size as usize, test.align.max(1) as usize, test.flags.far(), &test.name)
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    error(bed, &mut report, format!("cannot allocate the DYNAMIC target for step {s}: {e}"));
-                    bed.free_dynamic(old)?;
-                    report.micros = t0.elapsed().as_micros() as u64;
-                    return Ok(report);
-                }
-            };
+            let new =
+                match bed.alloc_dynamic(test.size as usize, test.align.max(1) as usize, test.flags.far(), &test.name) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        error(bed, &mut report, format!("cannot allocate the DYNAMIC target for step {s}: {e}"));
+                        bed.free_dynamic(old)?;
+                        report.micros = t0.elapsed().as_micros() as u64;
+                        return Ok(report);
+                    }
+                };
             let pb = bed.ptr_bytes;
             bed.write_uint(test.target, new, pb, "the DYNAMIC slot")?;
             bed.free_dynamic_at(
@@ -458,9 +461,15 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         } else {
             let cpus = percpu_core::CpuSet::from_cpus(report.runs.iter().map(|r| r.cpu));
             let text = if test.flags.steps() {
-                format!("planted bug not caught: the test behaved in all {} steps (on CPU(s) {cpus})", report.runs.len())
+                format!(
+                    "planted bug not caught: the test behaved in all {} steps (on CPU(s) {cpus})",
+                    report.runs.len()
+                )
             } else {
-                format!("planted bug not caught: the test behaved on all {} CPU(s) it ran on ({cpus})", report.runs.len())
+                format!(
+                    "planted bug not caught: the test behaved on all {} CPU(s) it ran on ({cpus})",
+                    report.runs.len()
+                )
             };
             let mut f = Finding::new(FindingKind::NotCaught, text);
             if test.flags.needs_smp() && bed.possible.len() < 2 {
@@ -736,21 +745,18 @@ fn evaluate(
         let mut f = Finding::new(FindingKind::StrayWrite, text);
         // A kept pointer is the whole explanation: no offset arithmetic
         // went wrong in this call.
-        let in_copy_of = |k: u32| ctx.copies.get(k as usize).copied().flatten().is_some_and(|c| a.wrapping_sub(c) < size);
-        let stale = loc.as_ref().and_then(|l| l.cpu).filter(|&k| in_copy_of(k)).and_then(|k| stale_cpu_hint(ctx, k, cpu));
+        let in_copy_of =
+            |k: u32| ctx.copies.get(k as usize).copied().flatten().is_some_and(|c| a.wrapping_sub(c) < size);
+        let stale =
+            loc.as_ref().and_then(|l| l.cpu).filter(|&k| in_copy_of(k)).and_then(|k| stale_cpu_hint(ctx, k, cpu));
         match (freed.is_some(), stale) {
             (true, _) => f.hints.push(KEPT_POINTER.to_string()),
             (false, Some(h)) => f.hints.push(h),
             (false, None) => f.hints = bed.explain_addr(cpu, t, size, width, a),
         }
-        f.hints.extend(bed.reloc_hint(w.pc));
-        f.pc = Some(bed.code_loc(w.pc));
-        f.addr = Some(info);
-        out.push(f);
+        out.push(at_access(bed, f, w.pc, info));
     }
-    if stray > MAX_STRAY {
-        out.push(Finding::new(FindingKind::StrayWrite, format!("... and {} more stray writes", stray - MAX_STRAY)));
-    }
+    push_unlisted(&mut out, FindingKind::StrayWrite, stray, "stray writes");
 
     // Reads: an op on this CPU's copy has no business reading another
     // CPU's copy of the target, even when the value it returns comes out
@@ -785,17 +791,9 @@ fn evaluate(
                 Some(h) => vec![h],
                 None => bed.explain_addr(cpu, t, size, width, a),
             };
-            f.hints.extend(bed.reloc_hint(r.pc));
-            f.pc = Some(bed.code_loc(r.pc));
-            f.addr = Some(info);
-            out.push(f);
+            out.push(at_access(bed, f, r.pc, info));
         }
-        if listed > MAX_STRAY {
-            out.push(Finding::new(
-                FindingKind::StrayRead,
-                format!("... and {} more reads of other CPUs' copies", listed - MAX_STRAY),
-            ));
-        }
+        push_unlisted(&mut out, FindingKind::StrayRead, listed, "reads of other CPUs' copies");
     }
 
     // Reads of freed percpu memory: a pointer kept past free_percpu (STEPS
@@ -814,17 +812,9 @@ fn evaluate(
                 format!("read {} bytes of freed percpu memory at {info}: {freed} (a use after free_percpu)", r.size),
             );
             f.hints.push(KEPT_POINTER.to_string());
-            f.hints.extend(bed.reloc_hint(r.pc));
-            f.pc = Some(bed.code_loc(r.pc));
-            f.addr = Some(info);
-            out.push(f);
+            out.push(at_access(bed, f, r.pc, info));
         }
-        if listed > MAX_STRAY {
-            out.push(Finding::new(
-                FindingKind::StrayRead,
-                format!("... and {} more reads of freed percpu memory", listed - MAX_STRAY),
-            ));
-        }
+        push_unlisted(&mut out, FindingKind::StrayRead, listed, "reads of freed percpu memory");
     }
 
     // The values: this CPU's copy, every copy a write touched, all of them
@@ -900,6 +890,22 @@ fn evaluate(
     Ok(out)
 }
 
+/// A finding at one access: its instruction's relocation hint, its pc
+/// and the decoded address.
+fn at_access(bed: &Bed<'_>, mut f: Finding, pc: u64, info: AddrInfo) -> Finding {
+    f.hints.extend(bed.reloc_hint(pc));
+    f.pc = Some(bed.code_loc(pc));
+    f.addr = Some(info);
+    f
+}
+
+/// Past [`MAX_STRAY`] findings of a kind, one line counts the rest.
+fn push_unlisted(out: &mut Vec<Finding>, kind: FindingKind, found: usize, what: &str) {
+    if found > MAX_STRAY {
+        out.push(Finding::new(kind, format!("... and {} more {what}", found - MAX_STRAY)));
+    }
+}
+
 /// A STEPS test that reached cpu `k`'s copy while on `cpu`, where an
 /// earlier step ran on `k`: a pointer computed on `k` (this_cpu_ptr() kept
 /// in module data across calls) used after the task moved.
@@ -929,7 +935,11 @@ fn narrow_store_hint(bed: &Bed<'_>, trace: &[MemAccess], at: u64, width: u64) ->
     let off = first.addr.wrapping_sub(at);
     let part = if 2 * n == width && (off == 0 || off == n) {
         let low = (off == 0) != bed.big_endian;
-        format!(", its {} half on this {}-endian CPU", if low { "low" } else { "high" }, if bed.big_endian { "big" } else { "little" })
+        format!(
+            ", its {} half on this {}-endian CPU",
+            if low { "low" } else { "high" },
+            if bed.big_endian { "big" } else { "little" }
+        )
     } else {
         String::new()
     };
@@ -948,7 +958,8 @@ fn narrow_store_hint(bed: &Bed<'_>, trace: &[MemAccess], at: u64, width: u64) ->
 /// wrong word and applies whatever it holds.
 fn offset_word_hint(bed: &mut Bed<'_>, cpu: u32, trace: &[MemAccess]) -> Option<String> {
     let w = bed.offset_word.clone()?;
-    let reads: Vec<&MemAccess> = trace.iter().filter(|a| a.access == Access::Read && w.area.contains(&a.addr)).collect();
+    let reads: Vec<&MemAccess> =
+        trace.iter().filter(|a| a.access == Access::Read && w.area.contains(&a.addr)).collect();
     if reads.iter().any(|a| a.addr < w.slot.end && w.slot.start < a.addr + a.size as u64) {
         return None;
     }
