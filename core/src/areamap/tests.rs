@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::addr::AddressSpace;
 
 const UNIT: usize = 32 << 10;
 const FIRST_BASE: u64 = 0xffff_8880_0200_0000;
