@@ -65,10 +65,10 @@ fn first_chunk_maps() {
     let a = new(0x1000, 0x2000);
     assert_eq!(map(&a, 0), [1, 0x1000, 0x3001]);
     assert_eq!(map(&a, 1), [1, 0x3000, UNIT as i32 | 1]);
-    assert_eq!(a.reserved_chunk, Some(0));
-    assert_eq!(a.first_chunk, 1);
+    assert_eq!(a.slots.reserved_chunk, Some(0));
+    assert_eq!(a.slots.first_chunk, 1);
     // The reserved chunk is on no slot and does not count empty pages.
-    assert!((0..a.nr_slots).all(|s| !a.slot_list(s).contains(&0)));
+    assert!((0..a.slots.nr_slots).all(|s| !a.slot_list(s).contains(&0)));
     assert_eq!(a.nr_empty_pop_pages(), 5);
 }
 
@@ -227,7 +227,7 @@ fn a_new_chunk_is_extended_before_its_first_allocation() {
     assert_eq!(a.chunk(0).free_size, 0);
     assert_eq!(a.slot_list(0), [0]);
     let p = alloc(&mut a, 8, 8);
-    let id = a.by_base.values().copied().next().unwrap();
+    let id = a.slots.by_base.values().copied().next().unwrap();
     assert_eq!(a.chunk(id).base_addr, a.cfg.ptr_to_addr(p));
     // 16 entries, 1 used: 16 -> 128 (>= 65), after the creation restart
     // and the extension restart.
@@ -240,7 +240,7 @@ fn a_new_chunk_is_extended_before_its_first_allocation() {
     // balance work: the full first chunk left no empty populated page.)
     let scheduled = a.stats().balance_scheduled;
     free(&mut a, p);
-    assert_eq!(a.slot_list(a.nr_slots - 1), [id]);
+    assert_eq!(a.slot_list(a.slots.nr_slots - 1), [id]);
     assert_eq!(a.stats().balance_scheduled, scheduled);
     free(&mut a, big);
     a.balance();
@@ -301,7 +301,7 @@ fn atomic_requests_need_populated_pages() {
     assert_eq!(a.cfg.ptr_to_addr(s) % 4096, 8);
     // The balance work populates PCPU_EMPTY_POP_PAGES_HIGH pages after the
     // failure: pages 1..5 of that chunk.
-    let id = a.by_base.values().copied().next().unwrap();
+    let id = a.slots.by_base.values().copied().next().unwrap();
     a.balance();
     a.verify().unwrap();
     assert_eq!(a.chunk(id).nr_populated, 5);
