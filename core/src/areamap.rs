@@ -105,6 +105,8 @@ use crate::consts::PCPU_MIN_UNIT_SIZE;
 pub(crate) mod chunks;
 mod config;
 pub(crate) mod lists;
+#[cfg(test)]
+pub(crate) mod test_util;
 mod verify;
 use chunks::{extend_map, map_alloc_for, slot_chunk_fields, ChunkSlots, PageBits, SlotChunk, INT_SIZE};
 pub use config::{AreaMapConfig, AreaMapConfigError};

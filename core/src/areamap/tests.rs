@@ -7,48 +7,18 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::lists::size_to_slot_raw;
+use super::test_util::{alloc, cfg, free, fresh, FIRST_BASE, UNIT};
 use super::*;
 use crate::addr::AddressSpace;
 
-const UNIT: usize = 32 << 10;
-const FIRST_BASE: u64 = 0xffff_8880_0200_0000;
-
-fn cfg(static_size: usize, reserved_size: usize) -> AreaMapConfig {
-    AreaMapConfig {
-        space: AddressSpace::generic64(),
-        unit_size: UNIT,
-        nr_units: 4,
-        static_size,
-        reserved_size,
-        first_chunk_base: FIRST_BASE,
-        // Zero-based percpu pointers as on x86_64: ptr == offset in the
-        // first chunk.
-        per_cpu_start: 0,
-    }
-}
-
 fn new(static_size: usize, reserved_size: usize) -> AreaMapAllocator {
-    let a = AreaMapAllocator::new(cfg(static_size, reserved_size)).unwrap();
-    a.verify().unwrap();
-    a
-}
-
-fn alloc(a: &mut AreaMapAllocator, size: usize, align: usize) -> PcpuPtr {
-    let p = a.alloc(AllocRequest::new(size, align)).unwrap();
-    a.verify().unwrap();
-    p
+    fresh(static_size, reserved_size)
 }
 
 fn alloc_reserved(a: &mut AreaMapAllocator, size: usize, align: usize) -> Result<PcpuPtr, AllocError> {
     let r = a.alloc(AllocRequest::new(size, align).reserved());
     a.verify().unwrap();
     r
-}
-
-fn free(a: &mut AreaMapAllocator, p: PcpuPtr) -> usize {
-    let n = a.free(p).unwrap();
-    a.verify().unwrap();
-    n
 }
 
 fn map(a: &AreaMapAllocator, id: usize) -> Vec<i32> {

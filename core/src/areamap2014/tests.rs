@@ -8,40 +8,11 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::addr::AddressSpace;
+use crate::areamap::test_util::{alloc, cfg, free, fresh, UNIT};
 use crate::areamap::AreaMapAllocator;
 
-const UNIT: usize = 32 << 10;
-const FIRST_BASE: u64 = 0xffff_8880_0200_0000;
-
-fn cfg(static_size: usize, reserved_size: usize) -> AreaMapConfig {
-    AreaMapConfig {
-        space: AddressSpace::generic64(),
-        unit_size: UNIT,
-        nr_units: 4,
-        static_size,
-        reserved_size,
-        first_chunk_base: FIRST_BASE,
-        per_cpu_start: 0,
-    }
-}
-
 fn new(static_size: usize, reserved_size: usize) -> AreaMap2014Allocator {
-    let a = AreaMap2014Allocator::new(cfg(static_size, reserved_size)).unwrap();
-    a.verify().unwrap();
-    a
-}
-
-fn alloc(a: &mut AreaMap2014Allocator, size: usize, align: usize) -> PcpuPtr {
-    let p = a.alloc(AllocRequest::new(size, align)).unwrap();
-    a.verify().unwrap();
-    p
-}
-
-fn free(a: &mut AreaMap2014Allocator, p: PcpuPtr) -> usize {
-    let n = a.free(p).unwrap();
-    a.verify().unwrap();
-    n
+    fresh(static_size, reserved_size)
 }
 
 /// The map up to and including the sentry.
