@@ -447,7 +447,7 @@ impl AreaMapAllocator {
         }
         for p in start..end {
             if !c.populated.get(p) {
-                c.populated.set(p, true);
+                c.populated.set(p);
                 c.nr_populated += 1;
                 self.stats.pages_populated += 1;
             }

@@ -575,7 +575,7 @@ impl AreaMap2014Allocator {
                 if c.immutable {
                     tracing::warn!(chunk = id, "populating an immutable percpu chunk");
                 }
-                c.populated.set(p, true);
+                c.populated.set(p);
                 added += 1;
             }
         }

@@ -55,19 +55,17 @@ impl PageBits {
     pub(crate) fn new(pages: usize, full: bool) -> Self {
         let mut bits = PageBits(vec![0; pages.div_ceil(64)]);
         if full {
-            (0..pages).for_each(|p| bits.set(p, true));
+            (0..pages).for_each(|p| bits.set(p));
         }
         bits
     }
     pub(crate) fn get(&self, p: usize) -> bool {
         self.0[p / 64] >> (p % 64) & 1 != 0
     }
-    pub(crate) fn set(&mut self, p: usize, on: bool) {
-        if on {
-            self.0[p / 64] |= 1 << (p % 64);
-        } else {
-            self.0[p / 64] &= !(1 << (p % 64));
-        }
+    /// Mark page `p` populated (neither model clears single bits: a
+    /// chunk is depopulated only as it is destroyed).
+    pub(crate) fn set(&mut self, p: usize) {
+        self.0[p / 64] |= 1 << (p % 64);
     }
     pub(crate) fn count(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
@@ -139,7 +137,7 @@ pub(crate) struct ChunkSlots<C> {
     /// Destroyed chunks leave `None` until the id is reused.
     pub(crate) chunks: Vec<Option<C>>,
     free_ids: Vec<usize>,
-    pub(crate) lists: SlotLists,
+    lists: SlotLists,
     pub(crate) first_chunk: usize,
     pub(crate) reserved_chunk: Option<usize>,
     /// `pcpu_reserved_chunk_limit`: static + reserved, 0 without reserve.
@@ -220,7 +218,7 @@ impl<C: SlotChunk> ChunkSlots<C> {
         self.chunks[id] = Some(c);
     }
 
-    /// A new id (the lowest freed one first, as a stack) for `c`, not on
+    /// An id for `c` (the last one freed, else a new one), not on
     /// any list yet.
     fn insert(&mut self, c: C) -> usize {
         let id = self.free_ids.pop().unwrap_or_else(|| {
