@@ -97,16 +97,20 @@
 //! * New chunks take exactly `nr_units * unit_size` bytes of vmalloc space,
 //!   page aligned, highest first, without guard pages or atom alignment.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::addr::{AddressSpace, RangeAllocator};
 use crate::alloc::{AllocError, AllocRequest, Footprint, FreeError, PcpuPtr, PercpuAllocator};
 use crate::consts::PCPU_MIN_UNIT_SIZE;
 
+pub(crate) mod chunks;
+mod config;
 pub(crate) mod lists;
-use lists::{align_int, size_to_slot_raw, SlotLists};
+#[cfg(test)]
+pub(crate) mod test_util;
+mod verify;
+use chunks::{extend_map, map_alloc_for, slot_chunk_fields, ChunkSlots, PageBits, SlotChunk, INT_SIZE};
+pub use config::{AreaMapConfig, AreaMapConfigError};
+use lists::align_int;
 
 /// `PCPU_DFL_MAP_ALLOC`: a new chunk's map starts with 16 entries.
 pub const PCPU_DFL_MAP_ALLOC: usize = 16;
@@ -116,160 +120,11 @@ pub const PCPU_DFL_MAP_ALLOC: usize = 16;
 /// allocation there extends them to `PCPU_DFL_MAP_ALLOC`.
 pub const FIRST_CHUNK_MAP_ALLOC: usize = 2;
 
-/// `sizeof(int)`: heads and tails below it are not split off, and a chunk
-/// whose free size or contig hint is below it sits on slot 0.
-const INT_SIZE: i32 = 4;
-
 /// Largest single allocation.  The kernel compared with
 /// `PCPU_MIN_UNIT_SIZE`, which was 64 KiB in the 2009 headers
 /// ([`crate::consts::PCPU_MIN_UNIT_SIZE_2009`]) and 32 KiB by 3.0; the
 /// model uses 32 KiB so every allocator model accepts the same sizes.
 pub const AREAMAP_MAX_ALLOC: usize = PCPU_MIN_UNIT_SIZE;
-
-/// Geometry of the allocator.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AreaMapConfig {
-    /// Pointer width, page size, vmalloc range for new chunks.
-    pub space: AddressSpace,
-    /// Bytes per unit (multiple of the page size, >= `PCPU_MIN_UNIT_SIZE`).
-    pub unit_size: usize,
-    /// Units per chunk (one per possible CPU).
-    pub nr_units: usize,
-    /// Hidden at the start of the first chunk.
-    pub static_size: usize,
-    /// 0 = no reserved chunk.
-    pub reserved_size: usize,
-    /// Address of unit 0 of the first chunk (`pcpu_base_addr`).
-    pub first_chunk_base: u64,
-    /// `__per_cpu_start`, for `__addr_to_pcpu_ptr`.
-    pub per_cpu_start: u64,
-}
-
-impl AreaMapConfig {
-    /// The geometry of an already set-up bitmap allocator, so the two
-    /// allocators can be compared on the same units and addresses.
-    pub fn matching(p: &crate::percpu::Percpu) -> Self {
-        let fc = p.first_chunk_layout();
-        AreaMapConfig {
-            space: p.space().clone(),
-            unit_size: fc.unit_size,
-            nr_units: fc.nr_units,
-            static_size: fc.static_size,
-            reserved_size: fc.reserved_size,
-            first_chunk_base: fc.base_addr,
-            per_cpu_start: p.addr_to_pcpu_ptr(fc.base_addr).0,
-        }
-    }
-}
-
-impl AreaMapConfig {
-    /// The checks `pcpu_setup_first_chunk` makes (and the model needs),
-    /// shared by the 2009 and the 2014 area map.
-    pub(crate) fn check(&self) -> Result<(), AreaMapConfigError> {
-        let page = self.space.page_size();
-        if self.nr_units == 0 {
-            return Err(AreaMapConfigError::NoUnits { nr_units: 0 });
-        }
-        if self.static_size == 0 {
-            return Err(AreaMapConfigError::NoStaticArea);
-        }
-        if self.unit_size as u64 % page != 0 {
-            return Err(AreaMapConfigError::UnitSizeUnaligned { unit_size: self.unit_size, page_size: page });
-        }
-        if self.unit_size < PCPU_MIN_UNIT_SIZE {
-            return Err(AreaMapConfigError::UnitSizeTooSmall { unit_size: self.unit_size, min: PCPU_MIN_UNIT_SIZE });
-        }
-        // Largest page-aligned int: map entries, free_size and contig_hint
-        // are ints.
-        let max_unit = (i32::MAX as usize) & !(page as usize - 1);
-        if self.unit_size > max_unit {
-            return Err(AreaMapConfigError::UnitSizeTooLarge { unit_size: self.unit_size, max: max_unit });
-        }
-        let sum = self.static_size.saturating_add(self.reserved_size);
-        if sum > self.unit_size {
-            return Err(AreaMapConfigError::AreasExceedUnit {
-                static_size: self.static_size,
-                reserved_size: self.reserved_size,
-                sum,
-                unit_size: self.unit_size,
-            });
-        }
-        // 3.0 checks both on SMP; the model needs them so that aligned
-        // offsets give aligned percpu pointers.
-        for (what, addr) in [("first chunk base", self.first_chunk_base), ("__per_cpu_start", self.per_cpu_start)] {
-            if addr % page != 0 || addr > self.space.mask() {
-                return Err(AreaMapConfigError::Unaligned { what, addr, page_size: page });
-            }
-        }
-        let chunk_bytes = (self.nr_units as u64).checked_mul(self.unit_size as u64);
-        let fits = chunk_bytes
-            .and_then(|b| self.first_chunk_base.checked_add(b))
-            .is_some_and(|end| end - 1 <= self.space.mask());
-        if !fits {
-            return Err(AreaMapConfigError::FirstChunkOutOfRange {
-                base: self.first_chunk_base,
-                nr_units: self.nr_units,
-                unit_size: self.unit_size,
-                bits: self.space.ptr_bits(),
-            });
-        }
-        Ok(())
-    }
-
-    /// `__addr_to_pcpu_ptr`.
-    pub(crate) fn addr_to_ptr(&self, addr: u64) -> PcpuPtr {
-        let s = &self.space;
-        PcpuPtr(s.wrapping_add(s.wrapping_sub(addr, self.first_chunk_base), self.per_cpu_start))
-    }
-
-    /// `__pcpu_ptr_to_addr`.
-    pub(crate) fn ptr_to_addr(&self, ptr: PcpuPtr) -> u64 {
-        let s = &self.space;
-        s.wrapping_add(s.wrapping_sub(ptr.0, self.per_cpu_start), self.first_chunk_base)
-    }
-
-    /// The vmalloc range new chunks come from, with the first chunk's
-    /// range kept out of it when it lives there (page first chunk).
-    pub(crate) fn vm_space(&self) -> RangeAllocator {
-        let chunk_bytes = self.nr_units as u64 * self.unit_size as u64;
-        let mut vm_space = RangeAllocator::new(self.space.vmalloc());
-        let vm = self.space.vmalloc();
-        let lo = self.first_chunk_base.max(vm.start);
-        let hi = (self.first_chunk_base + chunk_bytes).min(vm.end);
-        if lo < hi && vm_space.is_free(lo..hi) {
-            vm_space.reserve(lo..hi);
-        }
-        vm_space
-    }
-}
-
-/// A geometry `AreaMapAllocator::new` refuses (the kernel's
-/// `pcpu_setup_first_chunk` BUGs on these).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AreaMapConfigError {
-    #[error("no units: a chunk needs at least one unit (nr_units = {nr_units})")]
-    NoUnits { nr_units: usize },
-    #[error("static size is 0: the first chunk must hold the kernel's static percpu area")]
-    NoStaticArea,
-    #[error("unit size {unit_size:#x} is not a multiple of the {page_size:#x} page")]
-    UnitSizeUnaligned { unit_size: usize, page_size: u64 },
-    #[error("unit size {unit_size:#x} is below PCPU_MIN_UNIT_SIZE ({min:#x})")]
-    UnitSizeTooSmall { unit_size: usize, min: usize },
-    #[error("unit size {unit_size:#x} does not fit the map's int entries (max {max:#x})")]
-    UnitSizeTooLarge { unit_size: usize, max: usize },
-    #[error(
-        "static ({static_size:#x}) + reserved ({reserved_size:#x}) = {sum:#x} exceeds the unit size {unit_size:#x}"
-    )]
-    AreasExceedUnit { static_size: usize, reserved_size: usize, sum: usize, unit_size: usize },
-    #[error("{what} {addr:#x} is not aligned to the {page_size:#x} page")]
-    Unaligned { what: &'static str, addr: u64, page_size: u64 },
-    #[error("{what} {size:#x} is odd: bit 0 of the 2014 map's offsets is the in-use flag")]
-    OddArea { what: &'static str, size: usize },
-    #[error(
-        "first chunk {base:#x} + {nr_units} units of {unit_size:#x} bytes does not fit the {bits}-bit address space"
-    )]
-    FirstChunkOutOfRange { base: u64, nr_units: usize, unit_size: usize, bits: u32 },
-}
 
 /// Work counters, for asserting costs without timing and for the
 /// benchmark's per-operation figures.
@@ -312,8 +167,7 @@ struct Chunk {
     free_size: i32,
     contig_hint: i32,
     base_addr: u64,
-    /// One bit per page of a unit.
-    populated: Vec<u64>,
+    populated: PageBits,
     nr_populated: usize,
     immutable: bool,
     /// `map[0]` is the hidden static (or static + reserved) area.
@@ -324,44 +178,54 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// A chunk over `map[..map_used]`, its hint exact (one free area at
+    /// most).  A first chunk is immutable, fully populated and hides its
+    /// first area; a vm chunk starts unpopulated.
+    fn new(map: Vec<i32>, map_used: usize, base_addr: u64, unit_pages: usize, first: bool, shares_pages: bool) -> Self {
+        let extent = map[..map_used].iter().map(|e| e.abs()).sum();
+        let free = map[..map_used].iter().filter(|&&e| e > 0).sum();
+        Chunk {
+            map,
+            map_used,
+            extent,
+            free_size: free,
+            contig_hint: free,
+            base_addr,
+            populated: PageBits::new(unit_pages, first),
+            nr_populated: if first { unit_pages } else { 0 },
+            immutable: first,
+            hidden_head: first,
+            shares_pages,
+        }
+    }
+
     fn areas(&self) -> &[i32] {
         &self.map[..self.map_used]
     }
-    fn page_populated(&self, p: usize) -> bool {
-        self.populated[p / 64] >> (p % 64) & 1 != 0
+}
+
+impl SlotChunk for Chunk {
+    slot_chunk_fields!();
+    fn hides_static(&self) -> bool {
+        self.hidden_head
     }
-    fn set_populated(&mut self, p: usize, on: bool) {
-        if on {
-            self.populated[p / 64] |= 1 << (p % 64);
-        } else {
-            self.populated[p / 64] &= !(1 << (p % 64));
-        }
+    /// 2009: the hidden area is `-map[0]` bytes.
+    fn allocated_bytes(&self) -> u64 {
+        let hidden = if self.hidden_head { -self.map[0] } else { 0 };
+        (self.extent - self.free_size - hidden) as u64
     }
 }
 
-/// The 2009-2014 percpu allocator.  Chunk 0 holds the static area; when a
-/// reserved area exists it is the reserved chunk and chunk 1 the dynamic
-/// part of the first chunk (both sharing its pages), as
-/// `pcpu_setup_first_chunk` built them.
+/// The 2009-2014 percpu allocator: the chunks on their slot lists
+/// (`ChunkSlots` of `areamap/chunks.rs`, shared with the 2014 map) and the
+/// work counters.
 #[derive(Clone, Debug)]
 pub struct AreaMapAllocator {
     cfg: AreaMapConfig,
     unit_size: i32,
     unit_pages: usize,
     page_shift: u32,
-    nr_slots: usize,
-    /// Chunks by id; destroyed chunks leave `None` until the id is reused.
-    chunks: Vec<Option<Chunk>>,
-    free_ids: Vec<usize>,
-    /// The slot lists (`pcpu_slot[]`).
-    lists: SlotLists,
-    first_chunk: usize,
-    reserved_chunk: Option<usize>,
-    /// `pcpu_reserved_chunk_limit`: static + reserved, 0 without reserve.
-    reserved_limit: usize,
-    vm_space: RangeAllocator,
-    /// Vm chunks by base address, standing in for the page->index lookup.
-    by_base: BTreeMap<u64, usize>,
+    slots: ChunkSlots<Chunk>,
     stats: AreaMapStats,
 }
 
@@ -370,88 +234,18 @@ impl AreaMapAllocator {
     /// chunk with the static area hidden at its start.
     pub fn new(cfg: AreaMapConfig) -> Result<Self, AreaMapConfigError> {
         cfg.check()?;
-        let chunk_bytes = cfg.nr_units as u64 * cfg.unit_size as u64;
-
-        let unit_size = cfg.unit_size as i32;
-        let page_shift = cfg.space.page_shift();
-        let unit_pages = cfg.unit_size >> page_shift;
-        // One more slot than the unit size's own for fully free chunks.
-        let nr_slots = size_to_slot_raw(unit_size) + 2;
-
-        let _ = chunk_bytes;
-        let vm_space = cfg.vm_space();
-
-        let mut a = AreaMapAllocator {
-            unit_size,
+        let unit_pages = cfg.unit_size >> cfg.space.page_shift();
+        let slots = ChunkSlots::new(&cfg, |hidden, free, shares_pages| {
+            first_chunk_struct(&cfg, unit_pages, hidden, free, shares_pages)
+        });
+        Ok(AreaMapAllocator {
+            unit_size: cfg.unit_size as i32,
             unit_pages,
-            page_shift,
-            nr_slots,
-            chunks: Vec::new(),
-            free_ids: Vec::new(),
-            lists: SlotLists::new(nr_slots),
-            first_chunk: 0,
-            reserved_chunk: None,
-            reserved_limit: 0,
-            vm_space,
-            by_base: BTreeMap::new(),
+            page_shift: cfg.space.page_shift(),
+            slots,
             stats: AreaMapStats::default(),
             cfg,
-        };
-
-        // The dynamic area is everything after static + reserved (the
-        // "dyn_size = -1, auto" case of 2.6.31).
-        let static_size = a.cfg.static_size as i32;
-        let reserved_size = a.cfg.reserved_size as i32;
-        let mut dyn_size = unit_size - static_size - reserved_size;
-        let schunk_free = if reserved_size > 0 {
-            reserved_size
-        } else {
-            let d = dyn_size;
-            dyn_size = 0; // the static chunk covers the dynamic area
-            d
-        };
-        let schunk = a.first_chunk_struct(-static_size, schunk_free, false);
-        let sid = a.insert_chunk(schunk);
-        let mut first = sid;
-        if reserved_size > 0 {
-            a.reserved_chunk = Some(sid);
-            a.reserved_limit = (static_size + reserved_size) as usize;
-        }
-        if dyn_size > 0 {
-            let dchunk = a.first_chunk_struct(-(static_size + reserved_size), dyn_size, true);
-            first = a.insert_chunk(dchunk);
-        }
-        a.first_chunk = first;
-        a.relocate(first, None);
-        Ok(a)
-    }
-
-    /// A first-chunk map `[hidden, free]`, immutable and fully populated.
-    fn first_chunk_struct(&self, hidden: i32, free: i32, shares_pages: bool) -> Chunk {
-        let mut map = vec![0; FIRST_CHUNK_MAP_ALLOC];
-        map[0] = hidden;
-        let mut map_used = 1;
-        if free > 0 {
-            map[1] = free;
-            map_used = 2;
-        }
-        let mut populated = vec![0u64; self.unit_pages.div_ceil(64)];
-        for p in 0..self.unit_pages {
-            populated[p / 64] |= 1 << (p % 64);
-        }
-        Chunk {
-            map,
-            map_used,
-            extent: -hidden + free,
-            free_size: free,
-            contig_hint: free,
-            base_addr: self.cfg.first_chunk_base,
-            populated,
-            nr_populated: self.unit_pages,
-            immutable: true,
-            hidden_head: true,
-            shares_pages,
-        }
+        })
     }
 
     /// Work counters since creation.
@@ -462,69 +256,20 @@ impl AreaMapAllocator {
     /// Chunks alive: the first chunk (once, even when a reserved area
     /// splits it into two maps) plus the vm chunks.
     pub fn nr_chunks(&self) -> usize {
-        1 + self.by_base.len()
+        self.slots.nr_chunks()
     }
 
     pub fn config(&self) -> &AreaMapConfig {
         &self.cfg
     }
 
-    // ---- ids and slot lists -------------------------------------------
-
     fn chunk(&self, id: usize) -> &Chunk {
-        self.chunks[id].as_ref().expect("live chunk id")
+        self.slots.chunk(id)
     }
+
     #[cfg(test)]
-    fn chunk_mut(&mut self, id: usize) -> &mut Chunk {
-        self.chunks[id].as_mut().expect("live chunk id")
-    }
-
-    fn insert_chunk(&mut self, c: Chunk) -> usize {
-        let id = match self.free_ids.pop() {
-            Some(id) => id,
-            None => {
-                let id = self.chunks.len();
-                self.chunks.push(None);
-                self.lists.ensure_chunk(id);
-                id
-            }
-        };
-        self.chunks[id] = Some(c);
-        id
-    }
-
-    /// `pcpu_size_to_slot`.
-    fn size_to_slot(&self, size: i32) -> usize {
-        if size == self.unit_size {
-            self.nr_slots - 1
-        } else {
-            size_to_slot_raw(size)
-        }
-    }
-
-    /// `pcpu_chunk_slot`.
-    fn chunk_slot(&self, id: usize) -> usize {
-        let c = self.chunk(id);
-        if c.free_size < INT_SIZE || c.contig_hint < INT_SIZE {
-            0
-        } else {
-            self.size_to_slot(c.free_size)
-        }
-    }
-
-    /// `pcpu_chunk_relocate`; `oslot == None` is the kernel's -1 (a new
-    /// chunk, which therefore goes to the head of its list).
-    fn relocate(&mut self, id: usize, oslot: Option<usize>) {
-        let nslot = self.chunk_slot(id);
-        if Some(id) == self.reserved_chunk {
-            return;
-        }
-        self.lists.relocate(id, oslot, nslot);
-    }
-
-    /// Chunk ids on slot `slot`, head first.
     fn slot_list(&self, slot: usize) -> Vec<usize> {
-        self.lists.list(slot)
+        self.slots.list(slot)
     }
 
     // ---- the area map -------------------------------------------------
@@ -533,28 +278,16 @@ impl AreaMapAllocator {
     /// entries are spare (one allocation can add a head and a tail).
     fn need_to_extend(&self, id: usize) -> Option<usize> {
         let c = self.chunk(id);
-        if c.map.len() >= c.map_used + 2 {
-            return None;
-        }
-        let mut new_alloc = PCPU_DFL_MAP_ALLOC;
-        while new_alloc < c.map_used + 2 {
-            new_alloc *= 2;
-        }
-        Some(new_alloc)
+        map_alloc_for(c.map.len(), c.map_used, 2)
     }
 
     /// `pcpu_extend_area_map`: allocate the longer map and copy the old
     /// one (all `map_alloc` entries, as the kernel's memcpy does).
     fn extend_area_map(&mut self, id: usize, new_alloc: usize) {
-        let c = self.chunks[id].as_mut().expect("live chunk id");
-        if new_alloc <= c.map.len() {
-            return;
+        if let Some(copied) = extend_map(&mut self.slots.chunk_mut(id).map, new_alloc) {
+            self.stats.map_extensions += 1;
+            self.stats.map_entries_copied += copied;
         }
-        let mut new = vec![0i32; new_alloc];
-        new[..c.map.len()].copy_from_slice(&c.map);
-        self.stats.map_extensions += 1;
-        self.stats.map_entries_copied += c.map.len() as u64;
-        c.map = new;
     }
 
     /// `pcpu_split_block`: turn entry `i` into head/target/tail entries by
@@ -581,8 +314,8 @@ impl AreaMapAllocator {
     /// must have two spare entries.  Returns the offset, or `None` after
     /// setting the hint to the largest free area seen (a full scan).
     fn alloc_area(&mut self, id: usize, size: i32, align: i32) -> Option<i32> {
-        let oslot = self.chunk_slot(id);
-        let c = self.chunks[id].as_mut().expect("live chunk id");
+        let oslot = self.slots.chunk_slot(id);
+        let c = self.slots.chunk_mut(id);
         let mut max_contig = 0;
         let mut off = 0;
         let mut i = 0;
@@ -652,14 +385,14 @@ impl AreaMapAllocator {
         self.stats.alloc_area_calls += 1;
         self.stats.map_entries_scanned += scanned;
         self.stats.map_entries_moved += moved;
-        self.relocate(id, Some(oslot));
+        self.slots.relocate(id, Some(oslot));
         found
     }
 
     /// The scan half of `pcpu_free_area`: index of the allocated area at
     /// `freeme`, walking and summing from offset 0.
     fn find_area(&mut self, id: usize, freeme: i32) -> Option<usize> {
-        let c = self.chunks[id].as_ref().expect("live chunk id");
+        let c = self.slots.chunk(id);
         let mut off = 0;
         let mut i = 0;
         while i < c.map_used && off < freeme {
@@ -673,8 +406,8 @@ impl AreaMapAllocator {
     /// The rest of `pcpu_free_area`: free entry `i` and merge it with free
     /// neighbours, moving the rest of the array down for each merge.
     fn free_area_at(&mut self, id: usize, mut i: usize) {
-        let oslot = self.chunk_slot(id);
-        let c = self.chunks[id].as_mut().expect("live chunk id");
+        let oslot = self.slots.chunk_slot(id);
+        let c = self.slots.chunk_mut(id);
         let mut moved = 0u64;
         c.map[i] = -c.map[i];
         c.free_size += c.map[i];
@@ -695,7 +428,7 @@ impl AreaMapAllocator {
         }
         c.contig_hint = c.contig_hint.max(c.map[i]);
         self.stats.map_entries_moved += moved;
-        self.relocate(id, Some(oslot));
+        self.slots.relocate(id, Some(oslot));
     }
 
     /// `pcpu_populate_chunk`: populate the pages `[off, off + size)` covers
@@ -704,17 +437,17 @@ impl AreaMapAllocator {
         let page = 1usize << self.page_shift;
         let start = off as usize >> self.page_shift;
         let end = (off as usize + size as usize).div_ceil(page);
-        let c = self.chunks[id].as_mut().expect("live chunk id");
+        let c = self.slots.chunk_mut(id);
         // Quick path: everything is there already.
-        if (start..end).all(|p| c.page_populated(p)) {
+        if (start..end).all(|p| c.populated.get(p)) {
             return;
         }
         if c.immutable {
             tracing::warn!(chunk = id, "populating an immutable percpu chunk");
         }
         for p in start..end {
-            if !c.page_populated(p) {
-                c.set_populated(p, true);
+            if !c.populated.get(p) {
+                c.populated.set(p);
                 c.nr_populated += 1;
                 self.stats.pages_populated += 1;
             }
@@ -724,156 +457,18 @@ impl AreaMapAllocator {
     /// `pcpu_create_chunk` for the vm backend: a fresh map of one free
     /// area and `nr_units * unit_size` bytes of vmalloc space, top-down.
     fn create_chunk(&mut self) -> Result<usize, String> {
-        let bytes = self.cfg.nr_units as u64 * self.cfg.unit_size as u64;
-        let page = self.cfg.space.page_size();
-        let base = self.vm_space.alloc_top_down(bytes, page).ok_or_else(|| {
-            let w = self.vm_space.window();
-            format!(
-                "no {bytes:#x}-byte range left in vmalloc space {:#x}..{:#x} ({:#x} bytes free)",
-                w.start,
-                w.end,
-                self.vm_space.free_bytes()
-            )
-        })?;
         let mut map = vec![0; PCPU_DFL_MAP_ALLOC];
         map[0] = self.unit_size;
-        let chunk = Chunk {
-            map,
-            map_used: 1,
-            extent: self.unit_size,
-            free_size: self.unit_size,
-            contig_hint: self.unit_size,
-            base_addr: base,
-            populated: vec![0; self.unit_pages.div_ceil(64)],
-            nr_populated: 0,
-            immutable: false,
-            hidden_head: false,
-            shares_pages: false,
-        };
-        let id = self.insert_chunk(chunk);
-        self.by_base.insert(base, id);
+        let id = self.slots.create_vm(|base| Chunk::new(map, 1, base, self.unit_pages, false, false))?;
         self.stats.chunks_created += 1;
         Ok(id)
     }
 
     /// `pcpu_depopulate_chunk(chunk, 0, unit_size)` + `pcpu_destroy_chunk`.
     fn destroy_chunk(&mut self, id: usize) {
-        self.lists.del_init(id);
-        let c = self.chunks[id].take().expect("live chunk id");
+        let c = self.slots.remove_vm(id);
         self.stats.pages_depopulated += c.nr_populated as u64;
         self.stats.chunks_destroyed += 1;
-        let bytes = self.cfg.nr_units as u64 * self.cfg.unit_size as u64;
-        self.vm_space.release(c.base_addr..c.base_addr + bytes);
-        self.by_base.remove(&c.base_addr);
-        self.free_ids.push(id);
-    }
-
-    // ---- addresses ----------------------------------------------------
-
-    /// `__addr_to_pcpu_ptr`.
-    fn addr_to_ptr(&self, addr: u64) -> PcpuPtr {
-        self.cfg.addr_to_ptr(addr)
-    }
-
-    /// `__pcpu_ptr_to_addr`.
-    fn ptr_to_addr(&self, ptr: PcpuPtr) -> u64 {
-        self.cfg.ptr_to_addr(ptr)
-    }
-
-    /// `pcpu_chunk_addr_search`, by unit-0 address.
-    fn addr_search(&self, addr: u64) -> Option<usize> {
-        let first = self.cfg.first_chunk_base;
-        let unit = self.cfg.unit_size as u64;
-        if addr >= first && addr - first < unit {
-            if ((addr - first) as usize) < self.reserved_limit {
-                return self.reserved_chunk;
-            }
-            return Some(self.first_chunk);
-        }
-        let (&base, &id) = self.by_base.range(..=addr).next_back()?;
-        (addr - base < unit).then_some(id)
-    }
-
-    // ---- checking -----------------------------------------------------
-
-    /// Check every invariant the kernel relies on; the message names the
-    /// chunk and the numbers.
-    pub fn verify(&self) -> Result<(), String> {
-        let page = 1usize << self.page_shift;
-        // Slot lists: integrity, and where each chunk sits.
-        let on_slot = self.lists.check(self.chunks.len(), |id| self.chunks[id].is_some())?;
-        let mut vm_chunks = 0;
-        for (id, c) in self.chunks.iter().enumerate() {
-            let Some(c) = c else {
-                continue;
-            };
-            let areas = c.areas();
-            if c.map_used == 0 || c.map_used > c.map.len() {
-                return Err(format!("chunk {id}: map_used {} with map_alloc {}", c.map_used, c.map.len()));
-            }
-            let mut sum: i64 = 0;
-            let mut free: i64 = 0;
-            let mut largest = 0;
-            let mut off = 0usize;
-            for (i, &e) in areas.iter().enumerate() {
-                if e == 0 {
-                    return Err(format!("chunk {id}: empty area at entry {i}"));
-                }
-                if e > 0 {
-                    if i > 0 && areas[i - 1] > 0 {
-                        return Err(format!("chunk {id}: free areas {} and {i} are not merged", i - 1));
-                    }
-                    free += e as i64;
-                    largest = largest.max(e);
-                } else if !(c.immutable || c.hidden_head && i == 0) {
-                    // The kernel populated the requested bytes; up to 3
-                    // tail bytes and 3 later head bytes may sit beyond them.
-                    let len = (-e) as usize;
-                    let end = off + len.saturating_sub(6).max(1);
-                    for p in off / page..end.div_ceil(page) {
-                        if !c.page_populated(p) {
-                            return Err(format!(
-                                "chunk {id}: area at offset {off:#x} ({len} bytes) has page {p} unpopulated"
-                            ));
-                        }
-                    }
-                }
-                sum += e.unsigned_abs() as i64;
-                off += e.unsigned_abs() as usize;
-            }
-            if sum != c.extent as i64 {
-                return Err(format!("chunk {id}: areas sum to {sum:#x}, the map covers {:#x}", c.extent));
-            }
-            if free != c.free_size as i64 {
-                return Err(format!("chunk {id}: free_size {} but free areas sum to {free}", c.free_size));
-            }
-            // The hint is an upper bound (it may over-report after an
-            // allocation that did not scan to the end), never below.
-            if c.contig_hint < largest {
-                return Err(format!("chunk {id}: contig_hint {} below the largest free area {largest}", c.contig_hint));
-            }
-            if c.hidden_head && areas[0] >= 0 {
-                return Err(format!("chunk {id}: hidden static area is free ({})", areas[0]));
-            }
-            let pop = c.populated.iter().map(|w| w.count_ones() as usize).sum::<usize>();
-            if pop != c.nr_populated {
-                return Err(format!("chunk {id}: {pop} populated bits, nr_populated {}", c.nr_populated));
-            }
-            let want = if Some(id) == self.reserved_chunk { None } else { Some(self.chunk_slot(id)) };
-            if on_slot[id] != want {
-                return Err(format!("chunk {id}: on slot {:?}, pcpu_chunk_slot says {want:?}", on_slot[id]));
-            }
-            if !c.immutable {
-                vm_chunks += 1;
-                if self.by_base.get(&c.base_addr) != Some(&id) {
-                    return Err(format!("chunk {id}: base {:#x} missing from the lookup", c.base_addr));
-                }
-            }
-        }
-        if vm_chunks != self.by_base.len() {
-            return Err(format!("{} lookup entries for {vm_chunks} vm chunks", self.by_base.len()));
-        }
-        Ok(())
     }
 }
 
@@ -895,7 +490,7 @@ impl PercpuAllocator for AreaMapAllocator {
 
         // Reserved requests use the reserved chunk when there is one, and
         // the normal chunks otherwise (__alloc_reserved_percpu).
-        let (id, off) = if let (true, Some(rid)) = (req.reserved, self.reserved_chunk) {
+        let (id, off) = if let (true, Some(rid)) = (req.reserved, self.slots.reserved_chunk) {
             let exhausted = |a: &Self| {
                 let c = a.chunk(rid);
                 AllocError::ReservedExhausted {
@@ -920,32 +515,20 @@ impl PercpuAllocator for AreaMapAllocator {
         };
 
         self.populate(id, off, isize);
-        let addr = self.cfg.space.wrapping_add(self.chunk(id).base_addr, off as u64);
-        Ok(self.addr_to_ptr(addr))
+        Ok(self.slots.ptr_at(&self.cfg, id, off))
     }
 
     /// `free_percpu`; returns the size of the area as the map records it
     /// (the request plus any tail under 4 bytes kept with it and any head
     /// under 4 bytes a later neighbour gave it).
     fn free(&mut self, ptr: PcpuPtr) -> Result<usize, FreeError> {
-        if ptr.0 > self.cfg.space.mask() {
-            return Err(FreeError::NotPercpu { ptr: ptr.0 });
-        }
-        let addr = self.ptr_to_addr(ptr);
-        let id = self.addr_search(addr).ok_or(FreeError::NotPercpu { ptr: ptr.0 })?;
-        let offset = (addr - self.chunk(id).base_addr) as usize;
-        if self.chunk(id).hidden_head && offset < self.cfg.static_size {
-            return Err(FreeError::Static { ptr: ptr.0, chunk: id, offset });
-        }
+        let (id, offset) = self.slots.free_target(&self.cfg, ptr)?;
         let i = self.find_area(id, offset as i32).ok_or(FreeError::NotAllocated { ptr: ptr.0, chunk: id, offset })?;
         let size = -self.chunk(id).map[i] as usize;
         self.free_area_at(id, i);
         // More than one fully free chunk: the kernel wakes the reaper.
-        if self.chunk(id).free_size == self.unit_size {
-            let last = self.nr_slots - 1;
-            if self.slot_list(last).iter().any(|&o| o != id) {
-                self.stats.reclaims_scheduled += 1;
-            }
+        if self.slots.another_free_chunk(id) {
+            self.stats.reclaims_scheduled += 1;
         }
         Ok(size)
     }
@@ -953,13 +536,7 @@ impl PercpuAllocator for AreaMapAllocator {
     /// `pcpu_reclaim`: destroy every fully free chunk but the first on the
     /// last slot.
     fn balance(&mut self) {
-        let head = self.nr_slots - 1;
-        let list = self.slot_list(head);
-        for &id in list.iter().skip(1) {
-            if self.chunk(id).immutable {
-                tracing::warn!(chunk = id, "immutable percpu chunk on the free slot");
-                continue;
-            }
+        for id in self.slots.reclaimable() {
             self.destroy_chunk(id);
         }
     }
@@ -971,22 +548,7 @@ impl PercpuAllocator for AreaMapAllocator {
         // populated bitmap in longs.
         let fields = 2 * ptr + 4 + 4 + ptr + 4 + 4 + ptr + ptr + 1;
         let bitmap = (self.unit_pages as u64).div_ceil(8 * ptr) * ptr;
-        let chunk_struct = fields.div_ceil(ptr) * ptr + bitmap;
-        let page = self.cfg.space.page_size();
-        let mut f = Footprint {
-            metadata_bytes: self.nr_slots as u64 * 2 * ptr,
-            nr_chunks: self.nr_chunks(),
-            ..Footprint::default()
-        };
-        for c in self.chunks.iter().flatten() {
-            let hidden = if c.hidden_head { -c.map[0] } else { 0 };
-            f.allocated_bytes += (c.extent - c.free_size - hidden) as u64;
-            if !c.shares_pages {
-                f.populated_bytes += c.nr_populated as u64 * page;
-            }
-            f.metadata_bytes += chunk_struct + 4 * c.map.len() as u64;
-        }
-        f
+        self.slots.footprint(ptr, fields.div_ceil(ptr) * ptr + bitmap)
     }
 }
 
@@ -996,35 +558,42 @@ impl AreaMapAllocator {
     fn alloc_normal(&mut self, size: usize, align: usize) -> Result<(usize, i32), AllocError> {
         let (isize, ialign) = (size as i32, align as i32);
         'restart: loop {
-            for slot in self.size_to_slot(isize)..self.nr_slots {
-                let mut n = self.lists.next(slot);
-                while n != slot {
-                    let id = self.lists.chunk_of(n).expect("chunk node");
-                    let after = self.lists.next(n);
-                    self.stats.chunks_walked += 1;
-                    if isize > self.chunk(id).contig_hint {
-                        n = after;
-                        continue;
-                    }
-                    if let Some(new_alloc) = self.need_to_extend(id) {
-                        // The kernel drops pcpu_lock to allocate the new
-                        // map, so it walks the slots again.
-                        self.extend_area_map(id, new_alloc);
-                        self.stats.restarts += 1;
-                        continue 'restart;
-                    }
-                    if let Some(off) = self.alloc_area(id, isize, ialign) {
-                        return Ok((id, off));
-                    }
-                    n = after;
+            let mut walk = self.slots.walk(self.slots.size_to_slot(isize));
+            while let Some(id) = self.slots.walk_next(&mut walk) {
+                self.stats.chunks_walked += 1;
+                if isize > self.chunk(id).contig_hint {
+                    continue;
+                }
+                if let Some(new_alloc) = self.need_to_extend(id) {
+                    // The kernel drops pcpu_lock to allocate the new map,
+                    // so it walks the slots again.
+                    self.extend_area_map(id, new_alloc);
+                    self.stats.restarts += 1;
+                    continue 'restart;
+                }
+                if let Some(off) = self.alloc_area(id, isize, ialign) {
+                    return Ok((id, off));
                 }
             }
             // No space left: create a new chunk and walk again.
             let id = self.create_chunk().map_err(|reason| AllocError::ChunkCreation { size, align, reason })?;
-            self.relocate(id, None);
+            self.slots.relocate(id, None);
             self.stats.restarts += 1;
         }
     }
+}
+
+/// A first-chunk map `[-hidden, free]` (or `[-hidden]` without free bytes),
+/// immutable and fully populated.
+fn first_chunk_struct(cfg: &AreaMapConfig, unit_pages: usize, hidden: i32, free: i32, shares_pages: bool) -> Chunk {
+    let mut map = vec![0; FIRST_CHUNK_MAP_ALLOC];
+    map[0] = -hidden;
+    let mut map_used = 1;
+    if free > 0 {
+        map[1] = free;
+        map_used = 2;
+    }
+    Chunk::new(map, map_used, cfg.first_chunk_base, unit_pages, true, shares_pages)
 }
 
 #[cfg(test)]

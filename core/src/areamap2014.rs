@@ -112,7 +112,8 @@
 //! * `pcpu_chunk_slot`, `pcpu_size_to_slot`, `pcpu_chunk_relocate`
 //!   (`list_move` up, `list_move_tail` down, never the reserved chunk) and
 //!   the "more than one free chunk" test of `free_percpu` are unchanged
-//!   from 2009 (shared with [`crate::areamap`] through its slot lists).
+//!   from 2009 (one implementation for both models, `ChunkSlots` in
+//!   `areamap/chunks.rs`).
 //!
 //! Not seen in the copies read, modelled from the surrounding code:
 //! `PERCPU_DYNAMIC_EARLY_SLOTS` = 128 (include/linux/percpu.h of 3.x),
@@ -146,14 +147,14 @@
 //! * New chunks take `nr_units * unit_size` bytes of vmalloc space, top
 //!   down, without guard pages or atom alignment.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::addr::RangeAllocator;
 use crate::alloc::{AllocError, AllocRequest, Footprint, FreeError, PcpuPtr, PercpuAllocator};
-use crate::areamap::lists::{align_int, size_to_slot_raw, SlotLists};
+use crate::areamap::chunks::{extend_map, map_alloc_for, slot_chunk_fields, ChunkSlots, PageBits, SlotChunk, INT_SIZE};
+use crate::areamap::lists::align_int;
 use crate::areamap::{AreaMapConfig, AreaMapConfigError, AREAMAP_MAX_ALLOC, PCPU_DFL_MAP_ALLOC};
+
+mod verify;
 
 /// `PERCPU_DYNAMIC_EARLY_SLOTS`: entries of the first chunk's static maps.
 pub const PERCPU_DYNAMIC_EARLY_SLOTS: usize = 128;
@@ -165,9 +166,6 @@ pub const PCPU_ATOMIC_MAP_MARGIN_LOW: usize = 32;
 pub const ATOMIC_MAP_MARGIN: usize = 3;
 pub const PCPU_EMPTY_POP_PAGES_LOW: usize = 2;
 pub const PCPU_EMPTY_POP_PAGES_HIGH: usize = 4;
-
-/// `sizeof(int)`.
-const INT_SIZE: i32 = 4;
 
 /// `PFN_UP` in units of `page` for a non-negative offset.
 fn pfn_up(v: i32, page: i32) -> i32 {
@@ -218,7 +216,7 @@ struct Chunk {
     contig_hint: i32,
     first_free: usize,
     base_addr: u64,
-    populated: Vec<u64>,
+    populated: PageBits,
     nr_populated: usize,
     immutable: bool,
     /// 4.13: `map[0]` is the static (or static + reserved) area.
@@ -230,6 +228,27 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// A chunk over `map[..=map_used]` (the sentry included), its hint
+    /// exact (one free area at most).  A first chunk is immutable, fully
+    /// populated and 4.13's `has_reserved`; a vm chunk starts unpopulated.
+    fn new(map: Vec<i32>, map_used: usize, base_addr: u64, unit_pages: usize, first: bool, shares_pages: bool) -> Self {
+        let free = (0..map_used).filter(|&i| map[i] & 1 == 0).map(|i| (map[i + 1] & !1) - map[i]).sum();
+        Chunk {
+            map,
+            map_used,
+            free_size: free,
+            contig_hint: free,
+            first_free: 0,
+            base_addr,
+            populated: PageBits::new(unit_pages, first),
+            nr_populated: if first { unit_pages } else { 0 },
+            immutable: first,
+            has_reserved: first,
+            shares_pages,
+            on_extend_list: false,
+        }
+    }
+
     fn start(&self, i: usize) -> i32 {
         self.map[i] & !1
     }
@@ -239,48 +258,42 @@ impl Chunk {
     fn end(&self) -> i32 {
         self.start(self.map_used)
     }
-    fn page_populated(&self, p: usize) -> bool {
-        self.populated[p / 64] >> (p % 64) & 1 != 0
-    }
-    fn set_populated(&mut self, p: usize, on: bool) {
-        if on {
-            self.populated[p / 64] |= 1 << (p % 64);
-        } else {
-            self.populated[p / 64] &= !(1 << (p % 64));
-        }
-    }
     /// `find_next_zero_bit` / `find_next_bit` over the populated bitmap.
     fn next_unpop(&self, from: usize, end: usize) -> (usize, usize) {
-        let rs = (from..end).find(|&p| !self.page_populated(p)).unwrap_or(end);
-        let re = (rs.min(end)..end).find(|&p| self.page_populated(p)).unwrap_or(end);
+        let rs = (from..end).find(|&p| !self.populated.get(p)).unwrap_or(end);
+        let re = (rs.min(end)..end).find(|&p| self.populated.get(p)).unwrap_or(end);
         (rs, re)
     }
 }
 
-/// The 3.18 .. 4.13 percpu allocator.  Chunk 0 holds the static area; with
-/// a reserved area it is the reserved chunk and chunk 1 the dynamic part
-/// of the first chunk, as `pcpu_setup_first_chunk` built them.
+impl SlotChunk for Chunk {
+    slot_chunk_fields!();
+    fn hides_static(&self) -> bool {
+        self.has_reserved
+    }
+    /// 2014: the hidden area ends at `map[1]`.
+    fn allocated_bytes(&self) -> u64 {
+        let hidden = if self.has_reserved { self.start(1) } else { 0 };
+        (self.end() - self.free_size - hidden) as u64
+    }
+}
+
+/// The 3.18 .. 4.13 percpu allocator: the chunks on their slot lists
+/// (`ChunkSlots` of `areamap/chunks.rs`, shared with the 2009 map), the
+/// atomic-allocation state of 3.18 and the work counters.
 #[derive(Clone, Debug)]
 pub struct AreaMap2014Allocator {
     cfg: AreaMapConfig,
     unit_size: i32,
     unit_pages: usize,
     page_shift: u32,
-    nr_slots: usize,
-    chunks: Vec<Option<Chunk>>,
-    free_ids: Vec<usize>,
-    lists: SlotLists,
-    first_chunk: usize,
-    reserved_chunk: Option<usize>,
-    reserved_limit: usize,
+    slots: ChunkSlots<Chunk>,
     /// `pcpu_map_extend_chunks`, in order.
     extend_list: Vec<usize>,
     /// `pcpu_nr_empty_pop_pages`.
     nr_empty_pop_pages: i64,
     /// `pcpu_atomic_alloc_failed`.
     atomic_alloc_failed: bool,
-    vm_space: RangeAllocator,
-    by_base: BTreeMap<u64, usize>,
     stats: AreaMap2014Stats,
 }
 
@@ -294,79 +307,23 @@ impl AreaMap2014Allocator {
                 return Err(AreaMapConfigError::OddArea { what, size });
             }
         }
-        let unit_size = cfg.unit_size as i32;
-        let page_shift = cfg.space.page_shift();
-        let unit_pages = cfg.unit_size >> page_shift;
-        let nr_slots = size_to_slot_raw(unit_size) + 2;
+        let unit_pages = cfg.unit_size >> cfg.space.page_shift();
+        let slots = ChunkSlots::new(&cfg, |hidden, free, shares_pages| {
+            first_chunk_struct(&cfg, unit_pages, hidden, free, shares_pages)
+        });
         let mut a = AreaMap2014Allocator {
-            unit_size,
+            unit_size: cfg.unit_size as i32,
             unit_pages,
-            page_shift,
-            nr_slots,
-            chunks: Vec::new(),
-            free_ids: Vec::new(),
-            lists: SlotLists::new(nr_slots),
-            first_chunk: 0,
-            reserved_chunk: None,
-            reserved_limit: 0,
+            page_shift: cfg.space.page_shift(),
+            slots,
             extend_list: Vec::new(),
             nr_empty_pop_pages: 0,
             atomic_alloc_failed: false,
-            vm_space: cfg.vm_space(),
-            by_base: BTreeMap::new(),
             stats: AreaMap2014Stats::default(),
             cfg,
         };
-        let static_size = a.cfg.static_size as i32;
-        let reserved_size = a.cfg.reserved_size as i32;
-        let mut dyn_size = unit_size - static_size - reserved_size;
-        let schunk_free = if reserved_size > 0 { reserved_size } else { std::mem::replace(&mut dyn_size, 0) };
-        let sid = a.insert_chunk(a.first_chunk_struct(static_size, schunk_free, false));
-        let mut first = sid;
-        if reserved_size > 0 {
-            a.reserved_chunk = Some(sid);
-            a.reserved_limit = (static_size + reserved_size) as usize;
-        }
-        if dyn_size > 0 {
-            let d = a.first_chunk_struct(static_size + reserved_size, dyn_size, true);
-            first = a.insert_chunk(d);
-        }
-        a.first_chunk = first;
-        a.nr_empty_pop_pages = a.empty_pop_pages_of(first) as i64;
-        a.relocate(first, None);
+        a.nr_empty_pop_pages = a.empty_pop_pages_of(a.slots.first_chunk) as i64;
         Ok(a)
-    }
-
-    /// `{1, hidden, (hidden + free) | 1}` (or `{1, hidden | 1}` without
-    /// free bytes), immutable, fully populated.
-    fn first_chunk_struct(&self, hidden: i32, free: i32, shares_pages: bool) -> Chunk {
-        let mut map = vec![0; PERCPU_DYNAMIC_EARLY_SLOTS];
-        map[0] = 1;
-        map[1] = hidden;
-        let mut map_used = 1;
-        if free > 0 {
-            map_used = 2;
-            map[2] = hidden + free;
-        }
-        map[map_used] |= 1;
-        let mut populated = vec![0u64; self.unit_pages.div_ceil(64)];
-        for p in 0..self.unit_pages {
-            populated[p / 64] |= 1 << (p % 64);
-        }
-        Chunk {
-            map,
-            map_used,
-            free_size: free,
-            contig_hint: free,
-            first_free: 0,
-            base_addr: self.cfg.first_chunk_base,
-            populated,
-            nr_populated: self.unit_pages,
-            immutable: true,
-            has_reserved: true,
-            shares_pages,
-            on_extend_list: false,
-        }
     }
 
     /// Work counters since creation.
@@ -376,7 +333,7 @@ impl AreaMap2014Allocator {
 
     /// The first chunk (once) plus the vm chunks.
     pub fn nr_chunks(&self) -> usize {
-        1 + self.by_base.len()
+        self.slots.nr_chunks()
     }
 
     pub fn config(&self) -> &AreaMapConfig {
@@ -389,52 +346,12 @@ impl AreaMap2014Allocator {
     }
 
     fn chunk(&self, id: usize) -> &Chunk {
-        self.chunks[id].as_ref().expect("live chunk id")
-    }
-    fn chunk_mut(&mut self, id: usize) -> &mut Chunk {
-        self.chunks[id].as_mut().expect("live chunk id")
-    }
-
-    fn insert_chunk(&mut self, c: Chunk) -> usize {
-        let id = self.free_ids.pop().unwrap_or_else(|| {
-            self.chunks.push(None);
-            self.chunks.len() - 1
-        });
-        self.lists.ensure_chunk(id);
-        self.chunks[id] = Some(c);
-        id
-    }
-
-    /// `pcpu_size_to_slot`.
-    fn size_to_slot(&self, size: i32) -> usize {
-        if size == self.unit_size {
-            self.nr_slots - 1
-        } else {
-            size_to_slot_raw(size)
-        }
-    }
-
-    /// `pcpu_chunk_slot`.
-    fn chunk_slot(&self, id: usize) -> usize {
-        let c = self.chunk(id);
-        if c.free_size < INT_SIZE || c.contig_hint < INT_SIZE {
-            0
-        } else {
-            self.size_to_slot(c.free_size)
-        }
-    }
-
-    /// `pcpu_chunk_relocate`.
-    fn relocate(&mut self, id: usize, oslot: Option<usize>) {
-        if Some(id) != self.reserved_chunk {
-            let nslot = self.chunk_slot(id);
-            self.lists.relocate(id, oslot, nslot);
-        }
+        self.slots.chunk(id)
     }
 
     #[cfg(test)]
     fn slot_list(&self, slot: usize) -> Vec<usize> {
-        self.lists.list(slot)
+        self.slots.list(slot)
     }
 
     fn schedule_balance(&mut self) {
@@ -449,7 +366,7 @@ impl AreaMap2014Allocator {
         let (map_alloc, map_used) = (c.map.len(), c.map_used);
         let margin = if is_atomic {
             if map_alloc < map_used + PCPU_ATOMIC_MAP_MARGIN_LOW && !c.on_extend_list {
-                self.chunk_mut(id).on_extend_list = true;
+                self.slots.chunk_mut(id).on_extend_list = true;
                 self.extend_list.push(id);
                 self.schedule_balance();
             }
@@ -457,25 +374,15 @@ impl AreaMap2014Allocator {
         } else {
             PCPU_ATOMIC_MAP_MARGIN_HIGH
         };
-        if map_alloc >= map_used + margin {
-            return None;
-        }
-        let mut new_alloc = PCPU_DFL_MAP_ALLOC;
-        while new_alloc < map_used + margin {
-            new_alloc *= 2;
-        }
-        Some(new_alloc)
+        map_alloc_for(map_alloc, map_used, margin)
     }
 
     /// `pcpu_extend_area_map`.
     fn extend_area_map(&mut self, id: usize, new_alloc: usize) {
-        let c = self.chunks[id].as_mut().expect("live chunk id");
-        if new_alloc <= c.map.len() {
-            return;
+        if let Some(copied) = extend_map(&mut self.slots.chunk_mut(id).map, new_alloc) {
+            self.stats.map_extensions += 1;
+            self.stats.map_entries_copied += copied;
         }
-        self.stats.map_extensions += 1;
-        self.stats.map_entries_copied += c.map.len() as u64;
-        c.map.resize(new_alloc, 0);
     }
 
     /// `pcpu_fit_in_area`: the head to pad after `off`, or `None`.
@@ -524,9 +431,9 @@ impl AreaMap2014Allocator {
     /// `pcpu_alloc_area`: first fit from `first_free`.  Returns the offset
     /// and the pages the area occupies.
     fn alloc_area(&mut self, id: usize, size: i32, align: i32, pop_only: bool) -> Option<(i32, usize)> {
-        let oslot = self.chunk_slot(id);
+        let oslot = self.slots.chunk_slot(id);
         self.stats.alloc_area_calls += 1;
-        let mut c = self.chunks[id].take().expect("live chunk id");
+        let mut c = self.slots.take(id);
         let mut max_contig = 0;
         let mut seen_free = false;
         let mut found = None;
@@ -600,8 +507,8 @@ impl AreaMap2014Allocator {
             c.contig_hint = max_contig;
             self.stats.alloc_area_failures += 1;
         }
-        self.chunks[id] = Some(c);
-        self.relocate(id, Some(oslot));
+        self.slots.put(id, c);
+        self.slots.relocate(id, Some(oslot));
         found
     }
 
@@ -631,8 +538,8 @@ impl AreaMap2014Allocator {
     /// The rest of `pcpu_free_area`: entry `i` (in use) becomes free and
     /// merges.  Returns the pages it occupied.
     fn free_area_at(&mut self, id: usize, mut i: usize) -> usize {
-        let oslot = self.chunk_slot(id);
-        let mut c = self.chunks[id].take().expect("live chunk id");
+        let oslot = self.slots.chunk_slot(id);
+        let mut c = self.slots.take(id);
         c.first_free = c.first_free.min(i);
         c.map[i] &= !1;
         c.free_size += c.start(i + 1) - c.map[i];
@@ -651,8 +558,8 @@ impl AreaMap2014Allocator {
             self.stats.map_entries_moved += (c.map_used - i) as u64;
         }
         c.contig_hint = c.contig_hint.max(c.map[i + 1] - c.map[i] - 1);
-        self.chunks[id] = Some(c);
-        self.relocate(id, Some(oslot));
+        self.slots.put(id, c);
+        self.slots.relocate(id, Some(oslot));
         occ
     }
 
@@ -661,14 +568,14 @@ impl AreaMap2014Allocator {
     /// `pcpu_populate_chunk` + `pcpu_chunk_populated` on every unpopulated
     /// run of `[start, end)`.
     fn populate_pages(&mut self, id: usize, start: usize, end: usize) {
-        let c = self.chunks[id].as_mut().expect("live chunk id");
+        let c = self.slots.chunk_mut(id);
         let mut added = 0;
         for p in start..end {
-            if !c.page_populated(p) {
+            if !c.populated.get(p) {
                 if c.immutable {
                     tracing::warn!(chunk = id, "populating an immutable percpu chunk");
                 }
-                c.set_populated(p, true);
+                c.populated.set(p);
                 added += 1;
             }
         }
@@ -680,65 +587,20 @@ impl AreaMap2014Allocator {
     /// `pcpu_create_chunk` (vm backend): `{0, unit_size | 1}`, nothing
     /// populated.
     fn create_chunk(&mut self) -> Result<usize, String> {
-        let bytes = self.cfg.nr_units as u64 * self.cfg.unit_size as u64;
-        let page = self.cfg.space.page_size();
-        let base = self.vm_space.alloc_top_down(bytes, page).ok_or_else(|| {
-            let w = self.vm_space.window();
-            format!(
-                "no {bytes:#x}-byte range left in vmalloc space {:#x}..{:#x} ({:#x} bytes free)",
-                w.start,
-                w.end,
-                self.vm_space.free_bytes()
-            )
-        })?;
         let mut map = vec![0; PCPU_DFL_MAP_ALLOC];
         map[1] = self.unit_size | 1;
-        let c = Chunk {
-            map,
-            map_used: 1,
-            free_size: self.unit_size,
-            contig_hint: self.unit_size,
-            first_free: 0,
-            base_addr: base,
-            populated: vec![0; self.unit_pages.div_ceil(64)],
-            nr_populated: 0,
-            immutable: false,
-            has_reserved: false,
-            shares_pages: false,
-            on_extend_list: false,
-        };
-        let id = self.insert_chunk(c);
-        self.by_base.insert(base, id);
+        let id = self.slots.create_vm(|base| Chunk::new(map, 1, base, self.unit_pages, false, false))?;
         self.stats.chunks_created += 1;
         Ok(id)
     }
 
     /// Depopulate (`pcpu_chunk_depopulated`) and `pcpu_destroy_chunk`.
     fn destroy_chunk(&mut self, id: usize) {
-        self.lists.del_init(id);
         self.extend_list.retain(|&x| x != id);
-        let c = self.chunks[id].take().expect("live chunk id");
+        let c = self.slots.remove_vm(id);
         self.stats.pages_depopulated += c.nr_populated as u64;
         self.nr_empty_pop_pages -= c.nr_populated as i64;
         self.stats.chunks_destroyed += 1;
-        let bytes = self.cfg.nr_units as u64 * self.cfg.unit_size as u64;
-        self.vm_space.release(c.base_addr..c.base_addr + bytes);
-        self.by_base.remove(&c.base_addr);
-        self.free_ids.push(id);
-    }
-
-    /// `pcpu_chunk_addr_search`, by unit-0 address.
-    fn addr_search(&self, addr: u64) -> Option<usize> {
-        let first = self.cfg.first_chunk_base;
-        let unit = self.cfg.unit_size as u64;
-        if addr >= first && addr - first < unit {
-            if ((addr - first) as usize) < self.reserved_limit {
-                return self.reserved_chunk;
-            }
-            return Some(self.first_chunk);
-        }
-        let (&base, &id) = self.by_base.range(..=addr).next_back()?;
-        (addr - base < unit).then_some(id)
     }
 
     /// Populated pages of chunk `id` that no in-use area touches.
@@ -752,86 +614,7 @@ impl AreaMap2014Allocator {
                 *u = true;
             }
         }
-        (0..self.unit_pages).filter(|&p| c.page_populated(p) && !used[p]).count()
-    }
-
-    // ---- checking -----------------------------------------------------
-
-    /// Check every invariant the kernel relies on.
-    pub fn verify(&self) -> Result<(), String> {
-        let page = 1usize << self.page_shift;
-        let on_slot = self.lists.check(self.chunks.len(), |id| self.chunks[id].is_some())?;
-        let mut empty = 0i64;
-        for (id, c) in self.chunks.iter().enumerate() {
-            let Some(c) = c else { continue };
-            if c.map_used == 0 || c.map_used >= c.map.len() {
-                return Err(format!("chunk {id}: map_used {} with map_alloc {}", c.map_used, c.map.len()));
-            }
-            if c.map[0] & !1 != 0 || !c.in_use(c.map_used) {
-                return Err(format!("chunk {id}: map starts at {:#x}, sentry {:#x}", c.map[0], c.map[c.map_used]));
-            }
-            let want_end = if Some(id) == self.reserved_chunk { self.reserved_limit as i32 } else { self.unit_size };
-            if c.end() != want_end {
-                return Err(format!("chunk {id}: the sentry ends the map at {:#x}, not {want_end:#x}", c.end()));
-            }
-            let (mut free, mut largest) = (0, 0);
-            for i in 0..c.map_used {
-                let (s, e) = (c.start(i), c.start(i + 1));
-                if s % 2 != 0 || e <= s {
-                    return Err(format!("chunk {id}: entry {i} is [{s:#x}, {e:#x})"));
-                }
-                if !c.in_use(i) {
-                    if i > 0 && !c.in_use(i - 1) {
-                        return Err(format!("chunk {id}: free areas {} and {i} are not merged", i - 1));
-                    }
-                    if i < c.first_free {
-                        return Err(format!("chunk {id}: free entry {i} below first_free {}", c.first_free));
-                    }
-                    free += e - s;
-                    largest = largest.max(e - s);
-                } else if !(c.immutable || c.has_reserved && i == 0) {
-                    // Requested bytes are populated; a kept tail and a
-                    // later neighbour's head (2 bytes each) may not be.
-                    let end = (e as usize).saturating_sub(4).max(s as usize + 1);
-                    if let Some(p) = (s as usize / page..end.div_ceil(page)).find(|&p| !c.page_populated(p)) {
-                        return Err(format!("chunk {id}: area at {s:#x} has page {p} unpopulated"));
-                    }
-                }
-            }
-            if c.first_free > c.map_used {
-                return Err(format!("chunk {id}: first_free {} past map_used {}", c.first_free, c.map_used));
-            }
-            if free != c.free_size {
-                return Err(format!("chunk {id}: free_size {} but free areas sum to {free}", c.free_size));
-            }
-            if c.contig_hint < largest {
-                return Err(format!("chunk {id}: contig_hint {} below the largest free area {largest}", c.contig_hint));
-            }
-            if c.has_reserved && !c.in_use(0) {
-                return Err(format!("chunk {id}: the hidden first area is free"));
-            }
-            let pop = c.populated.iter().map(|w| w.count_ones() as usize).sum::<usize>();
-            if pop != c.nr_populated {
-                return Err(format!("chunk {id}: {pop} populated bits, nr_populated {}", c.nr_populated));
-            }
-            if c.on_extend_list != self.extend_list.contains(&id) {
-                return Err(format!("chunk {id}: on_extend_list {} disagrees with the list", c.on_extend_list));
-            }
-            let want = if Some(id) == self.reserved_chunk { None } else { Some(self.chunk_slot(id)) };
-            if on_slot[id] != want {
-                return Err(format!("chunk {id}: on slot {:?}, pcpu_chunk_slot says {want:?}", on_slot[id]));
-            }
-            if !c.immutable && self.by_base.get(&c.base_addr) != Some(&id) {
-                return Err(format!("chunk {id}: base {:#x} missing from the lookup", c.base_addr));
-            }
-            if Some(id) != self.reserved_chunk {
-                empty += self.empty_pop_pages_of(id) as i64;
-            }
-        }
-        if empty != self.nr_empty_pop_pages {
-            return Err(format!("pcpu_nr_empty_pop_pages is {}, the chunks have {empty}", self.nr_empty_pop_pages));
-        }
-        Ok(())
+        (0..self.unit_pages).filter(|&p| c.populated.get(p) && !used[p]).count()
     }
 }
 
@@ -853,7 +636,7 @@ impl PercpuAllocator for AreaMap2014Allocator {
             });
         }
         let (isize, ialign, atomic) = (size as i32, align as i32, req.atomic);
-        let found = if let (true, Some(rid)) = (req.reserved, self.reserved_chunk) {
+        let found = if let (true, Some(rid)) = (req.reserved, self.slots.reserved_chunk) {
             self.alloc_reserved(rid, isize, ialign, atomic).map_err(|()| {
                 let c = self.chunk(rid);
                 AllocError::ReservedExhausted {
@@ -884,27 +667,18 @@ impl PercpuAllocator for AreaMap2014Allocator {
             let end = (off as usize + size).div_ceil(1 << self.page_shift);
             self.populate_pages(id, start, end);
         }
-        if Some(id) != self.reserved_chunk {
+        if Some(id) != self.slots.reserved_chunk {
             self.nr_empty_pop_pages -= occ as i64;
         }
         if self.nr_empty_pop_pages < PCPU_EMPTY_POP_PAGES_LOW as i64 {
             self.schedule_balance();
         }
-        let addr = self.cfg.space.wrapping_add(self.chunk(id).base_addr, off as u64);
-        Ok(self.cfg.addr_to_ptr(addr))
+        Ok(self.slots.ptr_at(&self.cfg, id, off))
     }
 
     /// `free_percpu`; returns the area's size as the map records it.
     fn free(&mut self, ptr: PcpuPtr) -> Result<usize, FreeError> {
-        if ptr.0 > self.cfg.space.mask() {
-            return Err(FreeError::NotPercpu { ptr: ptr.0 });
-        }
-        let addr = self.cfg.ptr_to_addr(ptr);
-        let id = self.addr_search(addr).ok_or(FreeError::NotPercpu { ptr: ptr.0 })?;
-        let offset = (addr - self.chunk(id).base_addr) as usize;
-        if self.chunk(id).has_reserved && offset < self.cfg.static_size {
-            return Err(FreeError::Static { ptr: ptr.0, chunk: id, offset });
-        }
+        let (id, offset) = self.slots.free_target(&self.cfg, ptr)?;
         let bad = FreeError::NotAllocated { ptr: ptr.0, chunk: id, offset };
         if offset % 2 != 0 {
             return Err(bad);
@@ -913,14 +687,11 @@ impl PercpuAllocator for AreaMap2014Allocator {
         let c = self.chunk(id);
         let size = (c.start(i + 1) - c.start(i)) as usize;
         let occ = self.free_area_at(id, i);
-        if Some(id) != self.reserved_chunk {
+        if Some(id) != self.slots.reserved_chunk {
             self.nr_empty_pop_pages += occ as i64;
         }
-        if self.chunk(id).free_size == self.unit_size {
-            let last = self.nr_slots - 1;
-            if self.lists.list(last).iter().any(|&o| o != id) {
-                self.schedule_balance();
-            }
+        if self.slots.another_free_chunk(id) {
+            self.schedule_balance();
         }
         Ok(size)
     }
@@ -928,17 +699,12 @@ impl PercpuAllocator for AreaMap2014Allocator {
     /// `pcpu_balance_workfn`.
     fn balance(&mut self) {
         // Reclaim every fully free chunk but the first.
-        let last = self.nr_slots - 1;
-        for &id in self.lists.list(last).iter().skip(1) {
-            if self.chunk(id).immutable {
-                tracing::warn!(chunk = id, "immutable percpu chunk on the free slot");
-                continue;
-            }
+        for id in self.slots.reclaimable() {
             self.destroy_chunk(id);
         }
         // Serve the map extensions atomic requests asked for.
         for id in std::mem::take(&mut self.extend_list) {
-            self.chunk_mut(id).on_extend_list = false;
+            self.slots.chunk_mut(id).on_extend_list = false;
             if let Some(n) = self.need_to_extend(id, false) {
                 self.extend_area_map(id, n);
                 self.stats.async_map_extensions += 1;
@@ -952,12 +718,12 @@ impl PercpuAllocator for AreaMap2014Allocator {
             (high - self.nr_empty_pop_pages).clamp(0, high)
         } as usize;
         while nr_to_pop > 0 {
-            for slot in self.size_to_slot(1 << self.page_shift)..self.nr_slots {
+            for slot in self.slots.size_to_slot(1 << self.page_shift)..self.slots.nr_slots {
                 if nr_to_pop == 0 {
                     break;
                 }
                 let Some(id) =
-                    self.lists.list(slot).into_iter().find(|&id| self.chunk(id).nr_populated < self.unit_pages)
+                    self.slots.list(slot).into_iter().find(|&id| self.chunk(id).nr_populated < self.unit_pages)
                 else {
                     continue;
                 };
@@ -978,7 +744,7 @@ impl PercpuAllocator for AreaMap2014Allocator {
             }
             // Ran out of chunks to populate: create one and retry.
             let Ok(id) = self.create_chunk() else { break };
-            self.relocate(id, None);
+            self.slots.relocate(id, None);
         }
     }
 
@@ -989,22 +755,7 @@ impl PercpuAllocator for AreaMap2014Allocator {
         // first_free, immutable, has_reserved, nr_populated, populated[].
         let fields = 2 * ptr + 4 + 4 + ptr + 4 + 4 + ptr + 2 * ptr + ptr + 4 + 1 + 1 + 4;
         let bitmap = (self.unit_pages as u64).div_ceil(8 * ptr) * ptr;
-        let chunk_struct = fields.div_ceil(ptr) * ptr + bitmap;
-        let page = self.cfg.space.page_size();
-        let mut f = Footprint {
-            metadata_bytes: self.nr_slots as u64 * 2 * ptr,
-            nr_chunks: self.nr_chunks(),
-            ..Footprint::default()
-        };
-        for c in self.chunks.iter().flatten() {
-            let hidden = if c.has_reserved { c.start(1) } else { 0 };
-            f.allocated_bytes += (c.end() - c.free_size - hidden) as u64;
-            if !c.shares_pages {
-                f.populated_bytes += c.nr_populated as u64 * page;
-            }
-            f.metadata_bytes += chunk_struct + 4 * c.map.len() as u64;
-        }
-        f
+        self.slots.footprint(ptr, fields.div_ceil(ptr) * ptr + bitmap)
     }
 }
 
@@ -1027,40 +778,50 @@ impl AreaMap2014Allocator {
     /// found nothing; `Err(Some(reason))`: no chunk could be created.
     fn alloc_normal(&mut self, size: i32, align: i32, atomic: bool) -> Result<(usize, i32, usize), Option<String>> {
         'restart: loop {
-            for slot in self.size_to_slot(size)..self.nr_slots {
-                let mut n = self.lists.next(slot);
-                while n != slot {
-                    let id = self.lists.chunk_of(n).expect("chunk node");
-                    let after = self.lists.next(n);
-                    n = after;
-                    self.stats.chunks_walked += 1;
-                    if size > self.chunk(id).contig_hint {
+            let mut walk = self.slots.walk(self.slots.size_to_slot(size));
+            while let Some(id) = self.slots.walk_next(&mut walk) {
+                self.stats.chunks_walked += 1;
+                if size > self.chunk(id).contig_hint {
+                    continue;
+                }
+                if let Some(new_alloc) = self.need_to_extend(id, atomic) {
+                    if atomic {
                         continue;
                     }
-                    if let Some(new_alloc) = self.need_to_extend(id, atomic) {
-                        if atomic {
-                            continue;
-                        }
-                        self.extend_area_map(id, new_alloc);
-                        self.stats.restarts += 1;
-                        continue 'restart;
-                    }
-                    if let Some((off, occ)) = self.alloc_area(id, size, align, atomic) {
-                        return Ok((id, off, occ));
-                    }
+                    self.extend_area_map(id, new_alloc);
+                    self.stats.restarts += 1;
+                    continue 'restart;
+                }
+                if let Some((off, occ)) = self.alloc_area(id, size, align, atomic) {
+                    return Ok((id, off, occ));
                 }
             }
             if atomic {
                 return Err(None);
             }
             // 3.18+: create a chunk only when no fully free one exists.
-            if self.lists.list(self.nr_slots - 1).is_empty() {
+            if self.slots.list(self.slots.nr_slots - 1).is_empty() {
                 let id = self.create_chunk().map_err(Some)?;
-                self.relocate(id, None);
+                self.slots.relocate(id, None);
             }
             self.stats.restarts += 1;
         }
     }
+}
+
+/// `{1, hidden, (hidden + free) | 1}` (or `{1, hidden | 1}` without free
+/// bytes), immutable, fully populated.
+fn first_chunk_struct(cfg: &AreaMapConfig, unit_pages: usize, hidden: i32, free: i32, shares_pages: bool) -> Chunk {
+    let mut map = vec![0; PERCPU_DYNAMIC_EARLY_SLOTS];
+    map[0] = 1;
+    map[1] = hidden;
+    let mut map_used = 1;
+    if free > 0 {
+        map_used = 2;
+        map[2] = hidden + free;
+    }
+    map[map_used] |= 1;
+    Chunk::new(map, map_used, cfg.first_chunk_base, unit_pages, true, shares_pages)
 }
 
 #[cfg(test)]

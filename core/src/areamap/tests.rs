@@ -6,47 +6,19 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use super::lists::size_to_slot_raw;
+use super::test_util::{alloc, cfg, free, fresh, FIRST_BASE, UNIT};
 use super::*;
-
-const UNIT: usize = 32 << 10;
-const FIRST_BASE: u64 = 0xffff_8880_0200_0000;
-
-fn cfg(static_size: usize, reserved_size: usize) -> AreaMapConfig {
-    AreaMapConfig {
-        space: AddressSpace::generic64(),
-        unit_size: UNIT,
-        nr_units: 4,
-        static_size,
-        reserved_size,
-        first_chunk_base: FIRST_BASE,
-        // Zero-based percpu pointers as on x86_64: ptr == offset in the
-        // first chunk.
-        per_cpu_start: 0,
-    }
-}
+use crate::addr::AddressSpace;
 
 fn new(static_size: usize, reserved_size: usize) -> AreaMapAllocator {
-    let a = AreaMapAllocator::new(cfg(static_size, reserved_size)).unwrap();
-    a.verify().unwrap();
-    a
-}
-
-fn alloc(a: &mut AreaMapAllocator, size: usize, align: usize) -> PcpuPtr {
-    let p = a.alloc(AllocRequest::new(size, align)).unwrap();
-    a.verify().unwrap();
-    p
+    fresh(static_size, reserved_size)
 }
 
 fn alloc_reserved(a: &mut AreaMapAllocator, size: usize, align: usize) -> Result<PcpuPtr, AllocError> {
     let r = a.alloc(AllocRequest::new(size, align).reserved());
     a.verify().unwrap();
     r
-}
-
-fn free(a: &mut AreaMapAllocator, p: PcpuPtr) -> usize {
-    let n = a.free(p).unwrap();
-    a.verify().unwrap();
-    n
 }
 
 fn map(a: &AreaMapAllocator, id: usize) -> Vec<i32> {
@@ -56,13 +28,16 @@ fn map(a: &AreaMapAllocator, id: usize) -> Vec<i32> {
 /// Everything but the work counters, to show a refused call changed
 /// nothing.
 fn snapshot(a: &AreaMapAllocator) -> Vec<(usize, Vec<i32>, usize, i32, i32, usize)> {
-    a.chunks
+    a.slots
+        .chunks
         .iter()
         .enumerate()
         .filter_map(|(id, c)| {
             c.as_ref().map(|c| (id, c.areas().to_vec(), c.map.len(), c.free_size, c.contig_hint, c.nr_populated))
         })
-        .chain((0..a.nr_slots).map(|s| (usize::MAX, a.slot_list(s).iter().map(|&x| x as i32).collect(), s, 0, 0, 0)))
+        .chain(
+            (0..a.slots.nr_slots).map(|s| (usize::MAX, a.slot_list(s).iter().map(|&x| x as i32).collect(), s, 0, 0, 0)),
+        )
         .collect()
 }
 
@@ -220,7 +195,7 @@ fn map_grows_by_doubling_two_entries_ahead() {
     assert_eq!(a.stats().map_extensions, 3);
     assert_eq!(a.stats().map_entries_copied, 2 + 16 + 32);
     // Extension jumps straight to the power of two that fits.
-    let c = a.chunk_mut(0);
+    let c = a.slots.chunk_mut(0);
     c.map_used = c.map.len() + 40;
     c.map.resize(c.map_used, 0);
     assert_eq!(a.need_to_extend(0), Some(128));
@@ -232,7 +207,7 @@ fn map_grows_by_doubling_two_entries_ahead() {
 fn slot_numbers_follow_the_kernel() {
     let a = new(100, 0);
     // 32 KiB unit: fls(32768) = 16, slot 13, plus the free-chunk slot.
-    assert_eq!(a.nr_slots, 15);
+    assert_eq!(a.slots.nr_slots, 15);
     // max(fls(size) - 3, 1): sizes 1..=15 share slot 1 (the kernel's
     // "1-31 shares the same slot" comment is one bit off).
     assert_eq!(size_to_slot_raw(1), 1);
@@ -241,9 +216,9 @@ fn slot_numbers_follow_the_kernel() {
     assert_eq!(size_to_slot_raw(31), 2);
     assert_eq!(size_to_slot_raw(32), 3);
     assert_eq!(size_to_slot_raw(16384), 12);
-    assert_eq!(a.size_to_slot(32768), 14);
-    assert_eq!(a.size_to_slot(32767), 12);
-    assert_eq!(a.chunk_slot(0), 12);
+    assert_eq!(a.slots.size_to_slot(32768), 14);
+    assert_eq!(a.slots.size_to_slot(32767), 12);
+    assert_eq!(a.slots.chunk_slot(0), 12);
     assert_eq!(a.slot_list(12), [0]);
 }
 
@@ -269,14 +244,14 @@ fn relocation_uses_list_move_and_list_move_tail() {
     a.balance();
     a.verify().unwrap();
     assert_eq!(a.nr_chunks(), 2);
-    assert!(a.chunks[ida].is_none() && a.chunks[idb].is_some());
+    assert!(a.slots.chunks[ida].is_none() && a.slots.chunks[idb].is_some());
     assert_eq!(a.slot_list(14), [idb]);
     assert_eq!(a.stats().chunks_destroyed, 1);
     assert_eq!(a.stats().pages_depopulated, 8);
     // The id is reused by the next chunk.
     alloc(&mut a, UNIT, 1);
     alloc(&mut a, UNIT, 1);
-    assert!(a.chunks[ida].is_some());
+    assert!(a.slots.chunks[ida].is_some());
 }
 
 #[test]
@@ -285,10 +260,10 @@ fn chunks_with_tiny_free_areas_sit_on_slot_0_and_are_never_searched() {
     let p = [alloc(&mut a, 2, 1), alloc(&mut a, 4, 1), alloc(&mut a, 2, 1), alloc(&mut a, UNIT - 8, 1)];
     let id = 1;
     assert_eq!(map(&a, id), [-2, -4, -2, -(UNIT as i32 - 8)]);
-    assert_eq!(a.chunk_slot(id), 0);
+    assert_eq!(a.slots.chunk_slot(id), 0);
     // free_size < 4: slot 0.
     free(&mut a, p[0]);
-    assert_eq!((a.chunk(id).free_size, a.chunk_slot(id)), (2, 0));
+    assert_eq!((a.chunk(id).free_size, a.slots.chunk_slot(id)), (2, 0));
     // free_size 4 but contig_hint 2: still slot 0.
     free(&mut a, p[2]);
     assert_eq!(map(&a, id), [2, -4, 2, -(UNIT as i32 - 8)]);
@@ -342,7 +317,7 @@ fn a_failed_scan_can_demote_a_chunk_to_slot_0_mid_walk() {
     let id = 1;
     assert_eq!(map(&a, id), [-2, -8, -2, -(UNIT as i32 - 12)]);
     free(&mut a, pb);
-    assert_eq!((a.chunk(id).contig_hint, a.chunk_slot(id)), (8, 1));
+    assert_eq!((a.chunk(id).contig_hint, a.slots.chunk_slot(id)), (8, 1));
     // 5 of the 8 bytes (tail 3 kept), not the last entry: hint stays 8.
     alloc(&mut a, 5, 1);
     free(&mut a, pa);
@@ -365,12 +340,12 @@ fn a_failed_scan_can_demote_a_chunk_to_slot_0_mid_walk() {
 #[test]
 fn reserved_chunk_serves_reserved_requests_only() {
     let mut a = new(100, 8192);
-    assert_eq!(a.reserved_chunk, Some(0));
-    assert_eq!(a.first_chunk, 1);
+    assert_eq!(a.slots.reserved_chunk, Some(0));
+    assert_eq!(a.slots.first_chunk, 1);
     assert_eq!(map(&a, 0), [-100, 8192]);
     assert_eq!(map(&a, 1), [-8292, 32768 - 8292]);
     // The reserved chunk is on no slot.
-    assert!((0..a.nr_slots).all(|s| !a.slot_list(s).contains(&0)));
+    assert!((0..a.slots.nr_slots).all(|s| !a.slot_list(s).contains(&0)));
 
     let r1 = alloc_reserved(&mut a, 5000, 4).unwrap();
     assert_eq!(r1, PcpuPtr(100));
@@ -555,7 +530,7 @@ fn refused_geometries_name_their_numbers() {
     // Static + reserved filling the whole unit is accepted: the first
     // chunk is then the reserved chunk and new chunks serve the rest.
     let mut a = new(100, UNIT - 100);
-    assert_eq!(a.first_chunk, 0);
+    assert_eq!(a.slots.first_chunk, 0);
     alloc(&mut a, 8, 8);
     assert_eq!(a.nr_chunks(), 2);
 }

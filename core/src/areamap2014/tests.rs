@@ -8,40 +8,11 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::addr::AddressSpace;
+use crate::areamap::test_util::{alloc, cfg, free, fresh, UNIT};
 use crate::areamap::AreaMapAllocator;
 
-const UNIT: usize = 32 << 10;
-const FIRST_BASE: u64 = 0xffff_8880_0200_0000;
-
-fn cfg(static_size: usize, reserved_size: usize) -> AreaMapConfig {
-    AreaMapConfig {
-        space: AddressSpace::generic64(),
-        unit_size: UNIT,
-        nr_units: 4,
-        static_size,
-        reserved_size,
-        first_chunk_base: FIRST_BASE,
-        per_cpu_start: 0,
-    }
-}
-
 fn new(static_size: usize, reserved_size: usize) -> AreaMap2014Allocator {
-    let a = AreaMap2014Allocator::new(cfg(static_size, reserved_size)).unwrap();
-    a.verify().unwrap();
-    a
-}
-
-fn alloc(a: &mut AreaMap2014Allocator, size: usize, align: usize) -> PcpuPtr {
-    let p = a.alloc(AllocRequest::new(size, align)).unwrap();
-    a.verify().unwrap();
-    p
-}
-
-fn free(a: &mut AreaMap2014Allocator, p: PcpuPtr) -> usize {
-    let n = a.free(p).unwrap();
-    a.verify().unwrap();
-    n
+    fresh(static_size, reserved_size)
 }
 
 /// The map up to and including the sentry.
@@ -65,10 +36,10 @@ fn first_chunk_maps() {
     let a = new(0x1000, 0x2000);
     assert_eq!(map(&a, 0), [1, 0x1000, 0x3001]);
     assert_eq!(map(&a, 1), [1, 0x3000, UNIT as i32 | 1]);
-    assert_eq!(a.reserved_chunk, Some(0));
-    assert_eq!(a.first_chunk, 1);
+    assert_eq!(a.slots.reserved_chunk, Some(0));
+    assert_eq!(a.slots.first_chunk, 1);
     // The reserved chunk is on no slot and does not count empty pages.
-    assert!((0..a.nr_slots).all(|s| !a.slot_list(s).contains(&0)));
+    assert!((0..a.slots.nr_slots).all(|s| !a.slot_list(s).contains(&0)));
     assert_eq!(a.nr_empty_pop_pages(), 5);
 }
 
@@ -227,7 +198,7 @@ fn a_new_chunk_is_extended_before_its_first_allocation() {
     assert_eq!(a.chunk(0).free_size, 0);
     assert_eq!(a.slot_list(0), [0]);
     let p = alloc(&mut a, 8, 8);
-    let id = a.by_base.values().copied().next().unwrap();
+    let id = a.slots.by_base.values().copied().next().unwrap();
     assert_eq!(a.chunk(id).base_addr, a.cfg.ptr_to_addr(p));
     // 16 entries, 1 used: 16 -> 128 (>= 65), after the creation restart
     // and the extension restart.
@@ -240,7 +211,7 @@ fn a_new_chunk_is_extended_before_its_first_allocation() {
     // balance work: the full first chunk left no empty populated page.)
     let scheduled = a.stats().balance_scheduled;
     free(&mut a, p);
-    assert_eq!(a.slot_list(a.nr_slots - 1), [id]);
+    assert_eq!(a.slot_list(a.slots.nr_slots - 1), [id]);
     assert_eq!(a.stats().balance_scheduled, scheduled);
     free(&mut a, big);
     a.balance();
@@ -301,7 +272,7 @@ fn atomic_requests_need_populated_pages() {
     assert_eq!(a.cfg.ptr_to_addr(s) % 4096, 8);
     // The balance work populates PCPU_EMPTY_POP_PAGES_HIGH pages after the
     // failure: pages 1..5 of that chunk.
-    let id = a.by_base.values().copied().next().unwrap();
+    let id = a.slots.by_base.values().copied().next().unwrap();
     a.balance();
     a.verify().unwrap();
     assert_eq!(a.chunk(id).nr_populated, 5);
