@@ -37,6 +37,7 @@ pub static PROJECT_FILES: &[(&str, &str)] = &[
     ("pcpubed_bug_reserved.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_reserved.c")),
     ("pcpubed_bug_stride.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_stride.c")),
     ("pcpubed_bug_nrcpus.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_nrcpus.c")),
+    ("pcpubed_bug_kept_ptr.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_kept_ptr.c")),
     ("pcpubed_bug_trunc32.c", include_str!("../../fixtures/kmod/src/pcpubed_bug_trunc32.c")),
 ];
 
@@ -52,6 +53,7 @@ pub static PROJECT_EXPECT: &[(&str, &str)] = &[
     ("pcpubed_bug_reserved", include_str!("../../fixtures/kmod/expect/pcpubed_bug_reserved.expect.toml")),
     ("pcpubed_bug_stride", include_str!("../../fixtures/kmod/expect/pcpubed_bug_stride.expect.toml")),
     ("pcpubed_bug_nrcpus", include_str!("../../fixtures/kmod/expect/pcpubed_bug_nrcpus.expect.toml")),
+    ("pcpubed_bug_kept_ptr", include_str!("../../fixtures/kmod/expect/pcpubed_bug_kept_ptr.expect.toml")),
     ("pcpubed_bug_trunc32", include_str!("../../fixtures/kmod/expect/pcpubed_bug_trunc32.expect.toml")),
 ];
 

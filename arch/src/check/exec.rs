@@ -679,6 +679,11 @@ fn evaluate(
     // Every write: the stack, or the bytes the op names.
     let mut touched: BTreeSet<u32> = BTreeSet::new();
     let mut stray = 0usize;
+    // preempt_disable()/preempt_enable() on the kernel runtime (x86_64's
+    // percpu __preempt_count, s390x's lowcore word): the running CPU's
+    // count is the code's to change; whether it comes back balanced is
+    // the kernel state check's business.
+    let preempt = super::kernel::preempt_count_at(bed, cpu);
     for w in trace.iter().filter(|a| a.access == Access::Write) {
         let (a, len) = (w.addr, w.size as u64);
         if bed.stack.contains(&a) && a.wrapping_add(len) <= bed.stack.end {
@@ -687,7 +692,7 @@ fn evaluate(
         // The contract constrains percpu memory only: ordinary data, the
         // current thread_info (preempt_disable() counts there) are the
         // test's own.
-        if bed.ordinary_write(a, len) {
+        if bed.ordinary_write(a, len) || preempt.is_some_and(|(p, n)| a >= p && a + len <= p + n as u64) {
             continue;
         }
         let loc = bed.percpu.classify(a);

@@ -145,7 +145,7 @@ pub(crate) struct KernelRt {
 
 /// The percpu variable holding x86_64's preempt count, and so on: the
 /// address of the preempt count for `cpu`, and its size.
-fn preempt_count_at(bed: &Bed<'_>, cpu: u32) -> Option<(u64, usize)> {
+pub(crate) fn preempt_count_at(bed: &Bed<'_>, cpu: u32) -> Option<(u64, usize)> {
     let k = bed.kernel.as_ref()?;
     match k.karch.preempt_count() {
         PreemptLoc::PercpuVar(name) => {
