@@ -399,6 +399,7 @@ fn alloc_cmd(t: &TreeArgs, ops: usize, seed: u64, cpus: u32, static_size: usize,
                 out.states_verified,
                 t0.elapsed().as_secs_f64()
             );
+            s += &format!("exercised: {}\n", out.coverage);
             0
         }
         Some(m) => {

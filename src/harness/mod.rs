@@ -189,7 +189,9 @@ impl Driver {
     pub fn recv(&mut self) -> Result<String, HarnessError> {
         self.line.clear();
         let n = self.stdout.read_line(&mut self.line).map_err(|e| self.protocol(format!("read failed: {e}")))?;
-        if n == 0 {
+        // no reply, or half a line: the program died (its buffered output
+        // was flushed, or not, as it went)
+        if n == 0 || !self.line.ends_with('\n') {
             let why = self.death();
             return Err(self.protocol(why));
         }

@@ -344,11 +344,81 @@ impl fmt::Display for Divergence {
     }
 }
 
+/// What a run exercised (counted on the states both sides agreed on), so
+/// that "0 divergences" can be seen to mean something.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub allocs: usize,
+    pub alloc_failures: usize,
+    pub atomic_failures: usize,
+    pub reserved_allocs: usize,
+    pub frees: usize,
+    pub balances: usize,
+    /// Dynamic chunks created (ordinals handed out past the first chunk's).
+    pub chunks_created: usize,
+    pub chunks_destroyed: usize,
+    pub max_live_chunks: usize,
+    /// Operations after which the balance work was pending.
+    pub scheduled: usize,
+    /// Allocations served from a dynamic chunk other than the newest.
+    pub older_chunk_allocs: usize,
+}
+
+impl Coverage {
+    pub fn count(&mut self, op: &Op, result: &OpResult, before: &State, after: &State, first_dynamic: usize) {
+        match (op, result) {
+            (Op::Alloc { reserved, atomic, .. }, OpResult::Alloc(r)) => match r {
+                Some((c, _)) => {
+                    self.allocs += 1;
+                    self.reserved_allocs += *reserved as usize;
+                    let newest = after.chunks.last().map_or(0, |c| c.ord);
+                    self.older_chunk_allocs += (*c >= first_dynamic && *c < newest) as usize;
+                }
+                None => {
+                    self.alloc_failures += 1;
+                    self.atomic_failures += *atomic as usize;
+                }
+            },
+            (Op::Free { .. }, OpResult::Free(true)) => self.frees += 1,
+            (Op::Balance, _) => self.balances += 1,
+            _ => {}
+        }
+        let created = after.chunks.iter().filter(|c| !before.chunks.iter().any(|b| b.ord == c.ord)).count();
+        let destroyed = before.chunks.iter().filter(|b| !after.chunks.iter().any(|c| c.ord == b.ord)).count();
+        self.chunks_created += created;
+        self.chunks_destroyed += destroyed;
+        self.max_live_chunks = self.max_live_chunks.max(after.nr_chunks);
+        self.scheduled += after.balance_scheduled as usize;
+    }
+}
+
+impl fmt::Display for Coverage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} allocations ({} reserved, {} from an older chunk), {} refused ({} atomic), {} frees, {} balance runs; \
+             {} chunks created, {} destroyed, at most {} live; balance work pending after {} ops",
+            self.allocs,
+            self.reserved_allocs,
+            self.older_chunk_allocs,
+            self.alloc_failures,
+            self.atomic_failures,
+            self.frees,
+            self.balances,
+            self.chunks_created,
+            self.chunks_destroyed,
+            self.max_live_chunks,
+            self.scheduled
+        )
+    }
+}
+
 /// What [`diff`] found.
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub ops_run: usize,
     pub states_verified: usize,
+    pub coverage: Coverage,
     pub divergence: Option<Minimised>,
 }
 
@@ -370,9 +440,9 @@ pub fn diff(
     ops: &[Op],
     every: usize,
 ) -> Result<Outcome, HarnessError> {
-    let (first, verified) = real::run(binary, model_cfg, ops, every)?;
+    let (first, verified, coverage) = real::run(binary, model_cfg, ops, every)?;
     let Some(first) = first else {
-        return Ok(Outcome { ops_run: ops.len(), states_verified: verified, divergence: None });
+        return Ok(Outcome { ops_run: ops.len(), states_verified: verified, coverage, divergence: None });
     };
     let mut failed: Option<HarnessError> = None;
     let mut tests = 0;
@@ -384,7 +454,7 @@ pub fn diff(
             return false;
         }
         match real::run(binary, model_cfg, cand, if every > 0 { 1 } else { 0 }) {
-            Ok((d, _)) => d.is_some(),
+            Ok((d, _, _)) => d.is_some(),
             Err(e) => {
                 failed = Some(e);
                 false
@@ -394,11 +464,12 @@ pub fn diff(
     if let Some(e) = failed {
         return Err(e);
     }
-    let (divergence, _) = real::run(binary, model_cfg, &small, if every > 0 { 1 } else { 0 })?;
+    let (divergence, _, _) = real::run(binary, model_cfg, &small, if every > 0 { 1 } else { 0 })?;
     let divergence = divergence.unwrap_or_else(|| first.clone());
     Ok(Outcome {
         ops_run: first.index + 1,
         states_verified: verified,
+        coverage,
         divergence: Some(Minimised { first, ops: small, divergence, tests }),
     })
 }

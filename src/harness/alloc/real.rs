@@ -6,7 +6,7 @@ use std::path::Path;
 use percpu_core::bitmap::{BlockHints, ChunkMap, KernelChunkState};
 
 use super::model::{Model, ModelConfig};
-use super::{check_invariants, ChunkObs, Divergence, Op, OpResult, State};
+use super::{check_invariants, ChunkObs, Coverage, Divergence, Op, OpResult, State};
 use crate::harness::{Driver, HarnessError};
 
 const PAGE_SIZE: usize = 4096;
@@ -147,14 +147,12 @@ fn verify_chunks(d: &mut Driver, state: &State) -> Result<Option<String>, Harnes
     Ok(bad)
 }
 
-/// Run `ops` on a fresh driver and a fresh model in lockstep; the first
-/// divergence or violation, and how many real states were map-verified.
-pub fn run(
-    binary: &Path,
-    cfg: &ModelConfig,
-    ops: &[Op],
-    every: usize,
-) -> Result<(Option<Divergence>, usize), HarnessError> {
+/// The first divergence or violation, how many real states were
+/// map-verified, and what the run exercised.
+pub type RunResult = (Option<Divergence>, usize, Coverage);
+
+/// Run `ops` on a fresh driver and a fresh model in lockstep.
+pub fn run(binary: &Path, cfg: &ModelConfig, ops: &[Op], every: usize) -> Result<RunResult, HarnessError> {
     let mut model = Model::new(cfg).map_err(|e| HarnessError::Protocol {
         binary: binary.to_path_buf(),
         what: format!("the model refused the setup: {e}"),
@@ -168,6 +166,9 @@ pub fn run(
     }
     let mut verified = 0;
     let mut done = 0;
+    let mut cov = Coverage::default();
+    let first_dynamic = 1 + reserved.is_some() as usize;
+    let mut before = model.state();
     // the driver can be asked for maps between batches: with --every N
     // below the batch size, batches shrink to N
     let batch_len = if every > 0 { every.min(256) } else { 256 };
@@ -192,13 +193,20 @@ pub fn run(
             let index = done + k;
             let want = model.apply(op);
             if result != want {
-                return Ok((Some(divergence(index, *op, "result", result.to_string(), want.to_string())), verified));
+                return Ok((
+                    Some(divergence(index, *op, "result", result.to_string(), want.to_string())),
+                    verified,
+                    cov,
+                ));
             }
-            if let Some((field, r, m)) = state.first_difference(&model.state()) {
-                return Ok((Some(divergence(index, *op, field, r, m)), verified));
+            let mstate = model.state();
+            if let Some((field, r, m)) = state.first_difference(&mstate) {
+                return Ok((Some(divergence(index, *op, field, r, m)), verified, cov));
             }
+            cov.count(op, &result, &before, &mstate, first_dynamic);
+            before = mstate;
             if let Err(e) = check_invariants(&state, &setup, reserved) {
-                return Ok((Some(divergence(index, *op, "invariant on the real state", e, "(holds)")), verified));
+                return Ok((Some(divergence(index, *op, "invariant on the real state", e, "(holds)")), verified, cov));
             }
             last_state = Some(state);
         }
@@ -207,11 +215,11 @@ pub fn run(
         if let (true, Some(state)) = (due, last_state) {
             if let Some(e) = verify_chunks(&mut d, &state)? {
                 let (index, op) = (after - 1, batch[batch.len() - 1]);
-                return Ok((Some(divergence(index, op, "verify() on the real chunk", e, "(holds)")), verified));
+                return Ok((Some(divergence(index, op, "verify() on the real chunk", e, "(holds)")), verified, cov));
             }
             verified += 1;
         }
         done = after;
     }
-    Ok((None, verified))
+    Ok((None, verified, cov))
 }
