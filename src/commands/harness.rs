@@ -96,9 +96,15 @@ enum What {
         /// Possible CPUs (units of every chunk).
         #[arg(long, default_value_t = 4)]
         cpus: u32,
-        /// Static percpu size of the imagined kernel image, in bytes.
-        #[arg(long, default_value_t = 0x3000)]
+        /// Static percpu size of the imagined kernel image (bytes, 0x.., K).
+        #[arg(long, default_value = "0x3000", value_parser = size_arg)]
         static_size: usize,
+        /// Reserved (module) region size; default the kernel's PERCPU_MODULE_RESERVE, 0 for none.
+        #[arg(long, value_parser = size_arg)]
+        reserved: Option<usize>,
+        /// The kernel the tree is, for the model's profile (PERCPU_DYNAMIC_EARLY_SIZE, reserves).
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
         /// Verify every real chunk's maps and hints with the model's verify() every N operations (0: never).
         #[arg(long, default_value_t = 1000)]
         every: usize,
@@ -242,8 +248,11 @@ pub fn run(args: Args) -> Result<u8> {
             emit(&s)?;
             Ok(code)
         }
-        What::Alloc { tree, ops, seed, cpus, static_size, every } => {
-            alloc_cmd(&tree, ops, seed, cpus, static_size, every)
+        What::Alloc { tree, ops, seed, cpus, static_size, reserved, kernel, every } => {
+            let kernel =
+                percpu_core::profile::KernelProfile::parse(&kernel).with_context(|| format!("--kernel {kernel}"))?;
+            let cfg = harness::alloc::model::ModelConfig { cpus, static_size, reserved_size: reserved, kernel };
+            alloc_cmd(&tree, ops, seed, &cfg, every)
         }
         What::HintFree { tree, ops, objects } => hint_free(&tree, ops, objects),
         What::Bench { tree, quick, objects } => bench_cmd(&tree, quick, objects),
@@ -366,8 +375,19 @@ fn bench_cmd(t: &TreeArgs, quick: bool, objects: Option<usize>) -> Result<u8> {
     Ok(0)
 }
 
-fn alloc_cmd(t: &TreeArgs, ops: usize, seed: u64, cpus: u32, static_size: usize, every: usize) -> Result<u8> {
-    use harness::alloc::{self, model::ModelConfig};
+fn size_arg(s: &str) -> Result<usize> {
+    Ok(usize::try_from(super::layout::parse_size(s)?)?)
+}
+
+fn alloc_cmd(
+    t: &TreeArgs,
+    ops: usize,
+    seed: u64,
+    cfg: &harness::alloc::model::ModelConfig,
+    every: usize,
+) -> Result<u8> {
+    use harness::alloc;
+    let cpus = cfg.cpus;
     if cpus == 0 || cpus > 1024 {
         anyhow::bail!("--cpus {cpus}: give 1 to 1024 CPUs");
     }
@@ -378,14 +398,14 @@ fn alloc_cmd(t: &TreeArgs, ops: usize, seed: u64, cpus: u32, static_size: usize,
     if built.compiled {
         eprintln!("harness: compiled {} in {:.2} s", built.source.display(), built.compile_seconds);
     }
-    let cfg = ModelConfig { cpus, static_size, kernel: percpu_core::profile::KernelProfile::parse("6.1")? };
-    let model = alloc::model::Model::new(&cfg).context("setting the model up")?;
-    let setup = model.setup(&cfg).map_err(anyhow::Error::msg)?;
+    let model = alloc::model::Model::new(cfg).context("setting the model up")?;
+    let setup = model.setup(cfg).map_err(anyhow::Error::msg)?;
     let seq = alloc::random_ops(seed, ops);
     let t0 = Instant::now();
-    let out = alloc::diff(&built.binary, &cfg, &seq, every)?;
+    let out = alloc::diff(&built.binary, cfg, &seq, every)?;
     let mut s = format!(
-        "real pcpu_alloc/free_percpu + percpu-km ({what}) vs model (km backend, kernel 6.1): {cpus} CPUs, seed {seed}\n"
+        "real pcpu_alloc/free_percpu + percpu-km ({what}) vs model (km backend, {}): {cpus} CPUs, seed {seed}\n",
+        cfg.kernel
     );
     s += &format!(
         "alloc info: static {} reserved {} dyn {} unit {} ({} units), atom {}\n",

@@ -231,7 +231,8 @@ fn chunk_slot(c: &ChunkObs, unit_size: usize, free_slot: usize) -> usize {
 /// the reserved one is on exactly one slot list; an isolated chunk is on
 /// the to_depopulate or sidelined list, any other on the slot of its contig
 /// hint (or slot 0 / sidelined, where a failed fit or reclaim put it);
-/// counters stay within the chunk's pages.
+/// counters stay within the chunk's pages; `pcpu_nr_populated` is the
+/// first chunk's pages plus the backend chunks' populated pages.
 pub fn check_invariants(s: &State, setup: &Setup, reserved_ord: Option<usize>) -> Result<(), String> {
     let (sidelined, free_slot, to_depop) = (s.nr_slots - 3, s.nr_slots - 2, s.nr_slots - 1);
     let mut empty = 0;
@@ -271,6 +272,18 @@ pub fn check_invariants(s: &State, setup: &Setup, reserved_ord: Option<usize>) -
         return Err(format!(
             "pcpu_nr_empty_pop_pages is {}, the chunks it counts sum to {empty}",
             s.nr_empty_pop_pages
+        ));
+    }
+    // pcpu_setup_first_chunk counts the first chunk's regions once
+    // (PFN_DOWN(size_sum)); backend chunks add their populated pages
+    let first_dynamic = 1 + reserved_ord.map_or(0, |_| 1);
+    let size_sum = setup.static_size + setup.reserved_size + setup.dyn_size;
+    let populated = (size_sum / 4096) as i64
+        + s.chunks.iter().filter(|c| c.ord >= first_dynamic).map(|c| c.nr_populated).sum::<i64>();
+    if populated != s.nr_populated {
+        return Err(format!(
+            "pcpu_nr_populated is {}, the first chunk and backend chunks sum to {populated}",
+            s.nr_populated
         ));
     }
     let listed: usize = s.slots.iter().map(|(_, l)| l.len()).sum();

@@ -18,6 +18,8 @@ pub struct ModelConfig {
     pub cpus: u32,
     /// `__per_cpu_end - __per_cpu_start` of the imagined kernel image.
     pub static_size: usize,
+    /// The reserved (module) region; `None`: the profile's module reserve.
+    pub reserved_size: Option<usize>,
     pub kernel: KernelProfile,
 }
 
@@ -28,10 +30,12 @@ impl ModelConfig {
         let space = AddressSpace::new(64, 4096, 0x8000_0000..0x80_0000_0000, 0x100_0000_0000..0x200_0000_0000)
             .expect("a valid address space");
         let topo = Topology::uma(CpuSet::first_n(self.cpus));
+        let generic = PercpuConfig::generic_for(&self.kernel, space, topo, self.static_size);
         PercpuConfig {
             backend: BackendKind::Km,
             per_cpu_start: 0x8000_0000,
-            ..PercpuConfig::generic_for(&self.kernel, space, topo, self.static_size)
+            reserved_size: self.reserved_size.unwrap_or(generic.reserved_size),
+            ..generic
         }
     }
 }
