@@ -344,8 +344,9 @@ pub fn random_ops(seed: u64, n: usize) -> Vec<Op> {
 /// invariant).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Divergence {
-    pub index: usize,
-    pub op: Op,
+    /// The operation after which they disagree; `None`: at setup, before
+    /// any (then `index` is 0).
+    pub op: Option<(usize, Op)>,
     pub field: String,
     pub real: String,
     pub model: String,
@@ -353,7 +354,11 @@ pub struct Divergence {
 
 impl fmt::Display for Divergence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "after op {} ({}): {}: real {}, model {}", self.index + 1, self.op, self.field, self.real, self.model)
+        match &self.op {
+            Some((index, op)) => write!(f, "after op {} ({op})", index + 1)?,
+            None => write!(f, "at setup")?,
+        }
+        write!(f, ": {}: real {}, model {}", self.field, self.real, self.model)
     }
 }
 
@@ -375,6 +380,9 @@ pub struct Coverage {
     pub scheduled: usize,
     /// Allocations served from a dynamic chunk other than the newest.
     pub older_chunk_allocs: usize,
+    /// The backend's setup messages both sides gave ("wasting N pages per
+    /// chunk" when a chunk's pages are not a power of two).
+    pub setup_warnings: Vec<String>,
 }
 
 impl Coverage {
@@ -422,7 +430,11 @@ impl fmt::Display for Coverage {
             self.chunks_destroyed,
             self.max_live_chunks,
             self.scheduled
-        )
+        )?;
+        if !self.setup_warnings.is_empty() {
+            write!(f, "; both backends warned \"{}\"", self.setup_warnings.join("\", \""))?;
+        }
+        Ok(())
     }
 }
 
@@ -457,11 +469,16 @@ pub fn diff(
     let Some(first) = first else {
         return Ok(Outcome { ops_run: ops.len(), states_verified: verified, coverage, divergence: None });
     };
+    let Some((index, _)) = first.op else {
+        // nothing to minimise: the setup itself differs
+        let divergence = Some(Minimised { first: first.clone(), ops: Vec::new(), divergence: first, tests: 0 });
+        return Ok(Outcome { ops_run: 0, states_verified: verified, coverage, divergence });
+    };
     let mut failed: Option<HarnessError> = None;
     let mut tests = 0;
     // the minimiser checks maps on every op of a candidate: a map-level
     // violation found every N ops may sit anywhere before it
-    let small = ddmin(&ops[..=first.index], 1500, |cand| {
+    let small = ddmin(&ops[..=index], 1500, |cand| {
         tests += 1;
         if failed.is_some() {
             return false;
@@ -480,7 +497,7 @@ pub fn diff(
     let (divergence, _, _) = real::run(binary, model_cfg, &small, if every > 0 { 1 } else { 0 })?;
     let divergence = divergence.unwrap_or_else(|| first.clone());
     Ok(Outcome {
-        ops_run: first.index + 1,
+        ops_run: index + 1,
         states_verified: verified,
         coverage,
         divergence: Some(Minimised { first, ops: small, divergence, tests }),

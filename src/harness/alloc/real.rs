@@ -122,7 +122,7 @@ fn divergence(
     real: impl Into<String>,
     model: impl Into<String>,
 ) -> Divergence {
-    Divergence { index, op, field: field.into(), real: real.into(), model: model.into() }
+    Divergence { op: Some((index, op)), field: field.into(), real: real.into(), model: model.into() }
 }
 
 /// `verify()` on every live chunk of the real side.
@@ -164,9 +164,24 @@ pub fn run(binary: &Path, cfg: &ModelConfig, ops: &[Op], every: usize) -> Result
     if ok != "ok" {
         return Err(d.protocol(format!("setup replied `{ok}`")));
     }
+    // pcpu_verify_alloc_info's message against the model backend's
+    let logged = d.request("w")?;
+    let real_waste: Vec<&str> = logged
+        .strip_prefix('w')
+        .unwrap_or("")
+        .split(" / ")
+        .map(str::trim)
+        .filter(|m| m.starts_with("wasting"))
+        .collect();
+    let model_waste = model.p.backend_warnings();
+    if real_waste != model_waste {
+        let field = "backend setup warnings".to_string();
+        let d = Divergence { op: None, field, real: format!("{real_waste:?}"), model: format!("{model_waste:?}") };
+        return Ok((Some(d), 0, Coverage::default()));
+    }
     let mut verified = 0;
     let mut done = 0;
-    let mut cov = Coverage::default();
+    let mut cov = Coverage { setup_warnings: model_waste, ..Coverage::default() };
     let first_dynamic = 1 + reserved.is_some() as usize;
     let mut before = model.state();
     // the driver can be asked for maps between batches: with --every N

@@ -31,6 +31,8 @@
  *            FREE_BYTES NR_POPULATED NR_EMPTY_POP", chunk_md and every
  *            md_block (8 ints each), then alloc_map, bound_map and
  *            populated words in hex, each list after a "|"
+ *   w        what the allocator logged (pr_warn and the like) since the
+ *            last "w", messages joined by " / " -> "w MESSAGES"
  *   end      -> "end"
  */
 
@@ -259,6 +261,13 @@ int main(void)
 				printf("error bad geometry: %ld cpus on %ld units\n", a1, a2);
 			else
 				h_setup((int)a1, (int)a2, a3, a4, a5, a6, a7, a8);
+		} else if (!strcmp(cmd, "w")) {
+			printf("w");
+			for (char *m = strtok(pcpubed_logbuf, "\n"); m; m = strtok(NULL, "\n"))
+				printf(" / %s", m);
+			printf("\n");
+			pcpubed_loglen = 0;
+			pcpubed_logbuf[0] = 0;
 		} else if (!strcmp(cmd, "end")) {
 			printf("end\n");
 			fflush(stdout);

@@ -47,19 +47,30 @@ static inline unsigned long pcpubed_gcd(unsigned long a, unsigned long b)
 }
 static inline unsigned long lcm(unsigned long a, unsigned long b) { return a / pcpubed_gcd(a, b) * b; }
 
-/* ----- messages: quiet unless PCPUBED_VERBOSE is set; BUG aborts ----- */
+/*
+ * ----- messages: kept for the driver's "w" request (the last 4 KiB), on
+ * stderr too with PCPUBED_VERBOSE set; BUG aborts -----
+ */
 static int pcpubed_verbose = -1;
+static char pcpubed_logbuf[4096];
+static size_t pcpubed_loglen;
 static inline void pcpubed_log(const char *fmt, ...)
 {
 	va_list ap;
+	int n;
 
 	if (pcpubed_verbose < 0)
 		pcpubed_verbose = getenv("PCPUBED_VERBOSE") != NULL;
-	if (!pcpubed_verbose)
-		return;
+	if (pcpubed_loglen > sizeof(pcpubed_logbuf) / 2)
+		pcpubed_loglen = 0;
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	n = vsnprintf(pcpubed_logbuf + pcpubed_loglen, sizeof(pcpubed_logbuf) - pcpubed_loglen, fmt, ap);
 	va_end(ap);
+	if (n > 0) {
+		if (pcpubed_verbose)
+			fputs(pcpubed_logbuf + pcpubed_loglen, stderr);
+		pcpubed_loglen = min(pcpubed_loglen + (size_t)n, sizeof(pcpubed_logbuf) - 1);
+	}
 }
 #define KERN_DEBUG ""
 #define KERN_EMERG ""
