@@ -1,6 +1,6 @@
-//! `percpu-bed harness`: the kernel tree's own mm/percpu.c chunk allocator
-//! compiled in userspace and driven beside the model (library:
-//! `percpu_bed::harness`).
+//! `percpu-bed harness`: the kernel tree's own mm/percpu.c compiled in
+//! userspace and driven beside the model, at chunk level and (`alloc`) as
+//! the whole allocator over percpu-km (library: `percpu_bed::harness`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,12 +11,13 @@ use percpu_bed::harness::{self, diff, Driver};
 use percpu_bed::kbuild::{tree, Cache, Progress};
 use percpu_bed::output::emit;
 
-/// Compile a kernel tree's own mm/percpu.c chunk allocator in userspace
-/// and run it beside the model.
+/// Compile a kernel tree's own mm/percpu.c allocator in userspace and run
+/// it beside the model.
 ///
 /// The functions (pcpu_alloc_area, pcpu_free_area, pcpu_find_block_fit,
-/// the block and chunk hint upkeep, pcpu_alloc_chunk, ...) are extracted by
-/// name from the tree's mm/percpu.c and mm/percpu-internal.h at run time,
+/// the block and chunk hint upkeep, pcpu_alloc_chunk, ...; for `alloc` also
+/// pcpu_alloc, free_percpu, the balance work, pcpu_setup_first_chunk and
+/// mm/percpu-km.c) are extracted by name from the tree at run time,
 /// compiled with gcc inside a small stub environment and cached by a hash
 /// of the inputs: edit the tree and run the command again.  The default
 /// tree is Debian's linux-source-6.1 (the one `percpu-bed kbuild`

@@ -10,14 +10,17 @@
 //!   on the model's [`ChunkMap`](percpu_core::bitmap::ChunkMap), offsets,
 //!   hints and counters compared, the first divergence minimised; the
 //!   model's `verify()` applied to the real code's state; the hint-free
-//!   finding and the multi-chunk benchmark.
+//!   finding and the multi-chunk benchmark;
+//! * [`alloc`]: the next level, the tree's whole `pcpu_alloc`/`free_percpu`
+//!   with its balance work and first-chunk setup over `mm/percpu-km.c`,
+//!   compared op by op with the model's whole allocator.
 //!
-//! The scope is the chunk: `pcpu_find_block_fit`, `pcpu_alloc_area`,
+//! The scope of [`diff`] is the chunk: `pcpu_find_block_fit`, `pcpu_alloc_area`,
 //! `pcpu_free_area`, the hint functions they call, `pcpu_alloc_chunk`,
 //! `pcpu_chunk_populated`/`depopulated` and the slot bookkeeping.  The
 //! driver's `bench` transcribes `pcpu_alloc`'s slot search over those
 //! functions; the tree's `pcpu_alloc`/`free_percpu` themselves (locks,
-//! balance work, a backend) are not compiled.
+//! balance work, a backend) are compiled only by [`alloc`].
 
 pub mod alloc;
 pub mod build;
@@ -47,6 +50,8 @@ pub enum HarnessError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the harness program {}: {what}", binary.display())]
     Protocol { binary: PathBuf, what: String },
+    #[error("the model cannot be set up as asked: {0}")]
+    Model(String),
 }
 
 impl HarnessError {

@@ -153,11 +153,8 @@ pub type RunResult = (Option<Divergence>, usize, Coverage);
 
 /// Run `ops` on a fresh driver and a fresh model in lockstep.
 pub fn run(binary: &Path, cfg: &ModelConfig, ops: &[Op], every: usize) -> Result<RunResult, HarnessError> {
-    let mut model = Model::new(cfg).map_err(|e| HarnessError::Protocol {
-        binary: binary.to_path_buf(),
-        what: format!("the model refused the setup: {e}"),
-    })?;
-    let setup = model.setup(cfg).map_err(|e| HarnessError::Protocol { binary: binary.to_path_buf(), what: e })?;
+    let mut model = Model::new(cfg).map_err(|e| HarnessError::Model(e.to_string()))?;
+    let setup = model.setup(cfg).map_err(HarnessError::Model)?;
     let reserved = model.reserved_ord();
     let mut d = Driver::start_captured(binary)?;
     let ok = d.request(&setup.request())?;
