@@ -16,7 +16,7 @@
 #    (docs/hint-free.md) come out as documented;
 # 6. `harness alloc`: the whole pcpu_alloc/free_percpu/balance work over
 #    mm/percpu-km.c against the model's Percpu (km backend) on three
-#    geometries, zero divergences; and a copy of the tree with one constant
+#    geometries and two of seed 002's workloads, zero divergences; and a copy of the tree with one constant
 #    changed (PCPU_EMPTY_POP_PAGES_HIGH 4 -> 5) must diverge (exit 1), so
 #    the comparison is seen to bite.
 #
@@ -87,6 +87,8 @@ step "the whole allocator (pcpu_alloc, free_percpu, balance work, percpu-km) vs 
 "$bed" harness alloc "${tree_args[@]}" --ops 100000 --seed 1 --cpus 4
 "$bed" harness alloc "${tree_args[@]}" --ops 50000 --seed 2 --cpus 1 --reserved 0
 "$bed" harness alloc "${tree_args[@]}" --ops 50000 --seed 3 --cpus 6 --static-size 0x2ffd
+"$bed" harness alloc "${tree_args[@]}" --workload alternating-256 --objects 8192
+"$bed" harness alloc "${tree_args[@]}" --workload second-half-filled-64 --objects 8192
 
 step "a tree with PCPU_EMPTY_POP_PAGES_HIGH 5 diverges from the model"
 mutant=target/harness-km-mutant

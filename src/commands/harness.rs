@@ -106,6 +106,13 @@ enum What {
         /// The kernel the tree is, for the model's profile (PERCPU_DYNAMIC_EARLY_SIZE, reserves).
         #[arg(long, default_value = "6.1")]
         kernel: String,
+        /// Instead of the random sequence, one of seed 002's objects workloads as bench names them
+        /// (in-order-256, alternating-1024, second-half-filled-4, in-order-4-align-8, ...).
+        #[arg(long, value_name = "NAME")]
+        workload: Option<String>,
+        /// Objects of --workload.
+        #[arg(long, default_value_t = 1 << 14)]
+        objects: usize,
         /// Verify every real chunk's maps and hints with the model's verify() every N operations (0: never).
         #[arg(long, default_value_t = 1000)]
         every: usize,
@@ -249,11 +256,19 @@ pub fn run(args: Args) -> Result<u8> {
             emit(&s)?;
             Ok(code)
         }
-        What::Alloc { tree, ops, seed, cpus, static_size, reserved, kernel, every } => {
+        What::Alloc { tree, ops, seed, cpus, static_size, reserved, kernel, workload, objects, every } => {
             let kernel =
                 percpu_core::profile::KernelProfile::parse(&kernel).with_context(|| format!("--kernel {kernel}"))?;
             let cfg = harness::alloc::model::ModelConfig { cpus, static_size, reserved_size: reserved, kernel };
-            alloc_cmd(&tree, ops, seed, &cfg, every)
+            let seq = match &workload {
+                Some(name) => harness::alloc::workload_ops(name, objects).map_err(anyhow::Error::msg)?,
+                None => harness::alloc::random_ops(seed, ops),
+            };
+            let what = match &workload {
+                Some(name) => format!("workload {name}, {objects} objects"),
+                None => format!("seed {seed}"),
+            };
+            alloc_cmd(&tree, &seq, &what, &cfg, every)
         }
         What::HintFree { tree, ops, objects } => hint_free(&tree, ops, objects),
         What::Bench { tree, quick, objects } => bench_cmd(&tree, quick, objects),
@@ -382,8 +397,8 @@ fn size_arg(s: &str) -> Result<usize> {
 
 fn alloc_cmd(
     t: &TreeArgs,
-    ops: usize,
-    seed: u64,
+    seq: &[harness::alloc::Op],
+    sequence: &str,
     cfg: &harness::alloc::model::ModelConfig,
     every: usize,
 ) -> Result<u8> {
@@ -401,11 +416,10 @@ fn alloc_cmd(
     }
     let model = alloc::model::Model::new(cfg).context("setting the model up")?;
     let setup = model.setup(cfg).map_err(anyhow::Error::msg)?;
-    let seq = alloc::random_ops(seed, ops);
     let t0 = Instant::now();
-    let out = alloc::diff(&built.binary, cfg, &seq, every)?;
+    let out = alloc::diff(&built.binary, cfg, seq, every)?;
     let mut s = format!(
-        "real pcpu_alloc/free_percpu + percpu-km ({what}) vs model (km backend, {}): {cpus} CPUs, seed {seed}\n",
+        "real pcpu_alloc/free_percpu + percpu-km ({what}) vs model (km backend, {}): {cpus} CPUs, {sequence}\n",
         cfg.kernel
     );
     s += &format!(

@@ -340,6 +340,54 @@ pub fn random_ops(seed: u64, n: usize) -> Vec<Op> {
     ops
 }
 
+/// How often a named workload runs the balance work (the kernel would run
+/// it asynchronously whenever it was scheduled; here it is a step).
+pub const WORKLOAD_BALANCE_EVERY: usize = 256;
+
+/// One of seed 002's objects workloads ([`crate::bench::Workload`], as
+/// `bench` runs them) as operations: the second-half filler if the pattern
+/// has one, `n` allocations, the frees in the pattern's order; the balance
+/// work every [`WORKLOAD_BALANCE_EVERY`] operations and at the end.
+pub fn workload_ops(name: &str, n: usize) -> Result<Vec<Op>, String> {
+    use crate::bench::{free_order, Pattern, Workload};
+    let w = Workload::parse(name).ok_or_else(|| {
+        let names: Vec<String> = Workload::all().iter().map(Workload::name).collect();
+        format!("no workload `{name}` (one of {})", names.join(", "))
+    })?;
+    let Workload::Objects { size, align, pattern } = w else {
+        return Err(format!("`{name}` draws random sizes from bench's own generator; harness alloc runs the objects workloads and its random sequence (--seed)"));
+    };
+    let mut plain = Vec::new();
+    let mut next = 0u32;
+    let mut alloc = |size: usize, align: usize, out: &mut Vec<Op>| {
+        out.push(Op::Alloc { id: next, size: size as u32, align: align as u32, reserved: false, atomic: false });
+        next += 1;
+        next - 1
+    };
+    if pattern == Pattern::SecondHalfFilled {
+        let pairs = (n * size).div_ceil(2048) + 64;
+        let firsts: Vec<u32> = (0..pairs)
+            .map(|_| {
+                let first = alloc(2048, 2048, &mut plain);
+                alloc(2048, 2048, &mut plain);
+                first
+            })
+            .collect();
+        plain.extend(firsts.into_iter().map(|id| Op::Free { id }));
+    }
+    let objects: Vec<u32> = (0..n).map(|_| alloc(size, align, &mut plain)).collect();
+    plain.extend(free_order(n, pattern).into_iter().map(|i| Op::Free { id: objects[i] }));
+    let mut ops = Vec::with_capacity(plain.len() + plain.len() / WORKLOAD_BALANCE_EVERY + 1);
+    for (i, op) in plain.into_iter().enumerate() {
+        ops.push(op);
+        if (i + 1) % WORKLOAD_BALANCE_EVERY == 0 {
+            ops.push(Op::Balance);
+        }
+    }
+    ops.push(Op::Balance);
+    Ok(ops)
+}
+
 /// Where the two sides first disagree (or the real side broke an
 /// invariant).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -231,3 +231,28 @@ fn generating_from_a_tree_names_what_is_missing() {
     assert!(err.to_string().contains("`PCPU_MIN_UNIT_SIZE` not found in the tree's include/linux/percpu.h"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn named_workloads_become_bench_ordered_operations() {
+    let ops = workload_ops("alternating-256", 6).unwrap();
+    let frees: Vec<u32> = ops.iter().filter_map(|o| if let Op::Free { id } = o { Some(*id) } else { None }).collect();
+    assert_eq!(frees, vec![0, 2, 4, 1, 3, 5], "bench's alternating order");
+    assert!(ops.iter().all(|o| !matches!(o, Op::Alloc { size, align, .. } if (*size, *align) != (256, 4))));
+    assert_eq!(ops.last(), Some(&Op::Balance));
+
+    // the filler: pairs of 2 KiB at 2 KiB, the first of each freed, before the objects
+    let ops = workload_ops("second-half-filled-4", 1024).unwrap();
+    let pairs = (1024 * 4usize).div_ceil(2048) + 64;
+    let fillers = ops.iter().filter(|o| matches!(o, Op::Alloc { size: 2048, align: 2048, .. })).count();
+    assert_eq!(fillers, 2 * pairs);
+    let first_object = ops.iter().position(|o| matches!(o, Op::Alloc { size: 4, .. })).unwrap();
+    let filler_frees = ops[..first_object].iter().filter(|o| matches!(o, Op::Free { .. })).count();
+    assert_eq!(filler_frees, pairs);
+    // the balance work every WORKLOAD_BALANCE_EVERY operations
+    let balances = ops.iter().filter(|o| matches!(o, Op::Balance)).count();
+    let plain = ops.len() - balances;
+    assert_eq!(balances, plain / WORKLOAD_BALANCE_EVERY + 1);
+
+    assert!(workload_ops("random-alloc", 10).unwrap_err().contains("random sequence"));
+    assert!(workload_ops("nonsense", 10).unwrap_err().contains("in-order-256"));
+}
