@@ -275,3 +275,28 @@ fn the_whole_allocator_names_a_missing_backend_function_and_reports_a_crash() {
     let msg = e.to_string();
     assert!(msg.contains("signal 6") && msg.contains("BUG_ON(1) at mm/percpu-km.c:"), "{msg}");
 }
+
+#[test]
+fn verify_on_the_whole_allocators_chunks_catches_what_the_counters_hide() {
+    let tree = tree_or_skip!();
+    let cache = temp_cache("alloc-verify");
+    // the populated bitmap one page short while nr_populated counts it
+    let broken = alloc_copy(&tree, &cache, |f, t| {
+        if f == "mm/percpu.c" {
+            let m = t.replacen(
+                "\tbitmap_set(chunk->populated, page_start, nr);",
+                "\tbitmap_set(chunk->populated, page_start, nr > 1 ? nr - 1 : nr);",
+                1,
+            );
+            assert_ne!(m, t, "pcpu_chunk_populated is as expected");
+            m
+        } else {
+            t
+        }
+    });
+    let built = alloc::source::build(&broken, &cache).unwrap();
+    let out = alloc::diff(&built.binary, &km_config(4), &alloc::random_ops(1, 5000), 1).unwrap();
+    let m = out.divergence.expect("verify() sees the populated map disagree with nr_populated");
+    assert!(m.divergence.field.starts_with("verify()") && m.divergence.real.contains("populated"), "{}", m.divergence);
+    assert!(m.ops.len() <= 10, "{:?}", m.ops);
+}

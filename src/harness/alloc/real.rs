@@ -11,6 +11,9 @@ use crate::harness::{Driver, HarnessError};
 
 const PAGE_SIZE: usize = 4096;
 
+/// The field a map-level `verify()` failure is reported under.
+pub const VERIFY_FIELD: &str = "verify() on the real chunk";
+
 /// Parse an `a`/`f`/`b` reply to `op`.
 pub fn parse_result(op: &Op, line: &str) -> Option<OpResult> {
     let w: Vec<&str> = line.split_whitespace().collect();
@@ -227,7 +230,7 @@ pub fn run(binary: &Path, cfg: &ModelConfig, ops: &[Op], every: usize) -> Result
         if let (true, Some(state)) = (due, last_state) {
             if let Some(e) = verify_chunks(&mut d, &state)? {
                 let (index, op) = (after - 1, batch[batch.len() - 1]);
-                return Ok((Some(divergence(index, op, "verify() on the real chunk", e, "(holds)")), verified, cov));
+                return Ok((Some(divergence(index, op, VERIFY_FIELD, e, "(holds)")), verified, cov));
             }
             verified += 1;
         }
