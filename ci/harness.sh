@@ -20,7 +20,8 @@
 #    changed (PCPU_EMPTY_POP_PAGES_HIGH 4 -> 5) must diverge (exit 1), so
 #    the comparison is seen to bite.
 #
-# About 45 s on two cores once the tree is in the cache.  Nothing from the
+# About 40 s on two cores once the tree is in the cache (step 6: about
+# 10 s).  Nothing from the
 # tree enters the checkout: the patched copies live under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
