@@ -16,13 +16,13 @@
 #    (docs/hint-free.md) come out as documented;
 # 6. `harness alloc`: the whole pcpu_alloc/free_percpu/balance work over
 #    mm/percpu-km.c against the model's Percpu (km backend) on three
-#    geometries and two of seed 002's workloads, zero divergences; and a copy of the tree with one constant
-#    changed (PCPU_EMPTY_POP_PAGES_HIGH 4 -> 5) must diverge (exit 1), so
-#    the comparison is seen to bite.
+#    geometries and two of seed 002's workloads, zero divergences; and a
+#    copy of the tree with one constant changed (PCPU_EMPTY_POP_PAGES_HIGH
+#    4 -> 5) must diverge (exit 1), so the comparison is seen to bite.
 #
 # About 40 s on two cores once the tree is in the cache (step 6: about
-# 10 s).  Nothing from the
-# tree enters the checkout: the patched copies live under target/.
+# 10 s).  Nothing from the tree enters the checkout: the patched copies
+# live under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
