@@ -5,7 +5,7 @@
 #
 #   ci/harness.sh [--tree DIR]
 #
-# 1. `harness build`, timed (extract, compile, cache);
+# 1. `harness build`, timed (extract, compile, cache; both harnesses);
 # 2. `harness diff` on three chunk sizes and seeds: zero divergences;
 # 3. `harness verify`: the model's verify() holds on the real code's state;
 # 4. the fix switch: the unpatched tree against the model with the
