@@ -5,7 +5,7 @@
 #
 #   ci/harness.sh [--tree DIR]
 #
-# 1. `harness build`, timed (extract, compile, cache);
+# 1. `harness build`, timed (extract, compile, cache; both harnesses);
 # 2. `harness diff` on three chunk sizes and seeds: zero divergences;
 # 3. `harness verify`: the model's verify() holds on the real code's state;
 # 4. the fix switch: the unpatched tree against the model with the
@@ -13,10 +13,16 @@
 #    copy of the tree with the one-line fix in mm/percpu.c) must match it
 #    (exit 0) and diverge from the unfixed model;
 # 5. `harness hint-free`: the documented sequence and measurements
-#    (docs/hint-free.md) come out as documented.
+#    (docs/hint-free.md) come out as documented;
+# 6. `harness alloc`: the whole pcpu_alloc/free_percpu/balance work over
+#    mm/percpu-km.c against the model's Percpu (km backend) on three
+#    geometries and two of seed 002's workloads, zero divergences; and a
+#    copy of the tree with one constant changed (PCPU_EMPTY_POP_PAGES_HIGH
+#    4 -> 5) must diverge (exit 1), so the comparison is seen to bite.
 #
-# About 30 s on two cores once the tree is in the cache.  Nothing from the
-# tree enters the checkout: the patched copy lives under target/.
+# About 40 s on two cores once the tree is in the cache (step 6: about
+# 10 s).  Nothing from the tree enters the checkout: the patched copies
+# live under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,3 +83,24 @@ rm -rf "$user"
 
 step "the hint-free finding on the real code, as docs/hint-free.md shows it"
 "$bed" harness hint-free "${tree_args[@]}"
+
+step "the whole allocator (pcpu_alloc, free_percpu, balance work, percpu-km) vs the model, zero divergences"
+"$bed" harness alloc "${tree_args[@]}" --ops 100000 --seed 1 --cpus 4
+"$bed" harness alloc "${tree_args[@]}" --ops 50000 --seed 2 --cpus 1 --reserved 0
+"$bed" harness alloc "${tree_args[@]}" --ops 50000 --seed 3 --cpus 6 --static-size 0x2ffd
+"$bed" harness alloc "${tree_args[@]}" --workload alternating-256 --objects 8192
+"$bed" harness alloc "${tree_args[@]}" --workload second-half-filled-64 --objects 8192
+
+step "a tree with PCPU_EMPTY_POP_PAGES_HIGH 5 diverges from the model"
+mutant=target/harness-km-mutant
+rm -rf "$mutant"
+for f in include/linux/percpu.h mm/percpu-internal.h mm/percpu.c mm/percpu-km.c; do
+  mkdir -p "$mutant/$(dirname "$f")"
+  cp "$src/$f" "$mutant/$f"
+done
+perl -pi -e 's/^(#define\s+PCPU_EMPTY_POP_PAGES_HIGH\s+)4\b/${1}5/' "$mutant/mm/percpu.c"
+if cmp -s "$src/mm/percpu.c" "$mutant/mm/percpu.c"; then
+  echo "ci/harness.sh: the mutation did not apply to $src/mm/percpu.c" >&2; exit 1
+fi
+expect 1 "$bed" harness alloc --tree "$mutant" --ops 20000
+rm -rf "$mutant"

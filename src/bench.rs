@@ -191,7 +191,8 @@ fn make(name: &str, kernel: &KernelProfile) -> Box<dyn PercpuAllocator> {
 }
 
 /// The order objects are freed in.
-fn free_order(n: usize, pattern: Pattern) -> Vec<usize> {
+/// The order an objects workload frees its `n` objects in.
+pub fn free_order(n: usize, pattern: Pattern) -> Vec<usize> {
     match pattern {
         Pattern::InOrder | Pattern::SecondHalfFilled => (0..n).collect(),
         Pattern::Reverse => (0..n).rev().collect(),

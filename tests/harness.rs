@@ -183,3 +183,120 @@ fn a_directory_that_is_not_a_tree_is_refused_without_gcc_running() {
     let e = harness::build(&cache.root, &cache).unwrap_err();
     assert!(e.to_string().contains("include/linux/percpu.h"), "{e}");
 }
+
+// ----- the whole allocator over percpu-km (`harness alloc`) -----
+
+use percpu_bed::harness::alloc::{self, model::ModelConfig};
+
+fn km_config(cpus: u32) -> ModelConfig {
+    ModelConfig {
+        cpus,
+        static_size: 0x3000,
+        reserved_size: None,
+        kernel: percpu_core::profile::KernelProfile::parse("6.1").unwrap(),
+    }
+}
+
+/// A copy of the whole-allocator harness's files of `tree`, each edited by
+/// `edit(path, text)`.
+fn alloc_copy(tree: &Path, cache: &Cache, edit: impl Fn(&str, String) -> String) -> PathBuf {
+    let dir = cache.root.join("alloc-tree");
+    for f in alloc::source::TREE_FILES {
+        std::fs::create_dir_all(dir.join(f).parent().unwrap()).unwrap();
+        let text = std::fs::read_to_string(tree.join(f)).unwrap();
+        std::fs::write(dir.join(f), edit(f, text)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_whole_allocator_agrees_with_the_model_over_many_chunks() {
+    let tree = tree_or_skip!();
+    let cache = temp_cache("alloc-agree");
+    let built = alloc::source::build(&tree, &cache).unwrap_or_else(|e| panic!("building: {e}"));
+    for (seed, cpus) in [(21, 4), (22, 1)] {
+        let ops = alloc::random_ops(seed, 20_000);
+        let out = alloc::diff(&built.binary, &km_config(cpus), &ops, 500).unwrap();
+        assert!(out.divergence.is_none(), "seed {seed}, {cpus} cpus: {:?}", out.divergence);
+        let c = &out.coverage;
+        assert!(c.chunks_created > 20 && c.chunks_destroyed > 10 && c.atomic_failures > 0, "{c}");
+        assert!(out.states_verified >= 40);
+    }
+}
+
+#[test]
+fn a_changed_constant_in_the_whole_allocator_diverges_in_a_few_ops() {
+    let tree = tree_or_skip!();
+    let cache = temp_cache("alloc-mutant");
+    let mutant = alloc_copy(&tree, &cache, |f, t| {
+        if f == "mm/percpu.c" {
+            let m = t.replacen("#define PCPU_EMPTY_POP_PAGES_HIGH\t4", "#define PCPU_EMPTY_POP_PAGES_HIGH\t5", 1);
+            assert_ne!(m, t, "the constant is in the tree");
+            m
+        } else {
+            t
+        }
+    });
+    let built = alloc::source::build(&mutant, &cache).unwrap();
+    let out = alloc::diff(&built.binary, &km_config(4), &alloc::random_ops(1, 20_000), 0).unwrap();
+    let m = out.divergence.expect("one more empty page to keep shows");
+    assert!(m.ops.len() <= 6, "{:?}", m.ops);
+    assert!(m.ops.iter().any(|op| matches!(op, alloc::Op::Balance)), "the balance work decides it: {:?}", m.ops);
+}
+
+#[test]
+fn the_whole_allocator_names_a_missing_backend_function_and_reports_a_crash() {
+    let tree = tree_or_skip!();
+    let cache = temp_cache("alloc-errors");
+    let renamed = alloc_copy(&tree, &cache, |f, t| {
+        if f == "mm/percpu-km.c" {
+            t.replace("pcpu_create_chunk", "pcpu_make_chunk")
+        } else {
+            t
+        }
+    });
+    match alloc::source::build(&renamed, &cache) {
+        Err(HarnessError::NotFound { what, file }) => {
+            assert_eq!((what.name.as_str(), file.as_str()), ("pcpu_create_chunk", "mm/percpu-km.c"));
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // a BUG in the backend's destroy path: the driver dies on the first
+    // chunk the balance work frees
+    let crashing = alloc_copy(&tree, &cache, |f, t| {
+        if f == "mm/percpu-km.c" {
+            t.replacen("pcpu_stats_chunk_dealloc();", "pcpu_stats_chunk_dealloc();\n\tBUG_ON(1);", 1)
+        } else {
+            t
+        }
+    });
+    let built = alloc::source::build(&crashing, &cache).unwrap();
+    let e = alloc::diff(&built.binary, &km_config(4), &alloc::random_ops(1, 20_000), 0).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("signal 6") && msg.contains("BUG_ON(1) at mm/percpu-km.c:"), "{msg}");
+}
+
+#[test]
+fn verify_on_the_whole_allocators_chunks_catches_what_the_counters_hide() {
+    let tree = tree_or_skip!();
+    let cache = temp_cache("alloc-verify");
+    // the populated bitmap one page short while nr_populated counts it
+    let broken = alloc_copy(&tree, &cache, |f, t| {
+        if f == "mm/percpu.c" {
+            let m = t.replacen(
+                "\tbitmap_set(chunk->populated, page_start, nr);",
+                "\tbitmap_set(chunk->populated, page_start, nr > 1 ? nr - 1 : nr);",
+                1,
+            );
+            assert_ne!(m, t, "pcpu_chunk_populated is as expected");
+            m
+        } else {
+            t
+        }
+    });
+    let built = alloc::source::build(&broken, &cache).unwrap();
+    let out = alloc::diff(&built.binary, &km_config(4), &alloc::random_ops(1, 5000), 1).unwrap();
+    let m = out.divergence.expect("verify() sees the populated map disagree with nr_populated");
+    assert!(m.divergence.field.starts_with("verify()") && m.divergence.real.contains("populated"), "{}", m.divergence);
+    assert!(m.ops.len() <= 10, "{:?}", m.ops);
+}

@@ -1,6 +1,6 @@
-//! `percpu-bed harness`: the kernel tree's own mm/percpu.c chunk allocator
-//! compiled in userspace and driven beside the model (library:
-//! `percpu_bed::harness`).
+//! `percpu-bed harness`: the kernel tree's own mm/percpu.c compiled in
+//! userspace and driven beside the model, at chunk level and (`alloc`) as
+//! the whole allocator over percpu-km (library: `percpu_bed::harness`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,12 +11,13 @@ use percpu_bed::harness::{self, diff, Driver};
 use percpu_bed::kbuild::{tree, Cache, Progress};
 use percpu_bed::output::emit;
 
-/// Compile a kernel tree's own mm/percpu.c chunk allocator in userspace
-/// and run it beside the model.
+/// Compile a kernel tree's own mm/percpu.c allocator in userspace and run
+/// it beside the model.
 ///
 /// The functions (pcpu_alloc_area, pcpu_free_area, pcpu_find_block_fit,
-/// the block and chunk hint upkeep, pcpu_alloc_chunk, ...) are extracted by
-/// name from the tree's mm/percpu.c and mm/percpu-internal.h at run time,
+/// the block and chunk hint upkeep, pcpu_alloc_chunk, ...; for `alloc` also
+/// pcpu_alloc, free_percpu, the balance work, pcpu_setup_first_chunk and
+/// mm/percpu-km.c) are extracted by name from the tree at run time,
 /// compiled with gcc inside a small stub environment and cached by a hash
 /// of the inputs: edit the tree and run the command again.  The default
 /// tree is Debian's linux-source-6.1 (the one `percpu-bed kbuild`
@@ -76,6 +77,44 @@ enum What {
         ops: OpsArgs,
         /// Check after every N operations.
         #[arg(long, default_value_t = 1)]
+        every: usize,
+    },
+    /// The whole allocator: the tree's pcpu_alloc, free_percpu, balance work and pcpu_setup_first_chunk over
+    /// its mm/percpu-km.c, beside the model's Percpu with the km backend and the same alloc info.  Random
+    /// operations; after every one the result (chunk and offset), every chunk's counters and chunk_md, the
+    /// slot lists and the global counters are compared, and the real state is checked against the
+    /// allocator's invariants (and every --every ops, each chunk's maps against verify()).  The first
+    /// divergence is printed minimised.  Exit 1 on a divergence.
+    Alloc {
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Random operations to run.
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+        /// Seed of the operation sequence.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Possible CPUs (units of every chunk).
+        #[arg(long, default_value_t = 4)]
+        cpus: u32,
+        /// Static percpu size of the imagined kernel image (bytes, 0x.., K).
+        #[arg(long, default_value = "0x3000", value_parser = size_arg)]
+        static_size: usize,
+        /// Reserved (module) region size; default the kernel's PERCPU_MODULE_RESERVE, 0 for none.
+        #[arg(long, value_parser = size_arg)]
+        reserved: Option<usize>,
+        /// The kernel the tree is, for the model's profile (PERCPU_DYNAMIC_EARLY_SIZE, reserves).
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Instead of the random sequence, one of seed 002's objects workloads as bench names them
+        /// (in-order-256, alternating-1024, second-half-filled-4, in-order-4-align-8, ...).
+        #[arg(long, value_name = "NAME")]
+        workload: Option<String>,
+        /// Objects of --workload.
+        #[arg(long, default_value_t = 1 << 14)]
+        objects: usize,
+        /// Verify every real chunk's maps and hints with the model's verify() every N operations (0: never).
+        #[arg(long, default_value_t = 1000)]
         every: usize,
     },
     /// Show 6.1's free-path chunk-hint finding on the real code (docs/hint-free.md), and measure the
@@ -141,14 +180,25 @@ pub fn run(args: Args) -> Result<u8> {
         What::Build(t) => {
             let cache = cache(&t)?;
             let (dir, what) = tree_dir(&t, &cache)?;
-            let t0 = Instant::now();
-            let built = harness::build(&dir, &cache).with_context(|| format!("building the harness from {what}"))?;
-            let how = if built.compiled {
-                format!("compiled in {:.2} s", built.compile_seconds)
-            } else {
-                format!("cached ({:.2} s to extract and hash)", t0.elapsed().as_secs_f64())
-            };
-            emit(&format!("{}\n  from {what}, {how}\n  source {}\n", built.binary.display(), built.source.display()))?;
+            let mut s = String::new();
+            for (mode, build) in [
+                ("chunk level", harness::build as fn(&Path, &Cache) -> Result<harness::Built, harness::HarnessError>),
+                ("whole allocator, percpu-km", harness::alloc::source::build),
+            ] {
+                let t0 = Instant::now();
+                let built = build(&dir, &cache).with_context(|| format!("building the {mode} harness from {what}"))?;
+                let how = if built.compiled {
+                    format!("compiled in {:.2} s", built.compile_seconds)
+                } else {
+                    format!("cached ({:.2} s to extract and hash)", t0.elapsed().as_secs_f64())
+                };
+                s += &format!(
+                    "{} ({mode})\n  from {what}, {how}\n  source {}\n",
+                    built.binary.display(),
+                    built.source.display()
+                );
+            }
+            emit(&s)?;
             Ok(0)
         }
         What::Diff { tree, ops, fix } => {
@@ -205,6 +255,20 @@ pub fn run(args: Args) -> Result<u8> {
             };
             emit(&s)?;
             Ok(code)
+        }
+        What::Alloc { tree, ops, seed, cpus, static_size, reserved, kernel, workload, objects, every } => {
+            let kernel =
+                percpu_core::profile::KernelProfile::parse(&kernel).with_context(|| format!("--kernel {kernel}"))?;
+            let cfg = harness::alloc::model::ModelConfig { cpus, static_size, reserved_size: reserved, kernel };
+            let seq = match &workload {
+                Some(name) => harness::alloc::workload_ops(name, objects).map_err(anyhow::Error::msg)?,
+                None => harness::alloc::random_ops(seed, ops),
+            };
+            let what = match &workload {
+                Some(name) => format!("workload {name}, {objects} objects"),
+                None => format!("seed {seed}"),
+            };
+            alloc_cmd(&tree, &seq, &what, &cfg, every)
         }
         What::HintFree { tree, ops, objects } => hint_free(&tree, ops, objects),
         What::Bench { tree, quick, objects } => bench_cmd(&tree, quick, objects),
@@ -325,4 +389,66 @@ fn bench_cmd(t: &TreeArgs, quick: bool, objects: Option<usize>) -> Result<u8> {
     s += "c: chunks at the end of the allocations; real: the tree's functions under pcpu_alloc's slot search (driver.c)\n";
     emit(&s)?;
     Ok(0)
+}
+
+fn size_arg(s: &str) -> Result<usize> {
+    Ok(usize::try_from(super::layout::parse_size(s)?)?)
+}
+
+fn alloc_cmd(
+    t: &TreeArgs,
+    seq: &[harness::alloc::Op],
+    sequence: &str,
+    cfg: &harness::alloc::model::ModelConfig,
+    every: usize,
+) -> Result<u8> {
+    use harness::alloc;
+    let cpus = cfg.cpus;
+    if cpus == 0 || cpus > 1024 {
+        anyhow::bail!("--cpus {cpus}: give 1 to 1024 CPUs");
+    }
+    let cache = cache(t)?;
+    let (dir, what) = tree_dir(t, &cache)?;
+    let built = alloc::source::build(&dir, &cache)
+        .with_context(|| format!("building the whole-allocator harness from {what}"))?;
+    if built.compiled {
+        eprintln!("harness: compiled {} in {:.2} s", built.source.display(), built.compile_seconds);
+    }
+    let model = alloc::model::Model::new(cfg).context("setting the model up")?;
+    let setup = model.setup(cfg).map_err(anyhow::Error::msg)?;
+    let t0 = Instant::now();
+    let out = alloc::diff(&built.binary, cfg, seq, every)?;
+    let mut s = format!(
+        "real pcpu_alloc/free_percpu + percpu-km ({what}) vs model (km backend, {}): {cpus} CPUs, {sequence}\n",
+        cfg.kernel
+    );
+    s += &format!(
+        "alloc info: static {} reserved {} dyn {} unit {} ({} units), atom {}\n",
+        setup.static_size, setup.reserved_size, setup.dyn_size, setup.unit_size, setup.nr_units, setup.atom_size
+    );
+    let code = match &out.divergence {
+        None => {
+            s += &format!(
+                "{} ops, 0 divergences, invariants held, chunk maps verified {} times ({:.1} s)\n",
+                out.ops_run,
+                out.states_verified,
+                t0.elapsed().as_secs_f64()
+            );
+            s += &format!("exercised: {}\n", out.coverage);
+            0
+        }
+        Some(m) => {
+            s += &format!("DIVERGED {}\n", m.first);
+            s += &format!(
+                "minimised to {} ops ({} test runs), diverging {}:\n{}",
+                m.ops.len(),
+                m.tests,
+                m.divergence,
+                m.ops.iter().enumerate().map(|(i, op)| format!("  {:>3}. {op}\n", i + 1)).collect::<String>()
+            );
+            1
+        }
+    };
+    emit(&s)?;
+    Ok(code)
 }

@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 /// `1G`, `512M`, `64K`, `0x35000`, `217088`.
-fn parse_size(s: &str) -> Result<u64> {
+pub(crate) fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, shift) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 10),

@@ -79,7 +79,7 @@ pub const PERCPU_C: &[(Kind, &str)] = &[
     (Kind::Function, "pcpu_chunk_depopulated"),
 ];
 
-const SHIM_H: &str = include_str!("c/shim.h");
+pub(crate) const SHIM_H: &str = include_str!("c/shim.h");
 const PRELUDE_H: &str = include_str!("c/prelude.h");
 const DRIVER_C: &str = include_str!("c/driver.c");
 
@@ -97,13 +97,14 @@ pub struct Built {
     pub compile_seconds: f64,
 }
 
-fn read(tree: &Path, rel: &str) -> Result<String, HarnessError> {
+pub(crate) fn read(tree: &Path, rel: &str) -> Result<String, HarnessError> {
     let p = tree.join(rel);
     std::fs::read_to_string(&p).map_err(|e| HarnessError::TreeFile { path: p, reason: e.to_string() })
 }
 
-/// Cut `items` out of `text` (the tree's `file`), in the file's order.
-fn take(text: &str, file: &str, items: &[(Kind, &str)]) -> Result<String, HarnessError> {
+/// Cut `items` out of `text` (the tree's `file`): each with its byte
+/// offset in the file, sorted by it.
+pub(crate) fn take_parts(text: &str, file: &str, items: &[(Kind, &str)]) -> Result<Vec<(usize, String)>, HarnessError> {
     let src = Source::new(text);
     let mut found = Vec::new();
     for &(kind, name) in items {
@@ -111,14 +112,18 @@ fn take(text: &str, file: &str, items: &[(Kind, &str)]) -> Result<String, Harnes
         found.push(r);
     }
     found.sort_by_key(|r| r.start);
-    let mut out = String::new();
-    for r in found {
-        let line = text[..r.start].matches('\n').count() + 1;
-        out.push_str(&format!("#line {line} \"{file}\"\n"));
-        out.push_str(&text[r]);
-        out.push_str("\n\n");
-    }
-    Ok(out)
+    Ok(found
+        .into_iter()
+        .map(|r| {
+            let line = text[..r.start].matches('\n').count() + 1;
+            (r.start, format!("#line {line} \"{file}\"\n{}\n\n", &text[r]))
+        })
+        .collect())
+}
+
+/// Cut `items` out of `text` (the tree's `file`), in the file's order.
+pub(crate) fn take(text: &str, file: &str, items: &[(Kind, &str)]) -> Result<String, HarnessError> {
+    Ok(take_parts(text, file, items)?.into_iter().map(|(_, s)| s).collect())
 }
 
 /// The generated translation unit for `tree`.
@@ -144,18 +149,33 @@ fn gcc_version(gcc: &Path) -> String {
 
 /// Build (or reuse) the harness for `tree` under `cache`.
 pub fn build(tree: &Path, cache: &Cache) -> Result<Built, HarnessError> {
-    for f in TREE_FILES {
+    check_tree(tree, &TREE_FILES)?;
+    let generated = generate(tree)?;
+    compile_cached(cache, &generated, &[("shim.h", SHIM_H), ("prelude.h", PRELUDE_H), ("driver.c", DRIVER_C)])
+}
+
+/// Refuse a directory that lacks one of `files`.
+pub(crate) fn check_tree(tree: &Path, files: &[&str]) -> Result<(), HarnessError> {
+    for f in files {
         if !tree.join(f).is_file() {
             return Err(HarnessError::TreeFile {
                 path: tree.join(f),
-                reason: "missing: not a Linux source tree (the harness needs mm/percpu.c, mm/percpu-internal.h and include/linux/percpu.h)".into(),
+                reason: format!("missing: not a Linux source tree (the harness needs {})", files.join(", ")),
             });
         }
     }
+    Ok(())
+}
+
+/// Compile `generated` (as `harness.c`, beside the `support` files it
+/// includes) into `<cache>/harness/<hash>/percpu-harness`, or reuse the
+/// binary a previous run built from the same inputs and compiler.
+pub(crate) fn compile_cached(cache: &Cache, generated: &str, support: &[(&str, &str)]) -> Result<Built, HarnessError> {
     let gcc = which("gcc").ok_or(HarnessError::NoCompiler)?;
-    let generated = generate(tree)?;
     let mut key = Vec::new();
-    for part in [generated.as_str(), SHIM_H, PRELUDE_H, DRIVER_C, &gcc_version(&gcc)] {
+    let version = gcc_version(&gcc);
+    let parts = [generated, version.as_str()].into_iter().chain(support.iter().flat_map(|(n, t)| [*n, *t]));
+    for part in parts {
         key.extend_from_slice(part.as_bytes());
         key.push(0);
     }
@@ -170,9 +190,7 @@ pub fn build(tree: &Path, cache: &Cache) -> Result<Built, HarnessError> {
     // never looks complete
     let tmp = cache.root.join("harness").join(format!(".{hash}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| HarnessError::io(&tmp, e))?;
-    for (name, text) in
-        [("harness.c", generated.as_str()), ("shim.h", SHIM_H), ("prelude.h", PRELUDE_H), ("driver.c", DRIVER_C)]
-    {
+    for (name, text) in [("harness.c", generated)].into_iter().chain(support.iter().copied()) {
         std::fs::write(tmp.join(name), text).map_err(|e| HarnessError::io(&tmp.join(name), e))?;
     }
     let log = tmp.join("build.log");

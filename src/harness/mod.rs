@@ -10,15 +10,19 @@
 //!   on the model's [`ChunkMap`](percpu_core::bitmap::ChunkMap), offsets,
 //!   hints and counters compared, the first divergence minimised; the
 //!   model's `verify()` applied to the real code's state; the hint-free
-//!   finding and the multi-chunk benchmark.
+//!   finding and the multi-chunk benchmark;
+//! * [`alloc`]: the next level, the tree's whole `pcpu_alloc`/`free_percpu`
+//!   with its balance work and first-chunk setup over `mm/percpu-km.c`,
+//!   compared op by op with the model's whole allocator.
 //!
-//! The scope is the chunk: `pcpu_find_block_fit`, `pcpu_alloc_area`,
+//! The scope of [`diff`] is the chunk: `pcpu_find_block_fit`, `pcpu_alloc_area`,
 //! `pcpu_free_area`, the hint functions they call, `pcpu_alloc_chunk`,
 //! `pcpu_chunk_populated`/`depopulated` and the slot bookkeeping.  The
 //! driver's `bench` transcribes `pcpu_alloc`'s slot search over those
 //! functions; the tree's `pcpu_alloc`/`free_percpu` themselves (locks,
-//! balance work, a backend) are not compiled.
+//! balance work, a backend) are compiled only by [`alloc`].
 
+pub mod alloc;
 pub mod build;
 pub mod diff;
 pub mod extract;
@@ -27,6 +31,7 @@ pub mod minimise;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub use build::{build, Built};
 
@@ -45,6 +50,8 @@ pub enum HarnessError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the harness program {}: {what}", binary.display())]
     Protocol { binary: PathBuf, what: String },
+    #[error("the model cannot be set up as asked: {0}")]
+    Model(String),
 }
 
 impl HarnessError {
@@ -60,19 +67,102 @@ pub struct Driver {
     stdin: BufWriter<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     line: String,
+    /// The program's stderr, when captured ([`Driver::start_captured`]):
+    /// its last lines go into the error when it dies.
+    stderr: Option<Arc<Mutex<String>>>,
 }
+
+/// How much of a captured stderr is kept.
+const STDERR_KEEP: usize = 4096;
 
 impl Driver {
     pub fn start(binary: &Path) -> Result<Driver, HarnessError> {
+        Self::spawn(binary, false)
+    }
+
+    /// Start with stderr captured rather than inherited: many short runs
+    /// stay quiet, and a crash reports what the program printed.
+    pub fn start_captured(binary: &Path) -> Result<Driver, HarnessError> {
+        Self::spawn(binary, true)
+    }
+
+    fn spawn(binary: &Path, capture: bool) -> Result<Driver, HarnessError> {
         let mut child = Command::new(binary)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .map_err(|e| HarnessError::io(binary, e))?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Driver { binary: binary.to_path_buf(), child, stdin, stdout, line: String::new() })
+        let stderr = child.stderr.take().map(|mut err| {
+            let kept = Arc::new(Mutex::new(String::new()));
+            let sink = Arc::clone(&kept);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut k = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    k.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if k.len() > 2 * STDERR_KEEP {
+                        let cut = k.len() - STDERR_KEEP;
+                        let cut = (cut..k.len()).find(|&i| k.is_char_boundary(i)).unwrap_or(k.len());
+                        k.drain(..cut);
+                    }
+                }
+            });
+            kept
+        });
+        Ok(Driver { binary: binary.to_path_buf(), child, stdin, stdout, line: String::new(), stderr })
+    }
+
+    /// Why the program stopped answering: its exit status or signal, and
+    /// what it printed on stderr when that was captured.
+    fn death(&mut self) -> String {
+        let mut status = None;
+        for _ in 0..200 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let how = match status {
+            None => "still running".to_string(),
+            Some(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                match s.signal() {
+                    Some(sig) => format!(
+                        "killed by signal {sig}{}",
+                        if sig == 6 {
+                            " (SIGABRT: a BUG or abort)"
+                        } else if sig == 11 {
+                            " (SIGSEGV)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => s.to_string(),
+                }
+            }
+        };
+        match &self.stderr {
+            Some(err) => {
+                // the reader thread may still be draining the pipe
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let text = err.lock().unwrap_or_else(|e| e.into_inner()).trim_end().to_string();
+                if text.is_empty() {
+                    format!("ended unexpectedly ({how}), nothing on stderr")
+                } else {
+                    format!("ended unexpectedly ({how}); its stderr:\n{text}")
+                }
+            }
+            None => {
+                format!("ended unexpectedly ({how}): a WARN/BUG in the tree's code or a crash, see its stderr above")
+            }
+        }
     }
 
     fn protocol(&self, what: impl Into<String>) -> HarnessError {
@@ -104,12 +194,11 @@ impl Driver {
     pub fn recv(&mut self) -> Result<String, HarnessError> {
         self.line.clear();
         let n = self.stdout.read_line(&mut self.line).map_err(|e| self.protocol(format!("read failed: {e}")))?;
-        if n == 0 {
-            let status = self.child.try_wait().ok().flatten();
-            return Err(self.protocol(format!(
-                "ended unexpectedly ({}): a WARN/BUG in the tree's code or a crash, see its stderr above",
-                status.map_or("still running".to_string(), |s| s.to_string())
-            )));
+        // no reply, or half a line: the program died (its buffered output
+        // was flushed, or not, as it went)
+        if n == 0 || !self.line.ends_with('\n') {
+            let why = self.death();
+            return Err(self.protocol(why));
         }
         if self.line.starts_with("error") {
             return Err(self.protocol(self.line.trim_end().to_string()));

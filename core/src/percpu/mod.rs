@@ -445,6 +445,15 @@ impl Percpu {
     pub fn free_slot(&self) -> usize {
         self.free_slot
     }
+    /// `pcpu_nr_slots`: the size slots, then sidelined, free, to_depopulate.
+    pub fn nr_slots(&self) -> usize {
+        self.slots.nr_slots()
+    }
+    /// The chunks on one slot list, head first (the order `pcpu_alloc`
+    /// tries them in).
+    pub fn slot_list(&self, slot: usize) -> impl Iterator<Item = ChunkId> + '_ {
+        self.slots.iter(slot)
+    }
     pub fn sidelined_slot(&self) -> usize {
         self.sidelined_slot
     }

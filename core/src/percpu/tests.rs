@@ -317,3 +317,21 @@ fn a_failed_atomic_reserved_request_schedules_balance_work() {
     assert!(p.alloc(big).is_err());
     assert!(!p.balance_pending());
 }
+
+#[test]
+fn slot_lists_are_observable_in_list_order() {
+    let mut p = small();
+    assert_eq!(p.nr_slots(), p.to_depopulate_slot() + 1);
+    let first = p.first_chunk_id();
+    let listed: Vec<_> = (0..p.nr_slots()).flat_map(|s| p.slot_list(s).map(move |c| (s, c))).collect();
+    assert_eq!(listed, vec![(p.slot_of(first).unwrap(), first)], "only the first chunk is listed");
+    // fill past the first chunk: new chunks join the lists, each once, where slot_of says
+    let mut ptrs = Vec::new();
+    while p.nr_chunks() < 4 {
+        ptrs.push(p.alloc(AllocRequest::new(4096, 4096)).unwrap());
+    }
+    for c in p.chunks().filter(|c| c.role != ChunkRole::Reserved) {
+        let on: Vec<_> = (0..p.nr_slots()).filter(|&s| p.slot_list(s).any(|id| id == c.id)).collect();
+        assert_eq!(on, vec![p.slot_of(c.id).unwrap()], "chunk {}", c.id);
+    }
+}

@@ -34,8 +34,19 @@ typedef uint32_t u32;
 typedef uint8_t u8;
 typedef unsigned int gfp_t;
 typedef int spinlock_t;
-#define GFP_KERNEL 0u
-#define __GFP_ZERO 0u
+/* gfp: the bits mm/percpu.c tests (blocking allowed, no warning); the
+ * values are this shim's, only their meaning matters */
+#define __GFP_IO 0x40u
+#define __GFP_FS 0x80u
+#define __GFP_ZERO 0x100u
+#define __GFP_DIRECT_RECLAIM 0x400u
+#define __GFP_KSWAPD_RECLAIM 0x800u
+#define __GFP_NOWARN 0x2000u
+#define __GFP_NOFAIL 0x8000u
+#define __GFP_NORETRY 0x10000u
+#define __GFP_ACCOUNT 0x400000u
+#define GFP_KERNEL (__GFP_DIRECT_RECLAIM | __GFP_KSWAPD_RECLAIM | __GFP_IO | __GFP_FS)
+#define GFP_NOWAIT __GFP_KSWAPD_RECLAIM
 
 #define __init
 #define __ro_after_init
