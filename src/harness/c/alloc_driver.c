@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * percpu-bed harness driver, whole-allocator mode: the tree's own
  * pcpu_setup_first_chunk, pcpu_alloc, free_percpu and pcpu_balance_workfn

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * percpu-bed harness, whole-allocator mode: mm/percpu.c's global state
  * (declared here, set by the tree's own pcpu_setup_first_chunk), the hooks

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * percpu-bed harness driver: runs the kernel's own chunk allocator
  * functions (extracted from the tree and compiled above this file) under a

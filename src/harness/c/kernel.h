@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * percpu-bed harness, whole-allocator mode: what pcpu_alloc, free_percpu,
  * the balance work, pcpu_setup_first_chunk and mm/percpu-km.c need beyond

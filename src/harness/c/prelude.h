@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * percpu-bed harness: what mm/percpu.c's chunk functions expect from the
  * rest of mm/percpu.c and from percpu-internal.h with CONFIG_PERCPU_STATS

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * percpu-bed harness: the userspace environment the kernel's own
  * mm/percpu.c allocator functions are compiled in.
