@@ -759,7 +759,11 @@ impl Percpu {
         // A new chunk always fits a legal request, so a second restart
         // would mean a broken invariant; fail instead of spinning.
         for _restart in 0..3 {
-            for slot in self.size_to_slot(size)..=self.free_slot {
+            // Empty slots are skipped by the non-empty bitmap; the next one
+            // is looked up on arriving there, so the kernel's order holds.
+            let mut next_slot = self.size_to_slot(size);
+            while let Some(slot) = self.slots.next_nonempty(next_slot, self.free_slot) {
+                next_slot = slot + 1;
                 let mut cursor = self.slots.first(slot);
                 while let Some(id) = cursor {
                     cursor = self.slots.next(id);
