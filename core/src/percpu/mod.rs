@@ -723,7 +723,9 @@ impl Percpu {
 
         let off = bit_off << PCPU_MIN_ALLOC_SHIFT;
         if !atomic {
-            let (page_start, page_end) = (off / page, (off + size).div_ceil(page));
+            // page sizes are powers of two (ChunkMap::new checks): shift, not divide
+            let shift = page.trailing_zeros();
+            let (page_start, page_end) = (off >> shift, (off + size + page - 1) >> shift);
             // Walk the holes one at a time: no allocation on this hot path.
             loop {
                 let next_hole = self.chunk(id).map.unpopulated_runs(page_start, page_end).next();
