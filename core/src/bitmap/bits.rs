@@ -44,7 +44,7 @@ fn word_mask(lo: usize, hi: usize) -> u64 {
 /// Apply `f(word, mask)` to every word touched by `[start, end)`.  Kept out
 /// of line: set_range/clear_range inline only their one-word fast path.
 #[inline(never)]
-fn for_each_word_in(map: &mut [u64], start: usize, end: usize, f: fn(&mut u64, u64)) {
+fn for_each_word_in(map: &mut [u64], start: usize, end: usize, f: impl Fn(&mut u64, u64)) {
     if start >= end {
         return;
     }
