@@ -41,8 +41,9 @@ fn word_mask(lo: usize, hi: usize) -> u64 {
     upper & (!0u64 << lo)
 }
 
-/// Apply `f(word, mask)` to every word touched by `[start, end)`.
-#[inline]
+/// Apply `f(word, mask)` to every word touched by `[start, end)`.  Kept out
+/// of line: set_range/clear_range inline only their one-word fast path.
+#[inline(never)]
 fn for_each_word_in(map: &mut [u64], start: usize, end: usize, f: impl Fn(&mut u64, u64)) {
     if start >= end {
         return;
@@ -59,14 +60,34 @@ fn for_each_word_in(map: &mut [u64], start: usize, end: usize, f: impl Fn(&mut u
     f(&mut map[last], word_mask(0, (end - 1) % WORD_BITS + 1));
 }
 
+/// Mask of `len` bits from bit `start` when they lie in one word, else
+/// `None`: the common case on the allocation path (small areas, single
+/// blocks), done without the general word loop.
+#[inline]
+fn one_word_mask(start: usize, len: usize) -> Option<(usize, u64)> {
+    let lo = start % WORD_BITS;
+    (len != 0 && lo + len <= WORD_BITS).then(|| {
+        let bits = if len == WORD_BITS { !0 } else { ((1u64 << len) - 1) << lo };
+        (start / WORD_BITS, bits)
+    })
+}
+
 /// `bitmap_set(map, start, len)`.
+#[inline]
 pub(crate) fn set_range(map: &mut [u64], start: usize, len: usize) {
-    for_each_word_in(map, start, start + len, |w, m| *w |= m);
+    match one_word_mask(start, len) {
+        Some((idx, mask)) => map[idx] |= mask,
+        None => for_each_word_in(map, start, start + len, |w, m| *w |= m),
+    }
 }
 
 /// `bitmap_clear(map, start, len)`.
+#[inline]
 pub(crate) fn clear_range(map: &mut [u64], start: usize, len: usize) {
-    for_each_word_in(map, start, start + len, |w, m| *w &= !m);
+    match one_word_mask(start, len) {
+        Some((idx, mask)) => map[idx] &= !mask,
+        None => for_each_word_in(map, start, start + len, |w, m| *w &= !m),
+    }
 }
 
 /// First bit in `[start, end)` whose value is `want`, or `end` if none.
@@ -76,19 +97,19 @@ fn next_with(map: &[u64], start: usize, end: usize, invert: u64) -> usize {
     if start >= end {
         return end;
     }
-    let mut idx = start / WORD_BITS;
-    let mut word = (map[idx] ^ invert) & (!0u64 << (start % WORD_BITS));
-    loop {
-        if word != 0 {
-            let bit = idx * WORD_BITS + word.trailing_zeros() as usize;
-            return bit.min(end);
-        }
-        idx += 1;
-        if idx * WORD_BITS >= end {
-            return end;
-        }
-        word = map[idx] ^ invert;
+    let (first, last) = (start / WORD_BITS, (end - 1) / WORD_BITS);
+    let head = (map[first] ^ invert) & (!0u64 << (start % WORD_BITS));
+    if head != 0 {
+        return (first * WORD_BITS + head.trailing_zeros() as usize).min(end);
     }
+    // a slice iterator: no bounds check or end test per word
+    for (i, &w) in map[first + 1..=last].iter().enumerate() {
+        let w = w ^ invert;
+        if w != 0 {
+            return ((first + 1 + i) * WORD_BITS + w.trailing_zeros() as usize).min(end);
+        }
+    }
+    end
 }
 
 /// `find_next_bit`: first set bit in `[start, end)`, or `end`.

@@ -64,8 +64,9 @@ impl ChunkMap {
     /// bits)` is populated, else the first bit after the first unpopulated
     /// run (where the search should resume).
     fn first_unpopulated_after(&self, bit_off: usize, bits: usize) -> Option<usize> {
-        let page_start = bit_off * PCPU_MIN_ALLOC_SIZE / self.page_size;
-        let page_end = ((bit_off + bits) * PCPU_MIN_ALLOC_SIZE).div_ceil(self.page_size);
+        // a block is a page: bit / block_bits is its page
+        let page_start = bit_off >> self.block_shift;
+        let page_end = (bit_off + bits + self.block_bits - 1) >> self.block_shift;
         let rs = bits::next_zero(&self.populated, page_start, page_end);
         if rs >= page_end {
             return None;
@@ -83,8 +84,8 @@ impl ChunkMap {
     /// the bitmap scan can still find an earlier first fit.
     fn next_fit_region(&self, alloc_bits: usize, align: usize, mut bit_off: usize) -> (usize, usize) {
         let bb = self.block_bits;
-        let mut i = bit_off / bb;
-        let mut block_off = bit_off % bb;
+        let mut i = bit_off >> self.block_shift;
+        let mut block_off = bit_off & (bb - 1);
         let mut bits = 0;
         while i < self.md_blocks.len() {
             let block = &self.md_blocks[i];
@@ -136,8 +137,8 @@ impl ChunkMap {
     pub(super) fn next_md_free_region(&self, mut bit_off: usize) -> (usize, usize) {
         let bb = self.block_bits;
         let nr_blocks = self.md_blocks.len();
-        let mut i = bit_off / bb;
-        let mut block_off = bit_off % bb;
+        let mut i = bit_off >> self.block_shift;
+        let mut block_off = bit_off & (bb - 1);
         let mut bits = 0;
         while i < nr_blocks {
             if bits::test_bit(&self.free_blocks, i) {
@@ -281,8 +282,8 @@ impl ChunkMap {
     /// backwards first.  Areas crossing a block end are not reported.
     fn block_update_scan(&mut self, bit_off: usize, bits: usize) {
         let bb = self.block_bits;
-        let index = bit_off / bb;
-        let s_off = bit_off % bb;
+        let index = bit_off >> self.block_shift;
+        let s_off = bit_off & (bb - 1);
         let e_off = s_off + bits;
         if e_off > bb {
             return;
@@ -348,9 +349,18 @@ impl ChunkMap {
         }
         block.right_free = 0;
 
-        let base = index * bb;
-        for run in bits::runs(&self.alloc_map, base + start.min(bb), base + bb, false) {
-            block.update(run.start - base, run.end - base);
+        // every maximal free run in [start, bb), as bits::runs yields them,
+        // without the iterator's extra search past the last run
+        let (base, end) = (index * bb, (index + 1) * bb);
+        let mut pos = base + start.min(bb);
+        while pos < end {
+            let rs = bits::next_zero(&self.alloc_map, pos, end);
+            if rs >= end {
+                break;
+            }
+            let re = bits::next_set(&self.alloc_map, rs, end);
+            block.update(rs - base, re - base);
+            pos = re;
         }
     }
 
@@ -367,10 +377,10 @@ impl ChunkMap {
     /// the chunk only if the chunk's contig hint was.
     pub(super) fn block_update_hint_alloc(&mut self, bit_off: usize, bits: usize) {
         let bb = self.block_bits;
-        let s_index = bit_off / bb;
-        let e_index = (bit_off + bits - 1) / bb;
-        let s_off = bit_off % bb;
-        let e_off = (bit_off + bits - 1) % bb + 1;
+        let s_index = bit_off >> self.block_shift;
+        let e_index = (bit_off + bits - 1) >> self.block_shift;
+        let s_off = bit_off & (bb - 1);
+        let e_off = ((bit_off + bits - 1) & (bb - 1)) + 1;
         let mut emptied_pages = 0;
         // every block the allocation touches now holds allocated bits
         bits::clear_range(&mut self.free_blocks, s_index, e_index + 1 - s_index);
@@ -458,10 +468,10 @@ impl ChunkMap {
     /// block became free or the free crossed blocks.
     fn block_update_hint_free(&mut self, bit_off: usize, bits: usize) {
         let bb = self.block_bits;
-        let s_index = bit_off / bb;
-        let e_index = (bit_off + bits - 1) / bb;
-        let s_off = bit_off % bb;
-        let e_off = (bit_off + bits - 1) % bb + 1;
+        let s_index = bit_off >> self.block_shift;
+        let e_index = (bit_off + bits - 1) >> self.block_shift;
+        let s_off = bit_off & (bb - 1);
+        let e_off = ((bit_off + bits - 1) & (bb - 1)) + 1;
         let (s_base, e_base) = (s_index * bb, e_index * bb);
         let mut emptied_pages = 0;
 

@@ -178,6 +178,9 @@ pub struct ChunkMap {
     nr_pages: usize,
     /// Bits per metadata block (`PCPU_BITMAP_BLOCK_BITS`).
     block_bits: usize,
+    /// log2(block_bits): block index and offset by shift and mask, not by
+    /// division, on the allocation path (block_bits is a power of two).
+    block_shift: u32,
     region_bits: usize,
     alloc_map: Vec<u64>,
     bound_map: Vec<u64>,
@@ -219,6 +222,7 @@ impl ChunkMap {
             page_size,
             nr_pages,
             block_bits,
+            block_shift: block_bits.trailing_zeros(),
             region_bits,
             alloc_map: vec![0; words_for(region_bits)],
             bound_map: vec![0; words_for(region_bits + 1)],

@@ -732,7 +732,9 @@ impl Percpu {
 
         let off = bit_off << PCPU_MIN_ALLOC_SHIFT;
         if !atomic {
-            let (page_start, page_end) = (off / page, (off + size).div_ceil(page));
+            // page sizes are powers of two (ChunkMap::new checks): shift, not divide
+            let shift = page.trailing_zeros();
+            let (page_start, page_end) = (off >> shift, (off + size + page - 1) >> shift);
             // Walk the holes one at a time: no allocation on this hot path.
             loop {
                 let next_hole = self.chunk(id).map.unpopulated_runs(page_start, page_end).next();
@@ -768,7 +770,11 @@ impl Percpu {
         // A new chunk always fits a legal request, so a second restart
         // would mean a broken invariant; fail instead of spinning.
         for _restart in 0..3 {
-            for slot in self.size_to_slot(size)..=self.free_slot {
+            // Empty slots are skipped by the non-empty bitmap; the next one
+            // is looked up on arriving there, so the kernel's order holds.
+            let mut next_slot = self.size_to_slot(size);
+            while let Some(slot) = self.slots.next_nonempty(next_slot, self.free_slot) {
+                next_slot = slot + 1;
                 let mut cursor = self.slots.first(slot);
                 while let Some(id) = cursor {
                     cursor = self.slots.next(id);
