@@ -25,8 +25,8 @@ const PERCPU_H: &[(Kind, &str)] = &[
     (Kind::Macro, "PCPU_BITMAP_BLOCK_BITS"),
 ];
 
-/// What is taken from `mm/percpu-internal.h`.
-const INTERNAL_H: &[(Kind, &str)] = &[
+/// What is taken from `mm/percpu-internal.h` (both harnesses).
+pub(crate) const INTERNAL_H: &[(Kind, &str)] = &[
     (Kind::Struct, "pcpu_block_md"),
     (Kind::Struct, "pcpu_chunk"),
     (Kind::Function, "pcpu_chunk_nr_blocks"),

@@ -75,7 +75,9 @@ const MD_FIELDS: [&str; 8] = [
     "nr_bits",
 ];
 
-fn md_values(h: &BlockHints) -> [i64; 8] {
+/// The eight fields of a `struct pcpu_block_md`, in the kernel's order
+/// (how both drivers print them).
+pub(crate) fn md_values(h: &BlockHints) -> [i64; 8] {
     [
         h.scan_hint,
         h.scan_hint_start,
@@ -89,7 +91,8 @@ fn md_values(h: &BlockHints) -> [i64; 8] {
     .map(|v| v as i64)
 }
 
-fn md_hints(v: &[i64]) -> BlockHints {
+/// [`md_values`] read back.
+pub(crate) fn md_hints(v: &[i64]) -> BlockHints {
     let u = |i: usize| v[i].max(0) as usize;
     BlockHints {
         scan_hint: u(0),

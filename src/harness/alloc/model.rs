@@ -11,6 +11,7 @@ use percpu_core::percpu::{ChunkRole, Percpu, PercpuConfig, PercpuSetupError};
 use percpu_core::profile::KernelProfile;
 
 use super::{ChunkObs, Op, OpResult, Setup, State};
+use crate::harness::diff::md_values;
 
 /// What decides both sides' geometry.
 #[derive(Clone, Debug)]
@@ -125,17 +126,7 @@ impl Model {
                 ChunkObs {
                     ord: c.id,
                     free_bytes: c.map.free_bytes() as i64,
-                    md: [
-                        h.scan_hint,
-                        h.scan_hint_start,
-                        h.contig_hint,
-                        h.contig_hint_start,
-                        h.left_free,
-                        h.right_free,
-                        h.first_free,
-                        h.nr_bits,
-                    ]
-                    .map(|v| v as i64),
+                    md: md_values(&h),
                     nr_populated: c.map.nr_populated() as i64,
                     nr_empty_pop_pages: c.map.nr_empty_pop_pages() as i64,
                     isolated: c.isolated,

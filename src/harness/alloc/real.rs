@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use percpu_core::bitmap::{BlockHints, ChunkMap, KernelChunkState};
+use percpu_core::bitmap::{ChunkMap, KernelChunkState};
 
 use super::model::{Model, ModelConfig};
 use super::{check_invariants, ChunkObs, Coverage, Divergence, Op, OpResult, State};
+use crate::harness::diff::md_hints;
 use crate::harness::{Driver, HarnessError};
 
 const PAGE_SIZE: usize = 4096;
@@ -76,20 +77,6 @@ pub fn parse_state(line: &str) -> Option<State> {
     Some(s)
 }
 
-fn hints(v: &[i64]) -> BlockHints {
-    let u = |i: usize| v[i].max(0) as usize;
-    BlockHints {
-        scan_hint: u(0),
-        scan_hint_start: u(1),
-        contig_hint: u(2),
-        contig_hint_start: u(3),
-        left_free: u(4),
-        right_free: u(5),
-        first_free: u(6),
-        nr_bits: u(7),
-    }
-}
-
 /// Parse a `v` line into the model's import format.
 pub fn parse_chunk(line: &str) -> Option<KernelChunkState> {
     let mut parts = line.strip_prefix("v ")?.split('|');
@@ -108,8 +95,8 @@ pub fn parse_chunk(line: &str) -> Option<KernelChunkState> {
         alloc_map,
         bound_map,
         populated,
-        chunk_md: hints(&head[6..14]),
-        md_blocks: (0..nr_pages).map(|b| hints(&head[14 + 8 * b..22 + 8 * b])).collect(),
+        chunk_md: md_hints(&head[6..14]),
+        md_blocks: (0..nr_pages).map(|b| md_hints(&head[14 + 8 * b..22 + 8 * b])).collect(),
         free_bytes: head[3] as usize,
         nr_populated: head[4] as usize,
         nr_empty_pop_pages: head[5] as usize,

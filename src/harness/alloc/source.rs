@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::harness::build::{check_tree, compile_cached, read, take, take_parts, Built, SHIM_H};
+use crate::harness::build::{check_tree, compile_cached, read, take, take_parts, Built, INTERNAL_H, SHIM_H};
 use crate::harness::extract::{Kind, Source};
 use crate::harness::HarnessError;
 use crate::kbuild::Cache;
@@ -29,14 +29,6 @@ const PERCPU_H: &[(Kind, &str)] = &[
 /// Taken from `include/linux/percpu.h` when the tree has it (6.2+:
 /// `PERCPU_DYNAMIC_EARLY_SIZE` is written with it).
 const PERCPU_H_OPTIONAL: &[(Kind, &str)] = &[(Kind::Macro, "PERCPU_DYNAMIC_SIZE_SHIFT")];
-
-const INTERNAL_H: &[(Kind, &str)] = &[
-    (Kind::Struct, "pcpu_block_md"),
-    (Kind::Struct, "pcpu_chunk"),
-    (Kind::Function, "pcpu_chunk_nr_blocks"),
-    (Kind::Function, "pcpu_nr_pages_to_map_bits"),
-    (Kind::Function, "pcpu_chunk_map_bits"),
-];
 
 /// From `mm/percpu.c`, emitted in the file's order; the backend goes where
 /// the file includes it.  The memcg hooks, stats and the alloc-info dump are
