@@ -322,6 +322,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     };
     let plan = run_plan(&test, &run_cpus);
     let mut diagnosed = 0usize;
+    let mut step_note: Option<String> = None;
     for (cpu, step) in plan {
         if let (Some(s), true) = (step, dynamic && step != Some(0)) {
             // Between steps the target moves, as a module that frees an
@@ -351,7 +352,8 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
             for &c in &bed.possible.clone() {
                 bed.write_uint(ctx.copy(c), ctx.init(c), width, "init")?;
             }
-            notes.push(format!(
+            // Only the latest move: a diagnostic names its own step's target.
+            step_note = Some(format!(
                 "step {s}: the target was reallocated at percpu pointer {new:#x} and the step {prev_step} allocation \
                  {old:#x} freed"
             ));
@@ -430,7 +432,8 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
         let printk = klog.printk.iter().map(|l| l.text.clone()).collect();
         let mut run = CpuRun { cpu, step, status, instructions, micros, diagnostic: None, summary: None, printk };
         if !findings.is_empty() {
-            let d = diag(bed, &object, &test, Some((cpu, step)), status, findings, notes.clone());
+            let run_notes = notes.iter().chain(&step_note).cloned().collect();
+            let d = diag(bed, &object, &test, Some((cpu, step)), status, findings, run_notes);
             run.summary = Some(d.summary.clone());
             if report.diagnostic.is_none() {
                 report.diagnostic = Some(d.clone());
