@@ -324,7 +324,7 @@ pub(crate) fn run_test(bed: &mut Bed<'_>, oi: usize, ti: usize) -> Result<TestRe
     let mut diagnosed = 0usize;
     let mut step_note: Option<String> = None;
     for (cpu, step) in plan {
-        if let (Some(s), true) = (step, dynamic && step != Some(0)) {
+        if let Some(s) = step.filter(|&s| dynamic && s > 0) {
             // Between steps the target moves, as a module that frees an
             // object and allocates a new one: the new allocation first, so
             // that the freed memory is not handed straight back and a kept
