@@ -117,9 +117,15 @@ mutant() {
   local name=$1 file=$2 old=$3 new=$4 caught=$5 targets=$6
   local m="$cache/mutants/$name"
   echo "== mutant $name: $file"
-  if [[ ! -d "$m" ]]; then
+  # A copy is used only once complete: an interrupted `cp -al` leaves a
+  # partial $m.tmp (and `cp -al tree $m.tmp` onto an existing one nests
+  # the tree inside it), so start over from nothing unless the stamp that
+  # the copy wrote last names this tree.
+  if [[ "$(cat "$m/.percpu-bed-mutant" 2>/dev/null)" != "$tree_path" ]]; then
     mkdir -p "$cache/mutants"
+    rm -rf "$m" "$m.tmp"
     cp -al "$tree_path" "$m.tmp"
+    echo "$tree_path" > "$m.tmp/.percpu-bed-mutant"
     mv "$m.tmp" "$m"
   fi
   # Break the hard link before editing, and start from the pristine file.
