@@ -348,15 +348,7 @@ pub struct DiffOutcome {
 }
 
 /// A divergence and its minimised reproduction.
-#[derive(Clone, Debug)]
-pub struct Minimised {
-    /// The first divergence in the full sequence.
-    pub first: Divergence,
-    /// A 1-minimal sequence that still diverges, and where it does.
-    pub ops: Vec<Op>,
-    pub divergence: Divergence,
-    pub tests: usize,
-}
+pub type Minimised = super::minimise::Minimised<Op, Divergence>;
 
 /// Compare real and model over `ops`; on a divergence, minimise it.
 pub fn diff(d: &mut Driver, pages: usize, fix: bool, ops: &[Op]) -> Result<DiffOutcome, HarnessError> {

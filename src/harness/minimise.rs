@@ -47,6 +47,33 @@ pub fn ddmin<T: Clone>(input: &[T], max_tests: usize, mut fails: impl FnMut(&[T]
     cur
 }
 
+/// A divergence found in a full operation sequence, and the 1-minimal
+/// subsequence `ddmin` shrank it to (with where that one diverges).  Both
+/// harnesses report through it, so both print a reproduction the same way.
+#[derive(Clone, Debug)]
+pub struct Minimised<Op, Divergence> {
+    /// The first divergence in the full sequence.
+    pub first: Divergence,
+    pub ops: Vec<Op>,
+    pub divergence: Divergence,
+    /// How many candidate sequences the minimiser ran.
+    pub tests: usize,
+}
+
+impl<Op: std::fmt::Display, Divergence: std::fmt::Display> std::fmt::Display for Minimised<Op, Divergence> {
+    /// `DIVERGED <first>`, then the numbered reproduction.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "DIVERGED {}", self.first)?;
+        writeln!(f, "minimised to {} ops ({} test runs), diverging {}:", self.ops.len(), self.tests, self.divergence)?;
+        write_ops(f, &self.ops)
+    }
+}
+
+/// `ops` one per line, numbered from 1, as a reproduction is printed.
+pub fn write_ops(f: &mut impl std::fmt::Write, ops: &[impl std::fmt::Display]) -> std::fmt::Result {
+    ops.iter().enumerate().try_for_each(|(i, op)| writeln!(f, "  {:>3}. {op}", i + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -496,13 +496,7 @@ pub struct Outcome {
 }
 
 /// A divergence and a 1-minimal sequence that still diverges.
-#[derive(Clone, Debug)]
-pub struct Minimised {
-    pub first: Divergence,
-    pub ops: Vec<Op>,
-    pub divergence: Divergence,
-    pub tests: usize,
-}
+pub type Minimised = super::minimise::Minimised<Op, Divergence>;
 
 /// Run `ops` on a fresh real allocator and a fresh model, compare after
 /// every op (and verify the real chunks' maps every `every` ops, 0: never);
