@@ -739,13 +739,13 @@ fn system_calls_and_halts_are_named_traps() {
         (Cpu::X86_64, vec![0x0f, 0x30, 0xc3], "wrmsr"),
         (Cpu::Sparc32, words_be(&[0x8190_2000, 0x81c3_e008, 0x0100_0000]), "wr %wim"), // wr %g0,0,%wim; retl; nop
         (Cpu::Sparc32, words_be(&[0x8198_2000, 0x81c3_e008, 0x0100_0000]), "wr %tbr"), // wr %g0,0,%tbr; retl; nop
-        (Cpu::X86_64, vec![0x0f, 0x05, 0xc3], "syscall"),  // syscall ; ret
-        (Cpu::X86_64, vec![0x0f, 0x34, 0xc3], "sysenter"), // sysenter ; ret
-        (Cpu::X86_64, vec![0xcd, 0x80, 0xc3], "int 0x80 (a system call"), // int $0x80 ; ret
+        (Cpu::X86_64, vec![0x0f, 0x05, 0xc3], "syscall"),                              // syscall ; ret
+        (Cpu::X86_64, vec![0x0f, 0x34, 0xc3], "sysenter"),                             // sysenter ; ret
+        (Cpu::X86_64, vec![0xcd, 0x80, 0xc3], "int 0x80 (a system call"),              // int $0x80 ; ret
         (Cpu::Arm64, words_le(&[0xd400_0003, 0xd65f_03c0]), "secure monitor call (smc)"), // smc #0 ; ret
         // an operation exception: opcode 0x00 is not an instruction
         (Cpu::S390x, vec![0x00, 0x00, 0x07, 0xfe], "program interruption"),
-        (Cpu::X86_64, vec![0xf4, 0xc3], "`hlt`"),          // hlt ; ret
+        (Cpu::X86_64, vec![0xf4, 0xc3], "`hlt`"), // hlt ; ret
         (Cpu::S390x, vec![0x83, 0x00, 0x00, 0x44, 0x07, 0xfe], "diag"), // diag %r0,%r0,0x44 ; br %r14
         (Cpu::Arm64, words_le(&[0xd503_207f, 0xd65f_03c0]), "`wfi`"), // wfi ; ret
         (Cpu::Riscv64, words_le(&[0x1050_0073, 0x0000_8067]), "`wfi`"), // wfi ; ret

@@ -751,7 +751,17 @@ fn load_rel(
                     continue;
                 }
                 Err(f) => {
-                    return Err(fault_to_error(name, arch, r.r_type, place(), &sym.name, sym_percpu, origin, f, sec_len))
+                    return Err(fault_to_error(
+                        name,
+                        arch,
+                        r.r_type,
+                        place(),
+                        &sym.name,
+                        sym_percpu,
+                        origin,
+                        f,
+                        sec_len,
+                    ))
                 }
             }
             if let Some((value, reach)) = cx.truncated.take() {
@@ -930,11 +940,10 @@ fn function_at(obj: &ElfObject<'_>, sec: usize, offset: u64) -> Option<String> {
 /// addend is taken first.
 fn variable_named(obj: &ElfObject<'_>, sym: &Symbol, addend: i64, pc_relative: bool) -> String {
     let Some(sec) = sym.section().filter(|_| sym.is_section()) else { return sym.name.clone() };
-    let objects = || obj.symbols.iter().filter(move |s| s.section() == Some(sec) && !s.is_section() && !s.name.is_empty());
+    let objects =
+        || obj.symbols.iter().filter(move |s| s.section() == Some(sec) && !s.is_section() && !s.name.is_empty());
     let starting = |at: i64| objects().find(|s| at >= 0 && s.value == at as u64);
-    let biased = pc_relative
-        .then(|| (1..=8i64).flat_map(|d| [addend - d, addend + d]).find_map(starting))
-        .flatten();
+    let biased = pc_relative.then(|| (1..=8i64).flat_map(|d| [addend - d, addend + d]).find_map(starting)).flatten();
     if let Some(s) = starting(addend).or(biased) {
         return s.name.clone();
     }

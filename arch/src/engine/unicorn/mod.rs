@@ -764,7 +764,9 @@ fn x86_privileged(uc: &Unicorn<'_, State>, addr: u64, size: u32) -> Option<&'sta
     let mut b = [0u8; 15];
     uc.mem_read(pte.ppn << PAGE_SHIFT | off, &mut b[..n]).ok()?;
     let b = &b[..n];
-    let i = b.iter().position(|&x| !matches!(x, 0x26 | 0x2e | 0x36 | 0x3e | 0x64..=0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f))?;
+    let i = b
+        .iter()
+        .position(|&x| !matches!(x, 0x26 | 0x2e | 0x36 | 0x3e | 0x64..=0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f))?;
     if b.get(i) != Some(&0x0f) {
         return None;
     }
@@ -1241,12 +1243,12 @@ impl UnicornEngine {
     /// code is written, see `sparc_forbidden_offsets`.)
     fn system_state(&mut self) -> Vec<(&'static str, u64)> {
         let regs: &[(&'static str, i32)] = match self.cpu {
-            Cpu::X86_64 => &[
-                ("cr0", RegisterX86::CR0 as i32),
-                ("cr3", RegisterX86::CR3 as i32),
-                ("cr4", RegisterX86::CR4 as i32),
-            ],
-            Cpu::Arm64 => &[("ttbr0_el1", RegisterARM64::TTBR0_EL1 as i32), ("ttbr1_el1", RegisterARM64::TTBR1_EL1 as i32)],
+            Cpu::X86_64 => {
+                &[("cr0", RegisterX86::CR0 as i32), ("cr3", RegisterX86::CR3 as i32), ("cr4", RegisterX86::CR4 as i32)]
+            }
+            Cpu::Arm64 => {
+                &[("ttbr0_el1", RegisterARM64::TTBR0_EL1 as i32), ("ttbr1_el1", RegisterARM64::TTBR1_EL1 as i32)]
+            }
             _ => &[],
         };
         regs.iter().filter_map(|&(n, id)| self.uc.reg_read(id).ok().map(|v| (n, v))).collect()
