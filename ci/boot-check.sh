@@ -128,20 +128,35 @@ kernel_pkg() {
 	[ -n "$pkg" ] || { echo "boot-check: no linux-image-6.1.0-*-$a in the archive" >&2; return 1; }
 	echo "$pkg"
 }
+# Downloads and unpacks land beside their final place and are renamed into
+# it, so an interrupted run never leaves a truncated .deb or a half-unpacked
+# /boot that a later run would take as complete.
+download() {
+	local spec=$1 tmp
+	tmp=$(mktemp -d "$CACHE/deb/.download.XXXXXX")
+	(cd "$tmp" && apt-get download -q "$spec" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2 || true)
+	mv "$tmp"/*.deb "$CACHE/deb/" 2>/dev/null || echo "boot-check: apt-get download $spec fetched nothing" >&2
+	rm -rf "$tmp"
+}
 unpack() {
-	local a=$1 pkg deb
+	local a=$1 pkg deb tmp
 	pkg=$(kernel_pkg "$a")
-	if ! ls "$CACHE/deb/${pkg}_"*"_$a.deb" >/dev/null 2>&1; then
-		(cd "$CACHE/deb" && apt-get download -q "$pkg:$a" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2 || true)
-	fi
+	ls "$CACHE/deb/${pkg}_"*"_$a.deb" >/dev/null 2>&1 || download "$pkg:$a"
 	deb=$(ls "$CACHE/deb/${pkg}_"*"_$a.deb" | head -1)
 	if [ ! -d "$CACHE/$a/boot" ]; then
 		mkdir -p "$CACHE/$a"
-		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$CACHE/$a" --wildcards './boot/*'
+		tmp=$(mktemp -d "$CACHE/$a/.unpack.XXXXXX")
+		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards './boot/*'
+		mv "$tmp/boot" "$CACHE/$a/boot"
+		rm -rf "$tmp"
 	fi
 	if [ "${BOOT_DBG:-0}" = 1 ] && ! ls "$CACHE/$a"/usr/lib/debug/boot/System.map-* >/dev/null 2>&1; then
-		(cd "$CACHE/deb" && apt-get download -q "$pkg-dbg:$a" 2>&1 | grep -v "^W: Download" >&2 || true)
-		dpkg-deb --fsys-tarfile "$CACHE/deb/${pkg}-dbg_"*"_$a.deb" | tar -x -C "$CACHE/$a" --wildcards '*System.map*'
+		ls "$CACHE/deb/${pkg}-dbg_"*"_$a.deb" >/dev/null 2>&1 || download "$pkg-dbg:$a"
+		tmp=$(mktemp -d "$CACHE/$a/.unpack.XXXXXX")
+		dpkg-deb --fsys-tarfile "$CACHE/deb/${pkg}-dbg_"*"_$a.deb" | tar -x -C "$tmp" --wildcards '*System.map*'
+		mkdir -p "$CACHE/$a/usr/lib/debug/boot"
+		mv "$tmp"/usr/lib/debug/boot/System.map-* "$CACHE/$a/usr/lib/debug/boot/"
+		rm -rf "$tmp"
 	fi
 }
 
@@ -157,7 +172,7 @@ static_input() {
 		vmlinuz=$(ls "$CACHE/$a"/boot/vmlinuz-* | head -1)
 		if [ ! -s "$CACHE/$a/vmlinux" ]; then
 			# the bzImage payload is xz: decompress the ELF it carries
-			python3 - "$vmlinuz" "$CACHE/$a/vmlinux" <<'PY'
+			python3 - "$vmlinuz" "$CACHE/$a/vmlinux.tmp" <<'PY'
 import lzma, sys
 data = open(sys.argv[1], 'rb').read()
 at = data.find(b'\xfd7zXZ\x00')
@@ -165,6 +180,7 @@ if at < 0:
     sys.exit("no xz payload in " + sys.argv[1])
 open(sys.argv[2], 'wb').write(lzma.LZMADecompressor().decompress(data[at:]))
 PY
+			mv "$CACHE/$a/vmlinux.tmp" "$CACHE/$a/vmlinux"
 		fi
 		echo "--vmlinux $CACHE/$a/vmlinux"
 	fi
