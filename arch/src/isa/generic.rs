@@ -16,7 +16,7 @@ use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
 use percpu_core::{AddressSpace, KernelProfile, Topology};
 
-use super::{CpuContext, ModulePlacement};
+use super::{CpuContext, Isa, ModulePlacement};
 use crate::engine::{Engine, EngineError, Reg};
 
 /// Where an adapter puts everything, as addresses the engine can map.
@@ -64,16 +64,15 @@ impl KernelLayout {
 /// whether the arch's setup passes a `cpu_distance_fn` (the generic one
 /// does not; riscv's `GENERIC_ARCH_NUMA` one does).
 pub fn generic_config(
-    space: AddressSpace,
+    isa: &impl Isa,
     topology: Topology,
     static_size: usize,
-    per_cpu_start: u64,
     backend: BackendKind,
     use_distance: bool,
     kernel: &KernelProfile,
 ) -> PercpuConfig {
-    let mut cfg = PercpuConfig::generic_for(kernel, space, topology, static_size);
-    cfg.per_cpu_start = per_cpu_start;
+    let mut cfg = PercpuConfig::generic_for(kernel, isa.address_space(), topology, static_size);
+    cfg.per_cpu_start = isa.layout().per_cpu_start;
     cfg.backend = backend;
     cfg.use_distance = use_distance;
     cfg.need_page_first_chunk = false;

@@ -25,6 +25,8 @@ pub mod s390x;
 pub mod sparc32;
 pub mod x86_64;
 
+pub use generic::KernelLayout;
+
 /// Where module sections go relative to the percpu area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,8 +197,13 @@ pub trait Isa: Sync {
         self.info().big_endian
     }
     fn page_size(&self) -> u64;
+    /// Where this arch's kernel puts the image, its percpu section, the
+    /// first chunk, vm chunks and modules (addresses the engine can map).
+    fn layout(&self) -> KernelLayout;
     /// Linear map and vmalloc range, placed where the engine can map them.
-    fn address_space(&self) -> AddressSpace;
+    fn address_space(&self) -> AddressSpace {
+        self.layout().address_space(self.ptr_bits(), self.page_size())
+    }
     /// The percpu setup this arch's `setup_per_cpu_areas` makes for a
     /// kernel image with `static_size` bytes of static percpu data: first
     /// chunk flavour (embed/page), atom size (x86_64: 2 MiB), backend (km
@@ -225,10 +232,14 @@ pub trait Isa: Sync {
     }
     /// Link address of the kernel image's text/data (the percpu section's
     /// own link address comes from `percpu_config().per_cpu_start`).
-    fn kernel_base(&self, variant: &Variant) -> u64;
+    fn kernel_base(&self, _variant: &Variant) -> u64 {
+        self.layout().kernel_base
+    }
     /// Base address for module sections: near to or far from the first
     /// chunk at `first_chunk_base`.
-    fn module_base(&self, variant: &Variant, placement: ModulePlacement, first_chunk_base: u64) -> u64;
+    fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
+        self.layout().module_base(placement)
+    }
     fn default_placement(&self) -> ModulePlacement {
         self.info().default_placement
     }

@@ -40,7 +40,7 @@ pub mod runtime;
 
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, KernelProfile, Topology};
+use percpu_core::{KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout, GIB, MIB};
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -120,8 +120,8 @@ impl Isa for Alpha {
     fn page_size(&self) -> u64 {
         PAGE_SIZE
     }
-    fn address_space(&self) -> AddressSpace {
-        layout().address_space(64, PAGE_SIZE)
+    fn layout(&self) -> KernelLayout {
+        layout()
     }
     fn percpu_config_for(
         &self,
@@ -130,21 +130,7 @@ impl Isa for Alpha {
         static_size: usize,
         kernel: &KernelProfile,
     ) -> PercpuConfig {
-        generic::generic_config(
-            self.address_space(),
-            topology,
-            static_size,
-            layout().per_cpu_start,
-            BackendKind::Vm,
-            false,
-            kernel,
-        )
-    }
-    fn kernel_base(&self, _variant: &Variant) -> u64 {
-        layout().kernel_base
-    }
-    fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
-        layout().module_base(placement)
+        generic::generic_config(self, topology, static_size, BackendKind::Vm, false, kernel)
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(QemuAlphaEngine::new()?))

@@ -30,10 +30,10 @@ pub mod runtime;
 use percpu_core::backend::BackendKind;
 use percpu_core::first_chunk::FirstChunkKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, KernelProfile, Topology};
+use percpu_core::{KernelProfile, Topology};
 use unicorn_engine::RegisterARM64;
 
-use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, KernelLayout, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -99,9 +99,15 @@ impl Isa for Arm64 {
     fn page_size(&self) -> u64 {
         self.page_size
     }
-    fn address_space(&self) -> AddressSpace {
-        AddressSpace::new(64, self.page_size, LINEAR_MAP_START..LINEAR_MAP_START + RAM_SIZE, VMALLOC_START..VMALLOC_END)
-            .expect("the arm64 layout is a valid address space")
+    fn layout(&self) -> KernelLayout {
+        KernelLayout {
+            kernel_base: KIMAGE_VADDR,
+            per_cpu_start: PERCPU_LINK,
+            memblock: LINEAR_MAP_START..LINEAR_MAP_START + RAM_SIZE,
+            vmalloc: VMALLOC_START..VMALLOC_END,
+            modules_near: MODULES_VADDR,
+            modules_far: MODULES_FAR,
+        }
     }
     fn percpu_config_for(
         &self,
@@ -119,20 +125,11 @@ impl Isa for Arm64 {
             atom_size: self.page_size as usize,
             first_chunk: FirstChunkKind::Embed,
             backend: BackendKind::Vm,
-            per_cpu_start: PERCPU_LINK,
+            per_cpu_start: self.layout().per_cpu_start,
             use_distance: true,
             need_page_first_chunk: true,
             kernel: kernel.clone(),
             memory: None,
-        }
-    }
-    fn kernel_base(&self, _variant: &Variant) -> u64 {
-        KIMAGE_VADDR
-    }
-    fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
-        match placement {
-            ModulePlacement::Near => MODULES_VADDR,
-            ModulePlacement::Far => MODULES_FAR,
         }
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {

@@ -40,7 +40,7 @@ use percpu_core::alloc_info::{build_alloc_info, AllocInfoParams};
 use percpu_core::backend::BackendKind;
 use percpu_core::first_chunk::verify_for_km;
 use percpu_core::percpu::{Percpu, PercpuConfig, PercpuSetupError};
-use percpu_core::{AddressSpace, KernelProfile, Topology};
+use percpu_core::{KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout, MIB};
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -96,8 +96,8 @@ impl Isa for Km {
     fn page_size(&self) -> u64 {
         4096
     }
-    fn address_space(&self) -> AddressSpace {
-        layout().address_space(64, 4096)
+    fn layout(&self) -> KernelLayout {
+        layout()
     }
     fn percpu_config_for(
         &self,
@@ -106,15 +106,7 @@ impl Isa for Km {
         static_size: usize,
         kernel: &KernelProfile,
     ) -> PercpuConfig {
-        generic::generic_config(
-            self.address_space(),
-            topology,
-            static_size,
-            layout().per_cpu_start,
-            BackendKind::Km,
-            true,
-            kernel,
-        )
+        generic::generic_config(self, topology, static_size, BackendKind::Km, true, kernel)
     }
     /// [`Percpu::new`] forms a single group for km whatever the topology;
     /// here the groups are first formed as the NUMA-aware setup forms them
@@ -133,12 +125,6 @@ impl Isa for Km {
         })?;
         verify_for_km(&ai, cfg.space.page_size() as usize)?;
         Percpu::new(cfg)
-    }
-    fn kernel_base(&self, _variant: &Variant) -> u64 {
-        layout().kernel_base
-    }
-    fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
-        layout().module_base(placement)
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::Riscv64)?))

@@ -27,7 +27,7 @@ pub mod runtime;
 
 use percpu_core::backend::BackendKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, KernelProfile, Topology};
+use percpu_core::{KernelProfile, Topology};
 
 use super::generic::{self, KernelLayout};
 use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
@@ -90,8 +90,8 @@ impl Isa for Sparc32 {
     fn page_size(&self) -> u64 {
         4096
     }
-    fn address_space(&self) -> AddressSpace {
-        layout().address_space(32, 4096)
+    fn layout(&self) -> KernelLayout {
+        layout()
     }
     fn percpu_config_for(
         &self,
@@ -100,21 +100,7 @@ impl Isa for Sparc32 {
         static_size: usize,
         kernel: &KernelProfile,
     ) -> PercpuConfig {
-        generic::generic_config(
-            self.address_space(),
-            topology,
-            static_size,
-            layout().per_cpu_start,
-            BackendKind::Vm,
-            false,
-            kernel,
-        )
-    }
-    fn kernel_base(&self, _variant: &Variant) -> u64 {
-        layout().kernel_base
-    }
-    fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
-        layout().module_base(placement)
+        generic::generic_config(self, topology, static_size, BackendKind::Vm, false, kernel)
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::Sparc32)?))

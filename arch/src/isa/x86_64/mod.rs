@@ -28,9 +28,9 @@ pub mod runtime;
 use percpu_core::backend::BackendKind;
 use percpu_core::first_chunk::FirstChunkKind;
 use percpu_core::percpu::PercpuConfig;
-use percpu_core::{AddressSpace, KernelProfile, Topology};
+use percpu_core::{KernelProfile, Topology};
 
-use super::{CpuContext, Isa, IsaInfo, ModulePlacement, OffsetModel, Reach, Variant};
+use super::{CpuContext, Isa, IsaInfo, KernelLayout, ModulePlacement, OffsetModel, Reach, Variant};
 use crate::engine::unicorn::UnicornEngine;
 use crate::engine::{Cpu, Engine, EngineError, Reg};
 
@@ -101,9 +101,17 @@ impl Isa for X86_64 {
     fn page_size(&self) -> u64 {
         4096
     }
-    fn address_space(&self) -> AddressSpace {
-        AddressSpace::new(64, 4096, LINEAR_MAP_START..LINEAR_MAP_START + RAM_SIZE, VMALLOC_START..VMALLOC_END)
-            .expect("the x86_64 layout is a valid address space")
+    fn layout(&self) -> KernelLayout {
+        KernelLayout {
+            kernel_base: KERNEL_TEXT,
+            // the relative variant's; zero-based links the section at 0
+            // (see percpu_config_for)
+            per_cpu_start: PERCPU_LINK_RELATIVE,
+            memblock: LINEAR_MAP_START..LINEAR_MAP_START + RAM_SIZE,
+            vmalloc: VMALLOC_START..VMALLOC_END,
+            modules_near: MODULES_VADDR,
+            modules_far: MODULES_FAR,
+        }
     }
     fn percpu_config_for(
         &self,
@@ -125,7 +133,7 @@ impl Isa for X86_64 {
             backend: BackendKind::Vm,
             per_cpu_start: match variant.model {
                 OffsetModel::X86ZeroBased => 0,
-                _ => PERCPU_LINK_RELATIVE,
+                _ => self.layout().per_cpu_start,
             },
             use_distance: true,
             need_page_first_chunk: true,
@@ -135,15 +143,6 @@ impl Isa for X86_64 {
     }
     fn default_variant(&self, kernel: &KernelProfile) -> &'static Variant {
         &VARIANTS[usize::from(kernel.x86_64_relative_percpu)]
-    }
-    fn kernel_base(&self, _variant: &Variant) -> u64 {
-        KERNEL_TEXT
-    }
-    fn module_base(&self, _variant: &Variant, placement: ModulePlacement, _first_chunk_base: u64) -> u64 {
-        match placement {
-            ModulePlacement::Near => MODULES_VADDR,
-            ModulePlacement::Far => MODULES_FAR,
-        }
     }
     fn new_engine(&self) -> Result<Box<dyn Engine>, EngineError> {
         Ok(Box::new(UnicornEngine::new(Cpu::X86_64)?))
