@@ -450,6 +450,14 @@ fn verify_reports_corruption() {
     bad.md_blocks[1].right_free -= 1;
     let err = bad.verify().unwrap_err();
     assert!(matches!(err, VerifyError::FreeBlocks { block: 1, .. }), "{err}");
+    // the model's alloc_end: 100 bits allocated from bit 0, block 1 empty
+    assert_eq!(c.alloc_end, vec![100, 0]);
+    let mut bad = c.clone();
+    bad.alloc_end[0] = 99;
+    assert!(matches!(bad.verify(), Err(VerifyError::AllocEnd { block: 0, stored: 99, recomputed: 100 })));
+    let mut bad = c.clone();
+    bad.alloc_end[1] = 1;
+    assert!(matches!(bad.verify(), Err(VerifyError::AllocEnd { block: 1, stored: 1, recomputed: 0 })));
 }
 
 // ---------------------------------------------------------------------------
