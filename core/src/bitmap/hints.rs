@@ -330,6 +330,11 @@ impl ChunkMap {
             }
             self.chunk_md.update(off, off + bits);
             bit_off = off + bits + 1;
+            // the next region would start past the end: stop without
+            // another call (the kernel's loop finds nothing there)
+            if bit_off >= self.region_bits {
+                break;
+            }
         }
     }
 
