@@ -143,6 +143,10 @@ pub(crate) fn next_zero(map: &[u64], start: usize, end: usize) -> usize {
 /// busy or misaligned position at once, which is what makes aligned
 /// searches through a map full of one-bit holes cheap.
 pub(crate) fn next_aligned_zero(map: &[u64], start: usize, end: usize, align_mask: usize) -> usize {
+    if align_mask == 0 {
+        // every position is aligned
+        return next_zero(map, start, end);
+    }
     let align = align_mask + 1;
     let mut p = (start + align_mask) & !align_mask;
     if align >= WORD_BITS {
