@@ -565,6 +565,7 @@ impl Percpu {
     }
 
     /// `pcpu_reintegrate_chunk`.
+    #[inline]
     fn reintegrate(&mut self, id: ChunkId) {
         let c = self.chunks[id].as_mut().expect("live chunk");
         if c.isolated {
