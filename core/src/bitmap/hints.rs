@@ -197,7 +197,11 @@ impl ChunkMap {
         // to those (a busy aligned position records a zero-length area,
         // which never reaches pcpu_block_update_scan).
         loop {
-            let index = bits::next_aligned_zero(&self.alloc_map, start, size, align_mask);
+            let index = if align_mask == 0 {
+                bits::next_zero(&self.alloc_map, start, size)
+            } else {
+                bits::next_aligned_zero(&self.alloc_map, start, size, align_mask)
+            };
             let end = index + nr;
             if end > size {
                 return end;
@@ -404,7 +408,11 @@ impl ChunkMap {
         let e_off = ((bit_off + bits - 1) & (bb - 1)) + 1;
         let mut emptied_pages = 0;
         // every block the allocation touches now holds allocated bits
-        bits::clear_range(&mut self.free_blocks, s_index, e_index + 1 - s_index);
+        if s_index == e_index {
+            bits::clear_bit(&mut self.free_blocks, s_index);
+        } else {
+            bits::clear_range(&mut self.free_blocks, s_index, e_index + 1 - s_index);
+        }
         self.raise_alloc_end(s_index, e_index, e_off);
 
         // the start block
