@@ -539,6 +539,7 @@ impl Percpu {
     }
 
     /// `pcpu_chunk_relocate`; `old_slot` None stands for the kernel's -1.
+    #[inline]
     fn relocate(&mut self, id: ChunkId, old_slot: Option<usize>) {
         let c = self.chunk(id);
         if c.role == ChunkRole::Reserved || c.isolated {
