@@ -470,6 +470,15 @@ impl ChunkMap {
         bits::runs(&self.populated, page_start, page_end, false)
     }
 
+    /// The first run [`Self::unpopulated_runs`] would yield, without the
+    /// iterator: the allocation path's check after every allocation.
+    #[inline]
+    pub fn first_unpopulated_run(&self, page_start: usize, page_end: usize) -> Option<Range<usize>> {
+        self.check_page_range(page_start, page_end);
+        let rs = bits::next_zero(&self.populated, page_start, page_end);
+        (rs < page_end).then(|| rs..bits::next_set(&self.populated, rs, page_end))
+    }
+
     /// `pcpu_for_each_pop_region`: maximal runs of populated pages in
     /// `[page_start, page_end)`.
     pub fn populated_runs(&self, page_start: usize, page_end: usize) -> impl Iterator<Item = Range<usize>> + '_ {

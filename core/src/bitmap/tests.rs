@@ -347,6 +347,10 @@ fn populated_and_empty_page_accounting() {
     assert_eq!(c.unpopulated_runs(0, 4).collect::<Vec<_>>(), vec![1..2]);
     assert_eq!(c.populated_runs(0, 4).collect::<Vec<_>>(), vec![0..1, 2..4]);
     assert_eq!(c.populated_runs(1, 2).count(), 0);
+    // the allocation path's shortcut is the iterator's first run
+    for (s, e) in [(0, 4), (0, 1), (1, 2), (1, 4), (2, 4), (2, 2)] {
+        assert_eq!(c.first_unpopulated_run(s, e), c.unpopulated_runs(s, e).next(), "{s}..{e}");
+    }
     ok(&c);
     // freeing into an unpopulated page does not count it as empty-populated
     c.free_area(0).unwrap();

@@ -739,7 +739,7 @@ impl Percpu {
             let (page_start, page_end) = (off >> shift, (off + size + page - 1) >> shift);
             // Walk the holes one at a time: no allocation on this hot path.
             loop {
-                let next_hole = self.chunk(id).map.unpopulated_runs(page_start, page_end).next();
+                let next_hole = self.chunk(id).map.first_unpopulated_run(page_start, page_end);
                 let Some(r) = next_hole else { break };
                 if let Err(e) = self.populate(id, r.start, r.end) {
                     self.free_area(id, bit_off).expect("area just allocated");
