@@ -41,23 +41,35 @@ fn word_mask(lo: usize, hi: usize) -> u64 {
     upper & (!0u64 << lo)
 }
 
-/// Apply `f(word, mask)` to every word touched by `[start, end)`.  Kept out
-/// of line: set_range/clear_range inline only their one-word fast path.
+/// Write `value` to every word of `words`.  A few words are written one by
+/// one: a loop here becomes a `memset` call, which costs more than the
+/// stores for the short runs the allocation path writes (up to 4 middle
+/// words: a 1 KiB area).
+#[inline]
+fn fill_words(words: &mut [u64], value: u64) {
+    match words {
+        [] => {}
+        [a] => *a = value,
+        [a, b] => (*a, *b) = (value, value),
+        [a, b, c] => (*a, *b, *c) = (value, value, value),
+        [a, b, c, d] => (*a, *b, *c, *d) = (value, value, value, value),
+        _ => words.fill(value),
+    }
+}
+
+/// Set (`SET`) or clear bits `[start, end)` spanning more than one word:
+/// a mask for the first and last word and whole-word stores between.  Kept
+/// out of line: set_range/clear_range inline only their one-word fast path.
 #[inline(never)]
-fn for_each_word_in(map: &mut [u64], start: usize, end: usize, f: impl Fn(&mut u64, u64)) {
-    if start >= end {
-        return;
-    }
+fn write_words<const SET: bool>(map: &mut [u64], start: usize, end: usize) {
     let (first, last) = (start / WORD_BITS, (end - 1) / WORD_BITS);
-    if first == last {
-        f(&mut map[first], word_mask(start % WORD_BITS, (end - 1) % WORD_BITS + 1));
-        return;
-    }
-    f(&mut map[first], word_mask(start % WORD_BITS, WORD_BITS));
-    for w in &mut map[first + 1..last] {
-        f(w, !0);
-    }
-    f(&mut map[last], word_mask(0, (end - 1) % WORD_BITS + 1));
+    debug_assert!(first < last);
+    let head = !0u64 << (start % WORD_BITS);
+    let tail = !0u64 >> (WORD_BITS - 1 - (end - 1) % WORD_BITS);
+    let apply = |w: &mut u64, m: u64| if SET { *w |= m } else { *w &= !m };
+    apply(&mut map[first], head);
+    fill_words(&mut map[first + 1..last], if SET { !0 } else { 0 });
+    apply(&mut map[last], tail);
 }
 
 /// Mask of `len` bits from bit `start` when they lie in one word, else
@@ -77,7 +89,8 @@ fn one_word_mask(start: usize, len: usize) -> Option<(usize, u64)> {
 pub(crate) fn set_range(map: &mut [u64], start: usize, len: usize) {
     match one_word_mask(start, len) {
         Some((idx, mask)) => map[idx] |= mask,
-        None => for_each_word_in(map, start, start + len, |w, m| *w |= m),
+        None if len != 0 => write_words::<true>(map, start, start + len),
+        None => {}
     }
 }
 
@@ -86,7 +99,8 @@ pub(crate) fn set_range(map: &mut [u64], start: usize, len: usize) {
 pub(crate) fn clear_range(map: &mut [u64], start: usize, len: usize) {
     match one_word_mask(start, len) {
         Some((idx, mask)) => map[idx] &= !mask,
-        None => for_each_word_in(map, start, start + len, |w, m| *w &= !m),
+        None if len != 0 => write_words::<false>(map, start, start + len),
+        None => {}
     }
 }
 
@@ -129,6 +143,10 @@ pub(crate) fn next_zero(map: &[u64], start: usize, end: usize) -> usize {
 /// busy or misaligned position at once, which is what makes aligned
 /// searches through a map full of one-bit holes cheap.
 pub(crate) fn next_aligned_zero(map: &[u64], start: usize, end: usize, align_mask: usize) -> usize {
+    if align_mask == 0 {
+        // every position is aligned
+        return next_zero(map, start, end);
+    }
     let align = align_mask + 1;
     let mut p = (start + align_mask) & !align_mask;
     if align >= WORD_BITS {

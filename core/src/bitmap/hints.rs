@@ -10,7 +10,9 @@
 //! One departure in method, not in result: `next_md_free_region` steps
 //! over runs of wholly free blocks through the model's `free_blocks` bitmap,
 //! which the alloc and free paths keep in step with the blocks (see
-//! "Skipping wholly free blocks" in the `bitmap` module header).
+//! "Skipping wholly free blocks" in the `bitmap` module header); and
+//! `block_refresh_hint` stops its bitmap searches at the model's
+//! `alloc_end` (see "Bounding block rescans" there).
 
 use super::bits;
 use super::block::{align_up, regions_overlap};
@@ -195,7 +197,11 @@ impl ChunkMap {
         // to those (a busy aligned position records a zero-length area,
         // which never reaches pcpu_block_update_scan).
         loop {
-            let index = bits::next_aligned_zero(&self.alloc_map, start, size, align_mask);
+            let index = if align_mask == 0 {
+                bits::next_zero(&self.alloc_map, start, size)
+            } else {
+                bits::next_aligned_zero(&self.alloc_map, start, size, align_mask)
+            };
             let end = index + nr;
             if end > size {
                 return end;
@@ -328,6 +334,11 @@ impl ChunkMap {
             }
             self.chunk_md.update(off, off + bits);
             bit_off = off + bits + 1;
+            // the next region would start past the end: stop without
+            // another call (the kernel's loop finds nothing there)
+            if bit_off >= self.region_bits {
+                break;
+            }
         }
     }
 
@@ -352,15 +363,29 @@ impl ChunkMap {
         // every maximal free run in [start, bb), as bits::runs yields them,
         // without the iterator's extra search past the last run
         let (base, end) = (index * bb, (index + 1) * bb);
+        // [used_end, end) is free and bit used_end - 1 is allocated, so a
+        // run ends at the block end or before used_end (see "Bounding block
+        // rescans" in the module header)
+        let used_end = base + self.alloc_end[index] as usize;
+        // checked builds also run the unbounded walk and compare
+        #[cfg(any(test, debug_assertions))]
+        let mut reference = *block;
         let mut pos = base + start.min(bb);
         while pos < end {
             let rs = bits::next_zero(&self.alloc_map, pos, end);
             if rs >= end {
                 break;
             }
-            let re = bits::next_set(&self.alloc_map, rs, end);
+            let re = if rs >= used_end { end } else { bits::next_set(&self.alloc_map, rs, used_end) };
             block.update(rs - base, re - base);
             pos = re;
+        }
+        #[cfg(any(test, debug_assertions))]
+        {
+            for run in bits::runs(&self.alloc_map, base + start.min(bb), end, false) {
+                reference.update(run.start - base, run.end - base);
+            }
+            assert_eq!(*block, reference, "bounded rescan of block {index} differs from the full walk");
         }
     }
 
@@ -383,7 +408,12 @@ impl ChunkMap {
         let e_off = ((bit_off + bits - 1) & (bb - 1)) + 1;
         let mut emptied_pages = 0;
         // every block the allocation touches now holds allocated bits
-        bits::clear_range(&mut self.free_blocks, s_index, e_index + 1 - s_index);
+        if s_index == e_index {
+            bits::clear_bit(&mut self.free_blocks, s_index);
+        } else {
+            bits::clear_range(&mut self.free_blocks, s_index, e_index + 1 - s_index);
+        }
+        self.raise_alloc_end(s_index, e_index, e_off);
 
         // the start block
         if self.md_blocks[s_index].is_wholly_free() {
@@ -461,6 +491,44 @@ impl ChunkMap {
         }
     }
 
+    /// The model's `alloc_end` after allocating up to block-relative
+    /// `e_off` of block `e_index`, from block `s_index` on: the blocks
+    /// before `e_index` are allocated to their end.
+    #[inline]
+    fn raise_alloc_end(&mut self, s_index: usize, e_index: usize, e_off: usize) {
+        let bb = self.block_bits as u32;
+        for end in &mut self.alloc_end[s_index..e_index] {
+            *end = bb;
+        }
+        let end = &mut self.alloc_end[e_index];
+        *end = (*end).max(e_off as u32);
+    }
+
+    /// The model's `alloc_end` after freeing `[bit_off, bit_off + bits)`
+    /// (already cleared in `alloc_map`): a block whose last allocation was
+    /// freed searches back for the one before it.
+    fn lower_alloc_end(&mut self, s_index: usize, e_index: usize, s_off: usize, e_off: usize) {
+        let bb = self.block_bits;
+        // the part freed in block s_index ends at s_end; bit s_end - 1 was
+        // allocated, so alloc_end was at least s_end
+        let s_end = if s_index == e_index { e_off } else { bb };
+        if self.alloc_end[s_index] as usize <= s_end {
+            let base = s_index * bb;
+            let last = bits::prev_set(&self.alloc_map, base, base + s_off);
+            self.alloc_end[s_index] = last.map_or(0, |l| l + 1 - base) as u32;
+        }
+        if s_index != e_index {
+            // the blocks after s_index were freed from their first bit
+            for end in &mut self.alloc_end[s_index + 1..e_index] {
+                *end = 0;
+            }
+            let end = &mut self.alloc_end[e_index];
+            if *end as usize <= e_off {
+                *end = 0;
+            }
+        }
+    }
+
     /// `pcpu_block_update_hint_free`: `[bit_off, bit_off + bits)` was just
     /// freed.  The free area is grown to its full extent inside the start
     /// and end blocks (jumping over an adjacent contig hint instead of
@@ -474,6 +542,7 @@ impl ChunkMap {
         let e_off = ((bit_off + bits - 1) & (bb - 1)) + 1;
         let (s_base, e_base) = (s_index * bb, e_index * bb);
         let mut emptied_pages = 0;
+        self.lower_alloc_end(s_index, e_index, s_off, e_off);
 
         // start of the whole free area within the start block
         let (cs, ch) = self.md_blocks[s_index].contig();

@@ -4,8 +4,9 @@
 //! the model did not produce: the userspace harness runs the tree's own
 //! mm/percpu.c and imports what it left behind after every operation.
 //!
-//! The model's own `free_blocks` bitmap is derived from the blocks (it is
-//! not kernel state); nothing else is recomputed, so every claim the
+//! The model's own `free_blocks` bitmap is derived from the blocks and its
+//! `alloc_end` array from `alloc_map` (neither is kernel state); nothing
+//! else is recomputed, so every claim the
 //! imported hints and counters make is checked as stored.
 
 use super::bits::{self, words_for};
@@ -75,6 +76,7 @@ impl ChunkMap {
                 bits::set_bit(&mut c.free_blocks, i);
             }
         }
+        c.alloc_end = (0..c.nr_pages).map(|i| c.recomputed_alloc_end(i) as u32).collect();
         Ok(c)
     }
 

@@ -111,6 +111,26 @@
 //! reports the kernel's metadata, and [`ChunkMap::verify`] checks it, and
 //! what the skip relies on, against the blocks.
 //!
+//! ## Bounding block rescans (a model-level acceleration)
+//!
+//! `pcpu_block_refresh_hint` walks the free runs of a block's bitmap from
+//! `first_free` (or past the scan hint) to the block's end, and the last
+//! `find_next_bit` of that walk searches the free space at the block's end
+//! word by word.  Filling a chunk front to back, every allocation breaks
+//! the block's contig hint and pays for that search over the rest of the
+//! block.
+//!
+//! The model keeps, per block, `alloc_end`: one past the block's last
+//! allocated bit (0 if none), so `[alloc_end, block end)` is known free.  A
+//! run that starts at or after it ends at the block end without a search,
+//! and a run that starts before it ends before it (bit `alloc_end - 1` is
+//! allocated), so its search can stop there.  The runs found, and so every
+//! hint, are the kernel's.  `alloc_end` is raised where bits are allocated
+//! (`pcpu_block_update_hint_alloc`) and recomputed where a free releases a
+//! block's last allocation (`pcpu_block_update_hint_free`, with one
+//! backward search); it is exact, derived from `alloc_map`, not counted
+//! in [`ChunkMap::metadata_bytes`], and [`ChunkMap::verify`] recomputes it.
+//!
 //! ## Driving it like `pcpu_alloc` and `free_percpu`
 //!
 //! ```text
@@ -189,6 +209,10 @@ pub struct ChunkMap {
     /// hint is `block_bits`).  Not kernel state: it lets the chunk-hint scans
     /// skip runs of free blocks (see "Skipping wholly free blocks" above).
     free_blocks: Vec<u64>,
+    /// Per block, one past its last allocated bit (block-relative; 0 when
+    /// the block has none).  Not kernel state: it bounds the bitmap scans
+    /// of `pcpu_block_refresh_hint` (see "Bounding block rescans" above).
+    alloc_end: Vec<u32>,
     chunk_md: BlockMd,
     populated: Vec<u64>,
     nr_populated: usize,
@@ -228,6 +252,7 @@ impl ChunkMap {
             bound_map: vec![0; words_for(region_bits + 1)],
             md_blocks: vec![BlockMd::new_free(block_bits); nr_pages],
             free_blocks,
+            alloc_end: vec![0; nr_pages],
             chunk_md: BlockMd::new_free(region_bits),
             populated: vec![0; words_for(nr_pages)],
             nr_populated: 0,
@@ -445,6 +470,15 @@ impl ChunkMap {
         bits::runs(&self.populated, page_start, page_end, false)
     }
 
+    /// The first run [`Self::unpopulated_runs`] would yield, without the
+    /// iterator: the allocation path's check after every allocation.
+    #[inline]
+    pub fn first_unpopulated_run(&self, page_start: usize, page_end: usize) -> Option<Range<usize>> {
+        self.check_page_range(page_start, page_end);
+        let rs = bits::next_zero(&self.populated, page_start, page_end);
+        (rs < page_end).then(|| rs..bits::next_set(&self.populated, rs, page_end))
+    }
+
     /// `pcpu_for_each_pop_region`: maximal runs of populated pages in
     /// `[page_start, page_end)`.
     pub fn populated_runs(&self, page_start: usize, page_end: usize) -> impl Iterator<Item = Range<usize>> + '_ {
@@ -491,7 +525,8 @@ impl ChunkMap {
     /// Bytes of allocator metadata: alloc, bound and populated maps, the
     /// metadata blocks and the chunk block (what `pcpu_alloc_chunk`
     /// allocates besides the chunk struct).  The model's own `free_blocks`
-    /// bitmap is not kernel metadata and is not counted.
+    /// bitmap and `alloc_end` array are not kernel metadata and are not
+    /// counted.
     pub fn metadata_bytes(&self) -> usize {
         let word = std::mem::size_of::<u64>();
         (self.alloc_map.len() + self.bound_map.len() + self.populated.len()) * word

@@ -347,6 +347,10 @@ fn populated_and_empty_page_accounting() {
     assert_eq!(c.unpopulated_runs(0, 4).collect::<Vec<_>>(), vec![1..2]);
     assert_eq!(c.populated_runs(0, 4).collect::<Vec<_>>(), vec![0..1, 2..4]);
     assert_eq!(c.populated_runs(1, 2).count(), 0);
+    // the allocation path's shortcut is the iterator's first run
+    for (s, e) in [(0, 4), (0, 1), (1, 2), (1, 4), (2, 4), (2, 2)] {
+        assert_eq!(c.first_unpopulated_run(s, e), c.unpopulated_runs(s, e).next(), "{s}..{e}");
+    }
     ok(&c);
     // freeing into an unpopulated page does not count it as empty-populated
     c.free_area(0).unwrap();
@@ -450,6 +454,14 @@ fn verify_reports_corruption() {
     bad.md_blocks[1].right_free -= 1;
     let err = bad.verify().unwrap_err();
     assert!(matches!(err, VerifyError::FreeBlocks { block: 1, .. }), "{err}");
+    // the model's alloc_end: 100 bits allocated from bit 0, block 1 empty
+    assert_eq!(c.alloc_end, vec![100, 0]);
+    let mut bad = c.clone();
+    bad.alloc_end[0] = 99;
+    assert!(matches!(bad.verify(), Err(VerifyError::AllocEnd { block: 0, stored: 99, recomputed: 100 })));
+    let mut bad = c.clone();
+    bad.alloc_end[1] = 1;
+    assert!(matches!(bad.verify(), Err(VerifyError::AllocEnd { block: 1, stored: 1, recomputed: 0 })));
 }
 
 // ---------------------------------------------------------------------------

@@ -24,7 +24,9 @@
 //!   exactly when block `i` is wholly free, no bit past the last block is
 //!   set, and a wholly free block has what the chunk-hint walk assumes when
 //!   it skips it: contig hint starting at 0, `left_free` and `right_free`
-//!   both the whole block.
+//!   both the whole block;
+//! * the model's `alloc_end` (not kernel state): exactly one past each
+//!   block's last allocated bit, 0 for a block with none.
 
 use super::bits;
 use super::block::BlockMd;
@@ -43,6 +45,10 @@ pub enum VerifyError {
     /// A chunk counter (`free_bytes`, `nr_populated`, `nr_empty_pop_pages`).
     #[error("chunk: {field} is {stored}, recomputed {recomputed}: {rule}")]
     Counter { field: &'static str, stored: usize, recomputed: usize, rule: &'static str },
+    /// The model's `alloc_end` of block `block` is not one past its last
+    /// allocated bit.
+    #[error("alloc_end of block {block} is {stored}, recomputed {recomputed}")]
+    AllocEnd { block: usize, stored: usize, recomputed: usize },
     /// The model's `free_blocks` bitmap disagrees with block `block`.
     #[error("free_blocks bit {block} is {stored}: {rule}")]
     FreeBlocks { block: usize, stored: bool, rule: &'static str },
@@ -113,7 +119,32 @@ impl ChunkMap {
         })?;
         debug_assert_eq!(self.md_blocks.len() * bb, self.region_bits);
         self.verify_free_blocks()?;
-        self.verify_maps()
+        self.verify_maps()?;
+        self.verify_alloc_end()
+    }
+
+    /// `alloc_end` is one past each block's last allocated bit.
+    fn verify_alloc_end(&self) -> Result<(), VerifyError> {
+        check(self.alloc_end.len() == self.md_blocks.len(), || VerifyError::AllocEnd {
+            block: self.alloc_end.len(),
+            stored: 0,
+            recomputed: 0,
+        })?;
+        for (block, &stored) in self.alloc_end.iter().enumerate() {
+            let recomputed = self.recomputed_alloc_end(block);
+            check(stored as usize == recomputed, || VerifyError::AllocEnd {
+                block,
+                stored: stored as usize,
+                recomputed,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One past block `index`'s last allocated bit (block-relative), or 0.
+    pub(super) fn recomputed_alloc_end(&self, index: usize) -> usize {
+        let base = index * self.block_bits;
+        bits::prev_set(&self.alloc_map, base, base + self.block_bits).map_or(0, |l| l + 1 - base)
     }
 
     /// `free_blocks` mirrors "block is wholly free", and a wholly free block

@@ -539,6 +539,7 @@ impl Percpu {
     }
 
     /// `pcpu_chunk_relocate`; `old_slot` None stands for the kernel's -1.
+    #[inline]
     fn relocate(&mut self, id: ChunkId, old_slot: Option<usize>) {
         let c = self.chunk(id);
         if c.role == ChunkRole::Reserved || c.isolated {
@@ -565,6 +566,7 @@ impl Percpu {
     }
 
     /// `pcpu_reintegrate_chunk`.
+    #[inline]
     fn reintegrate(&mut self, id: ChunkId) {
         let c = self.chunks[id].as_mut().expect("live chunk");
         if c.isolated {
@@ -737,7 +739,7 @@ impl Percpu {
             let (page_start, page_end) = (off >> shift, (off + size + page - 1) >> shift);
             // Walk the holes one at a time: no allocation on this hot path.
             loop {
-                let next_hole = self.chunk(id).map.unpopulated_runs(page_start, page_end).next();
+                let next_hole = self.chunk(id).map.first_unpopulated_run(page_start, page_end);
                 let Some(r) = next_hole else { break };
                 if let Err(e) = self.populate(id, r.start, r.end) {
                     self.free_area(id, bit_off).expect("area just allocated");
